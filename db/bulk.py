@@ -1,0 +1,88 @@
+"""A thin, dialect-aware wrapper over an ADBC connection: Arrow in, Arrow out, SQL text.
+
+Only the load hot path uses it. It exists so that code above it writes one SQL
+text with `?` placeholders for both SQLite and PostgreSQL and never touches
+ADBC's per-driver differences (placeholder style, transaction handling).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+@dataclass
+class BulkConnection:
+    conn: Any  # adbc_driver_manager.dbapi.Connection
+    sqlite: bool
+
+    def _sql(self, sql: str) -> str:
+        if self.sqlite:
+            return sql
+        counter = iter(range(1, 10_000))
+        return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(self._sql(sql), list(params) if params else None)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.conn.cursor() as cur:
+            cur.execute(self._sql(sql), list(params) if params else None)
+            return list(cur.fetchall())
+
+    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        with self.conn.cursor() as cur:
+            cur.execute(self._sql(sql), list(params) if params else None)
+            table: pa.Table = cur.fetch_arrow_table()
+            return table
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        result = self.rows(sql, params)
+        return result[0][0] if result else None
+
+    def ingest(self, table_name: str, data: pa.Table, *, temporary: bool = False) -> None:
+        """Append Arrow data to an existing table, or create a temporary one from it."""
+        mode = "create" if temporary else "append"
+        with self.conn.cursor() as cur:
+            cur.adbc_ingest(table_name, data, mode=mode, temporary=temporary)
+
+    def changes(self) -> int:
+        """Rows changed by the last INSERT/UPDATE/DELETE (ADBC reports -1 for INSERT..SELECT)."""
+        if self.sqlite:
+            return int(self.scalar("SELECT changes()"))
+        raise NotImplementedError("use RETURNING / counts on PostgreSQL")
+
+    @contextmanager
+    def transaction(self, lock_tables: Sequence[str] = ()) -> Iterator[None]:
+        """One write transaction that holds the write lock from its first statement.
+
+        SQLite: `BEGIN IMMEDIATE` takes the database's single write lock at once,
+        so what we read (the stored keys) cannot change before we write.
+        PostgreSQL: the named tables are locked against other writers (readers
+        go on), which gives the same single-writer guarantee per table.
+        """
+        if self.sqlite:
+            self.execute("BEGIN IMMEDIATE")
+        else:
+            for name in lock_tables:
+                self.execute(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE")
+        try:
+            yield
+        except BaseException:
+            if self.sqlite:
+                self.execute("ROLLBACK")
+            else:
+                self.conn.rollback()
+            raise
+        if self.sqlite:
+            self.execute("COMMIT")
+        else:
+            self.conn.commit()

@@ -1,0 +1,139 @@
+"""The one place that opens database connections, from `POWERWATCH_DATABASE_URL`.
+
+Two kinds of connection, same database:
+- a SQLAlchemy `Engine` for schema, migrations, queries and small writes;
+- an ADBC connection (`bulk_connection`) for the load hot path, which moves
+  Arrow columns into the database without a Python object per row.
+
+SQLite is tuned here for one busy writer and many readers: WAL (readers never
+block the writer), a busy timeout (a second writer waits instead of failing),
+foreign keys on, synchronous=NORMAL (durable at checkpoints; safe under WAL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from db.bulk import BulkConnection
+from powerwatch.errors import DatabaseUnavailable, InputError
+from powerwatch.settings import get_settings
+
+
+def parse_url(url: str | None = None) -> URL:
+    raw = url if url is not None else get_settings().database_url
+    try:
+        parsed = make_url(raw)
+    except ArgumentError as exc:
+        raise InputError(f"POWERWATCH_DATABASE_URL is not a database URL: {raw!r}") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InputError(
+            f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://"
+        )
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The database file of a SQLite URL (None for in-memory)."""
+    if not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _sqlite_pragmas(busy_timeout_ms: int) -> list[str]:
+    return [
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA synchronous=NORMAL",
+        "PRAGMA foreign_keys=ON",
+        f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
+    ]
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """Build the engine; for SQLite, create the file's folder and apply the pragmas."""
+    parsed = parse_url(url)
+    kwargs: dict[str, Any] = {}
+    if is_sqlite(parsed):
+        path = sqlite_path(parsed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # Python's sqlite3 would otherwise open transactions behind our back; we
+        # issue BEGIN ourselves so write transactions take the lock up front.
+        kwargs["connect_args"] = {"timeout": get_settings().busy_timeout_ms / 1000}
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except NoSuchModuleError as exc:
+        raise InputError(f"no driver for database URL {parsed.render_as_string()!r}") from exc
+    if is_sqlite(parsed):
+        pragmas = _sqlite_pragmas(get_settings().busy_timeout_ms)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            for pragma in pragmas:
+                cursor.execute(pragma)
+            cursor.close()
+
+    return engine
+
+
+def check_connection(engine: Engine) -> None:
+    """Fail with one line if the database cannot be reached."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {engine.url.render_as_string()}: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    message = str(getattr(exc, "orig", None) or exc)
+    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+
+
+@contextmanager
+def bulk_connection(url: str | None = None) -> Iterator[BulkConnection]:
+    """An ADBC DB-API connection to the same database, for Arrow bulk loads.
+
+    SQLite: opened in autocommit mode so the pragmas apply; the caller issues
+    `BEGIN IMMEDIATE` / `COMMIT` itself. PostgreSQL: a normal transaction.
+    """
+    parsed = parse_url(url)
+    try:
+        if is_sqlite(parsed):
+            import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+            path = sqlite_path(parsed)
+            conn = adbc_sqlite.connect(str(path) if path else ":memory:", autocommit=True)
+            cursor = conn.cursor()
+            for pragma in _sqlite_pragmas(get_settings().busy_timeout_ms):
+                cursor.execute(pragma)
+                cursor.fetchall()
+            cursor.close()
+        else:
+            import adbc_driver_postgresql.dbapi as adbc_pg
+
+            libpq = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+            conn = adbc_pg.connect(libpq)
+    except Exception as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to {parsed.render_as_string()}: {_first_line(exc)}"
+        ) from exc
+    try:
+        yield BulkConnection(conn, sqlite=is_sqlite(parsed))
+    finally:
+        conn.close()

@@ -1,0 +1,1 @@
+"""powerwatch: transmitter power readings from stations to SQLite/PostgreSQL and Parquet."""

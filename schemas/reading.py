@@ -1,0 +1,118 @@
+"""A reading, defined once.
+
+`CHANNELS` is the single list the rest of the project derives from: the pandera
+model below, the database table (`db.tables`), the landing-chunk contract, the
+legacy-log parsers and the CLI's CSV output all read their column names and
+validity ranges from here, so a rule can never differ between capture, load and
+migration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pandera.polars as pa
+import polars as pl
+from pandera.api.polars.types import PolarsData
+
+STATION_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(minutes=5)
+TIMESTAMP_DTYPE = pl.Datetime("ms", "UTC")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One measured quantity: its protocol key, its database column and its valid range."""
+
+    key: str  # name in the protocol, chunks and CSV (camelCase)
+    column: str  # name in the database (snake_case, portable without quoting)
+    unit: str
+    minimum: float
+    maximum: float
+    maximum_inclusive: bool
+
+
+ACTIVE_CHANNELS: tuple[Channel, ...] = tuple(
+    Channel(f"activePower{i}", f"active_power{i}", "W", -1_000.0, 1_000_000.0, True)
+    for i in range(1, 7)
+)
+MUX_CHANNELS: tuple[Channel, ...] = tuple(
+    Channel(f"muxPower{i}", f"mux_power{i}", "kWh", 0.0, 1e12, False) for i in range(1, 5)
+)
+CHANNELS: tuple[Channel, ...] = ACTIVE_CHANNELS + MUX_CHANNELS
+CHANNEL_KEYS: tuple[str, ...] = tuple(c.key for c in CHANNELS)
+
+# The landing-chunk contract (spec/landing-chunks.md); `received_at` is optional.
+LANDING_COLUMNS: dict[str, pl.DataType] = {
+    "station": pl.String(),
+    "timestamp": TIMESTAMP_DTYPE,
+    **{key: pl.Float64() for key in CHANNEL_KEYS},
+}
+RECEIVED_AT = "received_at"
+
+
+def _not_in_future(data: PolarsData) -> pl.LazyFrame:
+    # Evaluated at validation time, not import time: "the future" moves.
+    limit = datetime.now(UTC) + FUTURE_TOLERANCE
+    return data.lazyframe.select(pl.col(data.key) <= pl.lit(limit, dtype=TIMESTAMP_DTYPE))
+
+
+def _range_check(channel: Channel) -> pa.Check:
+    if channel.maximum_inclusive:
+        return pa.Check.in_range(channel.minimum, channel.maximum)
+    return pa.Check.in_range(channel.minimum, channel.maximum, include_max=False)
+
+
+READING_SCHEMA = pa.DataFrameSchema(
+    {
+        "station": pa.Column(pl.String, checks=pa.Check.str_matches(STATION_NAME_PATTERN)),
+        "timestamp": pa.Column(
+            TIMESTAMP_DTYPE,
+            checks=[
+                pa.Check.ge(EARLIEST),
+                pa.Check(_not_in_future, name="not_more_than_5_minutes_in_future"),
+            ],
+        ),
+        # NaN and +-inf fail the range check (polars orders NaN above every number).
+        **{c.key: pa.Column(pl.Float64, nullable=True, checks=_range_check(c)) for c in CHANNELS},
+    },
+    name="reading",
+    strict="filter",  # extra columns (received_at, ...) are not readings' business
+    ordered=False,
+)
+
+ROW = "__row"
+REASON = "reason"
+
+
+def split_valid(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Validate a whole frame at once and split it into (valid rows, rejected rows + reason).
+
+    Validation is per frame, never per message: pandera's per-call overhead is
+    the cost, not the checks. A row failing several rules gets all its reasons,
+    joined with "; ". Schema-level failures (a missing column, a wrong dtype)
+    raise `pandera.errors.SchemaErrors` for the caller to treat as an unreadable
+    input: they concern the whole frame, not a row.
+    """
+    frame = frame.with_row_index(ROW)
+    try:
+        READING_SCHEMA.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        if cases["index"].null_count():
+            raise
+        reasons = (
+            cases.select(
+                pl.col("index").cast(pl.UInt32).alias(ROW),
+                pl.concat_str(pl.col("column"), pl.lit(" "), pl.col("check")).alias(REASON),
+            )
+            .unique(maintain_order=True)
+            .group_by(ROW, maintain_order=True)
+            .agg(pl.col(REASON).str.join("; "))
+        )
+        rejected = frame.join(reasons, on=ROW, how="inner").drop(ROW)
+        valid = frame.join(reasons, on=ROW, how="anti").drop(ROW)
+        return valid, rejected
+    return frame.drop(ROW), frame.clear().drop(ROW).with_columns(pl.lit("", pl.String).alias(REASON))
