@@ -87,6 +87,23 @@ ROW = "__row"
 REASON = "reason"
 
 
+# pandera names checks by their function; operators read rules.
+_RULE_LABELS = {
+    "in_range": "out of range",
+    "str_matches": "bad station name",
+    "greater_than_or_equal_to": "timestamp before 2000-01-01",
+    "not_more_than_5_minutes_in_future": "timestamp in the future",
+    "not_nullable": "missing value",
+}
+
+
+def _rule_label(check: pl.Expr) -> pl.Expr:
+    label = check
+    for prefix, text in _RULE_LABELS.items():
+        label = pl.when(check.str.starts_with(prefix)).then(pl.lit(text)).otherwise(label)
+    return label
+
+
 def split_valid(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validate a whole frame at once and split it into (valid rows, rejected rows + reason).
 
@@ -106,11 +123,14 @@ def split_valid(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         reasons = (
             cases.select(
                 pl.col("index").cast(pl.UInt32).alias(ROW),
-                pl.concat_str(pl.col("column"), pl.lit(" "), pl.col("check")).alias(REASON),
+                _rule_label(pl.col("check")).alias("rule"),
+                pl.col("column"),
             )
             .unique(maintain_order=True)
+            .group_by(ROW, "rule", maintain_order=True)
+            .agg(pl.col("column").str.join(", "))
             .group_by(ROW, maintain_order=True)
-            .agg(pl.col(REASON).str.join("; "))
+            .agg(pl.concat_str("rule", pl.lit(": "), "column").str.join("; ").alias(REASON))
         )
         rejected = frame.join(reasons, on=ROW, how="inner").drop(ROW)
         valid = frame.join(reasons, on=ROW, how="anti").drop(ROW)

@@ -1,0 +1,204 @@
+"""Read-side queries: plain functions returning polars frames. No Prefect, no ORM.
+
+Every query is shaped to use the (station_id, ts) key: a station's range is one
+index range scan, "latest per station" is one seek per station (a GROUP BY
+would scan the whole table). Results come back as Arrow through ADBC, so a
+station-day of 86,400 rows costs no Python object per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import polars as pl
+
+from db.bulk import BulkConnection
+from db.tables import READING_VALUE_COLUMNS, power_readings, stations
+from schemas.reading import CHANNELS, TIMESTAMP_DTYPE
+
+Order = Literal["asc", "desc"]
+_SELECT_VALUES = ", ".join(f"p.{c.column} AS {c.key}" for c in CHANNELS)
+READING_SCHEMA: dict[str, pl.DataType] = {
+    "station": pl.String(),
+    "timestamp": TIMESTAMP_DTYPE,
+    **{c.key: pl.Float64() for c in CHANNELS},
+}
+
+
+@dataclass(frozen=True)
+class ReadingFilter:
+    station: str | None = None
+    start: datetime | None = None  # inclusive
+    end: datetime | None = None  # exclusive
+    limit: int | None = None
+    offset: int = 0
+    order: Order = "asc"
+
+
+def epoch_ms(column: str) -> pl.Expr:
+    """Integer epoch milliseconds (the stored form) -> the contract's UTC timestamp."""
+    return pl.col(column).cast(pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _frame(table: object) -> pl.DataFrame:
+    frame = pl.from_arrow(table)  # type: ignore[arg-type]
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _to_readings(frame: pl.DataFrame) -> pl.DataFrame:
+    """`ts` (epoch ms) -> `timestamp`; enforce the contract dtypes whatever the driver inferred."""
+    if frame.is_empty():
+        return pl.DataFrame(schema=READING_SCHEMA)
+    return frame.select(
+        pl.col("station").cast(pl.String),
+        epoch_ms("ts")
+        .alias("timestamp"),
+        *(pl.col(c.key).cast(pl.Float64) for c in CHANNELS),
+    )
+
+
+def readings(bulk: BulkConnection, where: ReadingFilter = ReadingFilter()) -> pl.DataFrame:
+    """Readings matching the filter, ordered by station name then time."""
+    return pl.concat(
+        [pl.DataFrame(schema=READING_SCHEMA), *iter_readings(bulk, where)], how="vertical"
+    )
+
+
+def iter_readings(
+    bulk: BulkConnection, where: ReadingFilter = ReadingFilter()
+) -> Iterator[pl.DataFrame]:
+    """Stream readings as frames of bounded size (for exports of any length)."""
+    sql = [
+        f"SELECT s.name AS station, p.ts, {_SELECT_VALUES} FROM {power_readings.name} p "
+        f"JOIN {stations.name} s ON s.id = p.station_id WHERE 1 = 1"
+    ]
+    params: list[object] = []
+    if where.station is not None:
+        sql.append("AND s.name = ?")
+        params.append(where.station)
+    if where.start is not None:
+        sql.append("AND p.ts >= ?")
+        params.append(_ms(where.start))
+    if where.end is not None:
+        sql.append("AND p.ts < ?")
+        params.append(_ms(where.end))
+    direction = "DESC" if where.order == "desc" else "ASC"
+    sql.append(f"ORDER BY s.name {direction}, p.ts {direction}")
+    if where.limit is not None or where.offset:
+        sql.append("LIMIT ? OFFSET ?")
+        params += [where.limit if where.limit is not None else -1, where.offset]
+        if not bulk.sqlite and where.limit is None:
+            sql[-1] = "OFFSET ?"
+            params.pop(-2)
+    with bulk.conn.cursor() as cur:
+        cur.execute(bulk._sql(" ".join(sql)), params or None)
+        reader = cur.fetch_record_batch()
+        for batch in reader:
+            if batch.num_rows:
+                yield _to_readings(_frame(batch))
+
+
+def station_day(bulk: BulkConnection, station: str, day_start: datetime) -> pl.DataFrame:
+    """One station's readings over 24 hours from `day_start` (the dashboard's common query)."""
+    end = datetime.fromtimestamp(day_start.timestamp() + 86_400, tz=day_start.tzinfo)
+    return readings(bulk, ReadingFilter(station=station, start=day_start, end=end))
+
+
+def latest(bulk: BulkConnection, station: str | None = None) -> pl.DataFrame:
+    """The newest reading of every station (or one), by one index seek per station."""
+    sql = (
+        f"SELECT s.name AS station, p.ts, {_SELECT_VALUES} FROM {stations.name} s "
+        f"JOIN {power_readings.name} p ON p.station_id = s.id AND p.ts = "
+        f"(SELECT q.ts FROM {power_readings.name} q WHERE q.station_id = s.id "
+        "ORDER BY q.ts DESC LIMIT 1)"
+    )
+    params: list[object] = []
+    if station is not None:
+        sql += " WHERE s.name = ?"
+        params.append(station)
+    return _to_readings(_frame(bulk.arrow(sql + " ORDER BY s.name", params))).sort("station")
+
+
+def aggregates(
+    bulk: BulkConnection,
+    interval_seconds: int,
+    where: ReadingFilter = ReadingFilter(),
+) -> pl.DataFrame:
+    """avg/min/max of every channel and the sample count per station per interval."""
+    if interval_seconds <= 0:
+        raise ValueError("interval must be positive")
+    width = interval_seconds * 1000
+    stats = ", ".join(
+        f"avg(p.{c}) AS {c}_avg, min(p.{c}) AS {c}_min, max(p.{c}) AS {c}_max"
+        for c in READING_VALUE_COLUMNS
+    )
+    sql = [
+        f"SELECT s.name AS station, (p.ts / {width}) * {width} AS bucket, count(*) AS samples, "
+        f"{stats} FROM {power_readings.name} p JOIN {stations.name} s ON s.id = p.station_id "
+        "WHERE 1 = 1"
+    ]
+    params: list[object] = []
+    if where.station is not None:
+        sql.append("AND s.name = ?")
+        params.append(where.station)
+    if where.start is not None:
+        sql.append("AND p.ts >= ?")
+        params.append(_ms(where.start))
+    if where.end is not None:
+        sql.append("AND p.ts < ?")
+        params.append(_ms(where.end))
+    sql.append(f"GROUP BY s.name, (p.ts / {width}) ORDER BY s.name, bucket")
+    frame = _frame(bulk.arrow(" ".join(sql), params))
+    if frame.is_empty():
+        return frame
+    return frame.with_columns(
+        epoch_ms("bucket")
+        .alias("bucket"),
+        pl.col("samples").cast(pl.Int64),
+        pl.exclude("station", "bucket", "samples").cast(pl.Float64),
+    )
+
+
+def station_summary(bulk: BulkConnection) -> pl.DataFrame:
+    """Every registered station with its newest reading time and its readings count."""
+    sql = (
+        f"SELECT s.name AS station, s.uuid, s.scene, s.url, "
+        f"(SELECT max(p.ts) FROM {power_readings.name} p WHERE p.station_id = s.id) AS last_ts, "
+        f"(SELECT count(*) FROM {power_readings.name} p WHERE p.station_id = s.id) AS readings "
+        f"FROM {stations.name} s ORDER BY s.name"
+    )
+    frame = _frame(bulk.arrow(sql))
+    if frame.is_empty():
+        return frame
+    return frame.with_columns(
+        epoch_ms("last_ts")
+        .alias("last_reading"),
+        pl.col("readings").cast(pl.Int64),
+    ).drop("last_ts")
+
+
+def conflicts(bulk: BulkConnection, station: str | None = None) -> pl.DataFrame:
+    """Readings that arrived again with different values: both versions, for an operator."""
+    sql = (
+        f"SELECT s.name AS station, c.ts, c.batch_id, c.stored_values, c.incoming_values "
+        f"FROM reading_conflicts c JOIN {stations.name} s ON s.id = c.station_id"
+    )
+    params: list[object] = []
+    if station is not None:
+        sql += " WHERE s.name = ?"
+        params.append(station)
+    frame = _frame(bulk.arrow(sql + " ORDER BY s.name, c.ts, c.id", params))
+    if frame.is_empty():
+        return frame
+    return frame.with_columns(
+        epoch_ms("ts")
+        .alias("timestamp")
+    ).drop("ts")

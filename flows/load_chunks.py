@@ -1,0 +1,44 @@
+"""Flow `load-chunks`: every complete chunk in landing/, oldest first, into the database."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from db.engine import make_engine
+from db.migrate import require_current
+from powerwatch import landing
+from powerwatch.errors import JobError
+from powerwatch.loader import ChunkReport
+from powerwatch.reports import load_summary_rows
+from powerwatch.settings import get_settings
+from tasks.load import load_chunk_task
+
+
+@flow(name="load-chunks", flow_run_name="load-chunks", log_prints=True)
+def load_chunks() -> list[ChunkReport]:
+    """Runbook: check the schema; load each chunk in turn; publish the table; fail if any chunk did."""
+    settings = get_settings()
+    require_current(make_engine(settings.database_url))
+    reports: list[ChunkReport] = []
+    failed: list[str] = []
+    for chunk in landing.list_chunks(settings.landing_dir):
+        state = load_chunk_task(chunk, return_state=True)
+        if state.is_completed():
+            reports.append(state.result())
+        else:
+            failed.append(f"{chunk.name}: {state.message or 'failed'}")
+    create_table_artifact(
+        key="load-chunks",
+        table=load_summary_rows(reports),
+        description=f"{len(reports)} chunk(s) loaded, {len(failed)} failed after retries",
+    )
+    logger = get_run_logger()
+    for line in failed:
+        logger.error(line)
+    unreadable = [r for r in reports if r.status == "unreadable"]
+    if failed or unreadable:
+        raise JobError(
+            f"{len(failed)} chunk(s) failed and {len(unreadable)} unreadable chunk(s) set aside"
+        )
+    return reports

@@ -1,0 +1,223 @@
+"""The `powerwatch` command line (spec/cli.md).
+
+Query commands read the database directly and never import Prefect, so they
+answer at once; job commands run their Prefect flow (visible in the UI when
+PREFECT_API_URL points at a server). Errors are one line on stderr, exit 2 for
+bad usage/input and 1 for a job that ran but failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
+
+from powerwatch.errors import InputError, PowerwatchError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: operators and scripts read the reason.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _moment(text: str) -> datetime:
+    """ISO-8601; a time without a zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+# --- query commands (no Prefect) ------------------------------------------------------
+
+
+def cmd_db_upgrade(_args: argparse.Namespace) -> int:
+    from db.engine import check_connection, make_engine
+    from db.migrate import current_revision, upgrade
+
+    engine = make_engine()
+    check_connection(engine)
+    upgrade(engine)
+    print(f"database at schema version {current_revision(engine)}")
+    return 0
+
+
+def cmd_stations_sync(args: argparse.Namespace) -> int:
+    from db.engine import make_engine
+    from db.migrate import require_current
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+    from powerwatch.settings import get_settings
+
+    path = args.file or get_settings().stations
+    registry = load_registry(path)
+    engine = make_engine()
+    require_current(engine)
+    result = sync_stations(engine, registry)
+    print(
+        f"{path}: {result.added} added, {result.updated} updated, {result.unchanged} unchanged"
+    )
+    return 0
+
+
+def _query_connection():  # type: ignore[no-untyped-def]
+    from db.engine import bulk_connection, check_connection, make_engine
+    from db.migrate import require_current
+
+    engine = make_engine()
+    check_connection(engine)
+    require_current(engine)
+    return bulk_connection()
+
+
+def cmd_stations_list(_args: argparse.Namespace) -> int:
+    from db.queries import station_summary
+    from powerwatch.output import write_table
+
+    with _query_connection() as bulk:
+        write_table(station_summary(bulk))
+    return 0
+
+
+def cmd_readings(args: argparse.Namespace) -> int:
+    from db.queries import ReadingFilter, iter_readings
+    from powerwatch.output import write_csv, write_json_lines, write_table
+
+    where = ReadingFilter(
+        station=args.station, start=args.start, end=args.end, limit=args.limit, offset=args.offset
+    )
+    with _query_connection() as bulk:
+        frames = iter_readings(bulk, where)
+        if args.format == "csv":
+            write_csv(frames)
+        elif args.format == "json":
+            write_json_lines(frames)
+        else:
+            import polars as pl
+
+            from db.queries import READING_SCHEMA
+
+            write_table(pl.concat([pl.DataFrame(schema=READING_SCHEMA), *frames]))
+    return 0
+
+
+def cmd_latest(args: argparse.Namespace) -> int:
+    from db.queries import latest
+    from powerwatch.output import write_table
+
+    with _query_connection() as bulk:
+        write_table(latest(bulk, args.station))
+    return 0
+
+
+# --- job commands (Prefect flows) -----------------------------------------------------
+
+
+def cmd_load(_args: argparse.Namespace) -> int:
+    from flows.load_chunks import load_chunks
+    from powerwatch.output import write_table
+
+    import polars as pl
+
+    from powerwatch.reports import load_summary_rows
+
+    state = load_chunks(return_state=True)
+    reports = state.result(raise_on_failure=False)
+    if isinstance(reports, list):
+        write_table(pl.DataFrame(load_summary_rows(reports)))
+    if not state.is_completed():
+        print(f"powerwatch: load failed: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="powerwatch", description=__doc__.splitlines()[0] if __doc__ else "")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db = commands.add_parser("db", help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db_commands.add_parser(
+        "upgrade", help="create or upgrade the schema (idempotent); e.g. powerwatch db upgrade"
+    ).set_defaults(handler=cmd_db_upgrade)
+
+    st = commands.add_parser("stations", help="the station registry")
+    st_commands = st.add_subparsers(dest="stations_command", required=True, parser_class=_Parser)
+    sync = st_commands.add_parser(
+        "sync", help="apply the registry (add/update); e.g. powerwatch stations sync stations.yaml"
+    )
+    sync.add_argument("file", nargs="?", type=Path)
+    sync.set_defaults(handler=cmd_stations_sync)
+    st_commands.add_parser(
+        "list", help="stations with last reading time and count"
+    ).set_defaults(handler=cmd_stations_list)
+
+    rd = commands.add_parser(
+        "readings",
+        help="readings in a time range; e.g. powerwatch readings --station KhonKaen "
+        "--start 2024-03-01 --end 2024-03-02 --format csv",
+    )
+    rd.add_argument("--station")
+    rd.add_argument("--start", type=_moment, help="ISO-8601, inclusive (no zone = UTC)")
+    rd.add_argument("--end", type=_moment, help="ISO-8601, exclusive (no zone = UTC)")
+    rd.add_argument("--format", choices=("csv", "json", "table"), default="table")
+    rd.add_argument("--limit", type=_positive_int)
+    rd.add_argument("--offset", type=int, default=0)
+    rd.set_defaults(handler=cmd_readings)
+
+    lt = commands.add_parser("latest", help="newest reading per station")
+    lt.add_argument("--station")
+    lt.set_defaults(handler=cmd_latest)
+
+    commands.add_parser(
+        "load", help="validate and load every landed chunk, quarantine bad rows"
+    ).set_defaults(handler=cmd_load)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except PowerwatchError as exc:
+        print(f"powerwatch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"powerwatch: error: {exc}", file=sys.stderr)
+        return InputError.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The landing zone (spec/landing-chunks.md) as a visible state machine of folders.
+
+    landing/x.parquet --load commits--> loaded/x.parquet
+                      \\-unreadable---> failed/x.parquet + failed/x.parquet.reason.txt
+    rejected rows of x ----------------> quarantine/x.parquet (with a `reason` column)
+
+Every move is an atomic rename within one file system; a writer makes a file
+under a hidden/temporary name and renames it when complete, so a reader never
+sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import polars.exceptions
+
+from powerwatch.errors import ChunkError
+from schemas.reading import LANDING_COLUMNS, RECEIVED_AT, TIMESTAMP_DTYPE
+
+
+def list_chunks(landing: Path) -> list[Path]:
+    """Complete chunks, oldest first (by modification time, then name)."""
+    if not landing.is_dir():
+        return []
+    found = [p for p in landing.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".")]
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def chunk_name(producer: str) -> str:
+    """A name unique across concurrent producers, sortable by time."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{producer}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def write_atomically(frame: pl.DataFrame, path: Path) -> Path:
+    """Write Parquet under a hidden name, fsync, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp, compression="zstd")
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return path
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_chunk(path: Path) -> pl.DataFrame:
+    """Read a chunk and conform it to the contract, or raise `ChunkError` with the reason.
+
+    Tolerated (lossless): integer channels (cast to float64), timestamps of
+    another unit or zone (converted to ms UTC; a zone-less one is taken as UTC).
+    Anything else that differs from the contract makes the chunk unreadable.
+    """
+    try:
+        frame = pl.read_parquet(path)
+    except (OSError, polars.exceptions.PolarsError) as exc:
+        raise ChunkError(f"{path.name}: not a readable Parquet file ({_line(exc)})") from exc
+    missing = [name for name in LANDING_COLUMNS if name not in frame.columns]
+    if missing:
+        raise ChunkError(f"{path.name}: missing columns {', '.join(missing)}")
+    problems: list[str] = []
+    casts: list[pl.Expr] = []
+    for name, expected in LANDING_COLUMNS.items():
+        actual = frame.schema[name]
+        if actual == expected:
+            continue
+        if expected == pl.Float64() and (actual.is_numeric() or actual == pl.Null()):
+            casts.append(pl.col(name).cast(pl.Float64))
+        elif expected == TIMESTAMP_DTYPE and isinstance(actual, pl.Datetime):
+            casts.append(_as_utc_ms(name, actual))
+        elif name == "station" and actual in (pl.Categorical(), pl.Null()):
+            casts.append(pl.col(name).cast(pl.String))
+        else:
+            problems.append(f"{name} is {actual}, expected {expected}")
+    if RECEIVED_AT in frame.columns:
+        actual = frame.schema[RECEIVED_AT]
+        if isinstance(actual, pl.Datetime):
+            casts.append(_as_utc_ms(RECEIVED_AT, actual))
+        else:
+            problems.append(f"{RECEIVED_AT} is {actual}, expected {TIMESTAMP_DTYPE}")
+    if problems:
+        raise ChunkError(f"{path.name}: wrong column types: {'; '.join(problems)}")
+    return frame.with_columns(casts) if casts else frame
+
+
+def _as_utc_ms(name: str, dtype: pl.Datetime) -> pl.Expr:
+    column = pl.col(name)
+    if dtype.time_zone is None:
+        column = column.dt.replace_time_zone("UTC")
+    return column.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
+
+
+def move(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    path.replace(target)
+    return target
+
+
+def set_aside(path: Path, folder: Path, reason: str) -> Path:
+    """Move an unreadable chunk aside whole, with its reason in a text file beside it."""
+    target = move(path, folder)
+    target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+    return target
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

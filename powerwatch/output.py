@@ -1,0 +1,54 @@
+"""Writing readings for people and programs: CSV (legacy format C), JSON lines, a text table."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+import polars as pl
+
+from schemas.reading import CHANNEL_KEYS
+
+CSV_COLUMNS = ("timestamp", "station", *CHANNEL_KEYS)
+CSV_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
+
+
+def write_csv(frames: Iterable[pl.DataFrame], out: TextIO = sys.stdout) -> int:
+    """Format C of spec/legacy-logs.md: header once, UTC ms timestamps, empty cell = NULL.
+
+    polars prints floats in their shortest round-trip form, so every value reads
+    back equal.
+    """
+    out.write(",".join(CSV_COLUMNS) + "\n")
+    count = 0
+    for frame in frames:
+        buffer = io.StringIO()
+        frame.select(CSV_COLUMNS).write_csv(
+            buffer, include_header=False, datetime_format=CSV_TIME_FORMAT, null_value=""
+        )
+        out.write(buffer.getvalue())
+        count += frame.height
+    return count
+
+
+def write_json_lines(frames: Iterable[pl.DataFrame], out: TextIO = sys.stdout) -> int:
+    count = 0
+    for frame in frames:
+        text = frame.with_columns(pl.col("timestamp").dt.strftime(CSV_TIME_FORMAT)).write_ndjson()
+        out.write(text)
+        count += frame.height
+    return count
+
+
+def write_table(frame: pl.DataFrame, out: TextIO = sys.stdout) -> None:
+    with pl.Config(
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_width_chars=250,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        fmt_str_lengths=80,
+    ):
+        out.write(f"{frame}\n")

@@ -1,0 +1,29 @@
+"""Load one landing chunk as one Prefect task (one task per chunk, never per row)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from db.engine import bulk_connection
+from powerwatch.loader import ChunkReport, load_chunk
+from powerwatch.settings import get_settings
+from tasks.retry import retry_when_database_unavailable
+
+
+@task(
+    task_run_name="load {chunk.name}",
+    retries=5,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_when_database_unavailable,
+    cache_policy=None,
+)
+def load_chunk_task(chunk: Path) -> ChunkReport:
+    """Validate, store and move one chunk; a locked/unreachable database is retried with
+    backoff while the chunk stays in landing/ (nothing moves before the commit)."""
+    settings = get_settings()
+    with bulk_connection(settings.database_url) as bulk:
+        return load_chunk(bulk, chunk, settings)

@@ -1,0 +1,17 @@
+"""When a task is worth retrying: the database was busy or unreachable, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from powerwatch.errors import DatabaseUnavailable
+
+
+def retry_when_database_unavailable(_task: Any, _task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except DatabaseUnavailable:
+        return True
+    except Exception:
+        return False
+    return False
