@@ -20,7 +20,7 @@ from db.tables import READING_VALUE_COLUMNS, power_readings, stations
 from schemas.reading import CHANNELS, TIMESTAMP_DTYPE
 
 Order = Literal["asc", "desc"]
-_SELECT_VALUES = ", ".join(f"p.{c.column} AS {c.key}" for c in CHANNELS)
+_SELECT_VALUES = ", ".join(f"p.{c.column} AS \"{c.key}\"" for c in CHANNELS)
 READING_SCHEMA: dict[str, pl.DataType] = {
     "station": pl.String(),
     "timestamp": TIMESTAMP_DTYPE,

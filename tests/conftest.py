@@ -1,0 +1,167 @@
+"""Shared fixtures: a real SQLite file and, when reachable, the real PostgreSQL server.
+
+`database` is parametrised over both backends; PostgreSQL gets a fresh schema
+per test (search_path in the URL), so tests never see each other's rows. When
+the server is not reachable the PostgreSQL cases are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+PG_BASE = os.environ.get("POWERWATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+if not SAMPLES.exists():  # CI clones next to shared/; a checkout elsewhere may point at it
+    SAMPLES = Path(os.environ.get("POWERWATCH_SAMPLES", "/work/shared/samples"))
+
+
+def _postgres_reason() -> str | None:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(PG_BASE, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure means: not reachable here
+        return f"PostgreSQL at {PG_BASE} not reachable: {str(exc).splitlines()[0]}"
+    return None
+
+
+_PG_SKIP = _postgres_reason()
+
+
+@dataclass
+class Database:
+    backend: str
+    url: str
+    data_dir: Path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Database]:
+    """An empty, upgraded database of each backend, wired into the settings."""
+    from db.engine import make_engine
+    from db.migrate import upgrade
+
+    data_dir = tmp_path / "data"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'powerwatch.db'}"
+        schema = None
+    else:
+        if _PG_SKIP:
+            pytest.skip(_PG_SKIP)
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        import sqlalchemy
+
+        admin = sqlalchemy.create_engine(PG_BASE)
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+        url = f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    monkeypatch.setenv("POWERWATCH_DATABASE_URL", url)
+    monkeypatch.setenv("POWERWATCH_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("POWERWATCH_BUSY_TIMEOUT_MS", "2000")
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield Database(request.param, url, data_dir)
+    if schema is not None:
+        import sqlalchemy
+
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
+    from db.engine import make_engine
+    from db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'powerwatch.db'}"
+    monkeypatch.setenv("POWERWATCH_DATABASE_URL", url)
+    monkeypatch.setenv("POWERWATCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("POWERWATCH_BUSY_TIMEOUT_MS", "2000")
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return Database("sqlite", url, tmp_path / "data")
+
+
+STATIONS_YAML = """\
+stations:
+  - name: KhonKaen
+    uuid: 237db9a3-0311-4ba5-a431-7182045adce9
+    ip_address: 127.0.0.1
+    scene: northeast
+  - name: ChiangMai
+    uuid: a3b4f9db-5a66-4019-aebb-6c47f99e1f95
+    ip_address: 127.0.0.1
+    scene: north
+  - name: Songkhla
+    uuid: 01d79e66-46cb-49b9-a8d9-1b110132253f
+    ip_address: 127.0.0.1
+    scene: south
+"""
+
+
+@pytest.fixture
+def registry_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "stations.yaml"
+    path.write_text(STATIONS_YAML)
+    monkeypatch.setenv("POWERWATCH_STATIONS", str(path))
+    return path
+
+
+@pytest.fixture
+def synced(database: Database, registry_file: Path) -> Database:
+    """A database with the three test stations registered."""
+    from db.engine import make_engine
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    engine = make_engine(database.url)
+    sync_stations(engine, load_registry(registry_file))
+    engine.dispose()
+    return database
+
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def make_readings(
+    stations: list[str], seconds: int, start: datetime = T0, value: float = 100.0
+) -> pl.DataFrame:
+    """Contract-shaped readings: every station once per second, deterministic values."""
+    from schemas.reading import ACTIVE_CHANNELS, MUX_CHANNELS
+
+    rows = len(stations) * seconds
+    frame = pl.DataFrame(
+        {
+            "station": [s for _ in range(seconds) for s in stations],
+            "timestamp": [start + timedelta(seconds=i) for i in range(seconds) for _ in stations],
+        }
+    ).with_columns(pl.col("timestamp").dt.cast_time_unit("ms").dt.convert_time_zone("UTC"))
+    index = pl.int_range(0, rows, eager=True).cast(pl.Float64)
+    columns = {c.key: index * 0.5 + value for c in ACTIVE_CHANNELS}
+    columns |= {c.key: index * 0.01 + 1000.0 for c in MUX_CHANNELS}
+    return frame.with_columns(**columns)
+
+
+def write_chunk(frame: pl.DataFrame, landing: Path, name: str) -> Path:
+    from powerwatch.landing import write_atomically
+
+    return write_atomically(frame, landing / name)

@@ -1,0 +1,213 @@
+"""The load path (powerwatch.loader) on both backends, without Prefect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from db import queries
+from db.engine import bulk_connection
+from powerwatch import landing
+from powerwatch.loader import ChunkReport, load_chunk
+from powerwatch.settings import get_settings
+from tests.conftest import Database, make_readings, write_chunk
+
+STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
+
+
+def _load_all() -> list[ChunkReport]:
+    settings = get_settings()
+    with bulk_connection() as bulk:
+        return [load_chunk(bulk, c, settings) for c in landing.list_chunks(settings.landing_dir)]
+
+
+def _stored() -> pl.DataFrame:
+    with bulk_connection() as bulk:
+        return queries.readings(bulk)
+
+
+def _landing(db: Database) -> Path:
+    return db.data_dir / "landing"
+
+
+def test_valid_chunk_is_stored_exactly_and_moved_out_of_landing(synced: Database) -> None:
+    frame = make_readings(STATIONS, 20)
+    write_chunk(frame, _landing(synced), "a.parquet")
+
+    [report] = _load_all()
+
+    assert (report.status, report.rows_in, report.inserted) == ("loaded", 60, 60)
+    assert (report.duplicates, report.conflicts, report.rejected) == (0, 0, 0)
+    expected = frame.sort("station", "timestamp")
+    assert _stored().equals(expected)
+    assert not (_landing(synced) / "a.parquet").exists()
+    assert (synced.data_dir / "loaded" / "a.parquet").exists()
+
+
+def test_reloading_and_overlapping_chunks_store_each_reading_once(synced: Database) -> None:
+    frame = make_readings(STATIONS, 10)
+    write_chunk(frame, _landing(synced), "a.parquet")
+    _load_all()
+    # The same rows again under another name, plus 5 new seconds overlapping.
+    write_chunk(frame, _landing(synced), "b.parquet")
+    write_chunk(make_readings(STATIONS, 15), _landing(synced), "c.parquet")
+
+    b, c = _load_all()
+
+    assert (b.inserted, b.duplicates, b.conflicts) == (0, 30, 0)
+    assert (c.inserted, c.duplicates, c.conflicts) == (15, 30, 0)
+    assert _stored().height == 45
+
+
+def test_differing_values_keep_the_first_and_record_a_conflict(synced: Database) -> None:
+    first = make_readings(["KhonKaen"], 3)
+    write_chunk(first, _landing(synced), "a.parquet")
+    _load_all()
+    second = first.with_columns(pl.col("activePower1") + 1)
+    write_chunk(second, _landing(synced), "b.parquet")
+
+    [report] = _load_all()
+
+    assert (report.inserted, report.duplicates, report.conflicts) == (0, 0, 3)
+    assert _stored()["activePower1"].to_list() == first["activePower1"].to_list()
+    with bulk_connection() as bulk:
+        found = queries.conflicts(bulk)
+    assert found.height == 3
+    row = found.row(0, named=True)
+    assert json.loads(row["stored_values"])["activePower1"] == first["activePower1"][0]
+    assert json.loads(row["incoming_values"])["activePower1"] == first["activePower1"][0] + 1
+
+
+def test_duplicates_inside_one_chunk_count_once(synced: Database) -> None:
+    frame = make_readings(["KhonKaen"], 4)
+    changed = frame.head(1).with_columns(pl.col("muxPower1") + 5)
+    write_chunk(pl.concat([frame, frame.head(2), changed]), _landing(synced), "a.parquet")
+
+    [report] = _load_all()
+
+    assert (report.rows_in, report.inserted, report.duplicates, report.conflicts) == (7, 4, 2, 1)
+    assert _stored().equals(frame)
+
+
+def test_null_channels_equal_null_channels(synced: Database) -> None:
+    frame = make_readings(["KhonKaen"], 3).with_columns(pl.lit(None, pl.Float64).alias("muxPower2"))
+    write_chunk(frame, _landing(synced), "a.parquet")
+    write_chunk(frame, _landing(synced), "b.parquet")
+
+    a, b = _load_all()
+
+    assert (a.inserted, b.duplicates, b.conflicts) == (3, 3, 0)
+    assert _stored()["muxPower2"].null_count() == 3
+
+
+def test_invalid_rows_go_to_quarantine_with_reasons(synced: Database) -> None:
+    good = make_readings(["KhonKaen"], 3)
+    bad = pl.concat(
+        [
+            make_readings(["KhonKaen"], 1, value=-5000.0).with_columns(
+                pl.col("timestamp").dt.offset_by("1h")
+            ),
+            make_readings(["Atlantis"], 1),
+            make_readings(["ChiangMai"], 1).with_columns(pl.lit(float("nan")).alias("muxPower3")),
+        ]
+    )
+    write_chunk(pl.concat([good, bad]), _landing(synced), "a.parquet")
+
+    [report] = _load_all()
+
+    assert report.inserted == 3
+    assert report.rejected_by_reason == {
+        "out of range: activePower1, activePower2, activePower3, activePower4, activePower5, "
+        "activePower6": 1,
+        "unknown station": 1,
+        "out of range: muxPower3": 1,
+    }
+    quarantined = pl.read_parquet(synced.data_dir / "quarantine" / "a.parquet")
+    assert quarantined.height == 3
+    assert set(quarantined["reason"]) == set(report.rejected_by_reason)
+    assert set(quarantined["station"]) == {"KhonKaen", "Atlantis", "ChiangMai"}
+
+
+def test_unreadable_chunk_is_set_aside_and_does_not_stop_others(synced: Database) -> None:
+    landing_dir = _landing(synced)
+    landing_dir.mkdir(parents=True)
+    (landing_dir / "0-broken.parquet").write_bytes(b"not parquet at all")
+    write_chunk(
+        make_readings(["KhonKaen"], 2).with_columns(pl.col("activePower1").cast(pl.String)),
+        landing_dir,
+        "1-wrong-types.parquet",
+    )
+    write_chunk(make_readings(["KhonKaen"], 2), landing_dir, "2-good.parquet")
+
+    reports = {r.chunk: r for r in _load_all()}
+
+    assert reports["0-broken.parquet"].status == "unreadable"
+    assert "not a readable Parquet file" in (reports["0-broken.parquet"].error or "")
+    assert reports["1-wrong-types.parquet"].status == "unreadable"
+    assert "activePower1 is String" in (reports["1-wrong-types.parquet"].error or "")
+    assert reports["2-good.parquet"].inserted == 2
+    failed = synced.data_dir / "failed"
+    assert (failed / "0-broken.parquet").exists()
+    assert "not a readable" in (failed / "0-broken.parquet.reason.txt").read_text()
+    assert _stored().height == 2
+
+
+def test_hidden_and_temporary_files_are_not_chunks(synced: Database) -> None:
+    frame = make_readings(["KhonKaen"], 2)
+    landing_dir = _landing(synced)
+    write_chunk(frame, landing_dir, "a.parquet")
+    frame.write_parquet(landing_dir / ".b.parquet")
+    frame.write_parquet(landing_dir / "c.parquet.tmp")
+
+    assert [r.chunk for r in _load_all()] == ["a.parquet"]
+    assert (landing_dir / ".b.parquet").exists() and (landing_dir / "c.parquet.tmp").exists()
+
+
+def test_integer_channels_and_naive_timestamps_are_accepted(synced: Database) -> None:
+    frame = make_readings(["KhonKaen"], 2)
+    lenient = frame.with_columns(
+        pl.col("activePower4").cast(pl.Int64), pl.col("timestamp").dt.replace_time_zone(None)
+    )
+    write_chunk(lenient, _landing(synced), "a.parquet")
+
+    [report] = _load_all()
+
+    assert report.inserted == 2
+    assert _stored()["timestamp"].to_list() == frame["timestamp"].to_list()
+
+
+def test_ledger_and_provenance_record_the_batch(synced: Database) -> None:
+    write_chunk(make_readings(["KhonKaen"], 2), _landing(synced), "capture-x.parquet")
+    _load_all()
+    with bulk_connection() as bulk:
+        rows = bulk.rows(
+            "SELECT b.input_name, b.status, b.rows_in, b.inserted, d.kind, d.reference "
+            "FROM load_batches b JOIN data_sources d ON d.id = b.source_id"
+        )
+        batch_ids = bulk.rows("SELECT DISTINCT batch_id FROM power_readings")
+    assert rows == [("capture-x.parquet", "committed", 2, 2, "websocket", "capture-x.parquet")]
+    assert len(batch_ids) == 1
+
+
+def test_chunk_committed_but_not_moved_is_only_moved_on_rerun(synced: Database) -> None:
+    chunk = write_chunk(make_readings(["KhonKaen"], 2), _landing(synced), "a.parquet")
+    _load_all()
+    # Simulate a crash between commit and move: put the same file back.
+    (synced.data_dir / "loaded" / "a.parquet").replace(chunk)
+
+    [report] = _load_all()
+
+    assert report.status == "already-loaded"
+    with bulk_connection() as bulk:
+        assert bulk.scalar("SELECT count(*) FROM load_batches") == 1
+    assert _stored().height == 2
+
+
+@pytest.mark.parametrize("rows", [0])
+def test_empty_chunk_loads_nothing(synced: Database, rows: int) -> None:
+    write_chunk(make_readings(["KhonKaen"], 1).head(rows), _landing(synced), "a.parquet")
+    [report] = _load_all()
+    assert (report.status, report.rows_in, report.inserted) == ("loaded", 0, 0)
