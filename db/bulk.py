@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+from adbc_driver_manager import dbapi
+
+from powerwatch.errors import DatabaseUnavailable
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -69,20 +72,35 @@ class BulkConnection:
         PostgreSQL: the named tables are locked against other writers (readers
         go on), which gives the same single-writer guarantee per table.
         """
-        if self.sqlite:
-            self.execute("BEGIN IMMEDIATE")
-        else:
-            for name in lock_tables:
-                self.execute(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE")
         try:
-            yield
-        except BaseException:
+            if self.sqlite:
+                self.execute("BEGIN IMMEDIATE")
+            else:
+                for name in lock_tables:
+                    self.execute(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE")
+            try:
+                yield
+            except BaseException:
+                self._rollback()
+                raise
+            if self.sqlite:
+                self.execute("COMMIT")
+            else:
+                self.conn.commit()
+        except dbapi.OperationalError as exc:
+            # Locked past the busy timeout, or the server went away: worth a retry.
+            raise DatabaseUnavailable(f"database busy or unreachable: {_first_line(exc)}") from exc
+
+    def _rollback(self) -> None:
+        try:
             if self.sqlite:
                 self.execute("ROLLBACK")
             else:
                 self.conn.rollback()
-            raise
-        if self.sqlite:
-            self.execute("COMMIT")
-        else:
-            self.conn.commit()
+        except dbapi.Error:
+            pass  # the transaction is gone already (connection lost): nothing to undo
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

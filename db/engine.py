@@ -5,6 +5,15 @@ Two kinds of connection, same database:
 - an ADBC connection (`bulk_connection`) for the load hot path, which moves
   Arrow columns into the database without a Python object per row.
 
+Rule for SQLite: never hold a SQLAlchemy (stdlib sqlite3) connection and an
+ADBC connection to the same file open at once in one process. ADBC links its
+own copy of SQLite; POSIX file locks are per process, so the two copies do not
+see each other's locks, and closing one copy's file releases the other's locks
+(it may even delete a WAL the other still writes). The SQLite engine therefore
+uses NullPool: a SQLAlchemy connection lives exactly as long as its `with`
+block, and bulk work happens outside such blocks. Between processes, locking
+works as SQLite documents.
+
 SQLite is tuned here for one busy writer and many readers: WAL (readers never
 block the writer), a busy timeout (a second writer waits instead of failing),
 foreign keys on, synchronous=NORMAL (durable at checkpoints; safe under WAL).
@@ -19,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from db.bulk import BulkConnection
@@ -69,9 +79,8 @@ def make_engine(url: str | None = None) -> Engine:
         path = sqlite_path(parsed)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        # Python's sqlite3 would otherwise open transactions behind our back; we
-        # issue BEGIN ourselves so write transactions take the lock up front.
         kwargs["connect_args"] = {"timeout": get_settings().busy_timeout_ms / 1000}
+        kwargs["poolclass"] = NullPool
     try:
         engine = create_engine(parsed, **kwargs)
     except NoSuchModuleError as exc:
