@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 from adbc_driver_manager import dbapi
 
@@ -46,6 +47,11 @@ class BulkConnection:
             cur.execute(self._sql(sql), list(params) if params else None)
             table: pa.Table = cur.fetch_arrow_table()
             return table
+
+    def frame(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+        frame = pl.from_arrow(self.arrow(sql, params))
+        assert isinstance(frame, pl.DataFrame)
+        return frame
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         result = self.rows(sql, params)

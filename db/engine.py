@@ -28,8 +28,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from db.bulk import BulkConnection
 from powerwatch.errors import DatabaseUnavailable, InputError

@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 
 import polars as pl
+
 from db.bulk import BulkConnection
 from db.tables import (
     READING_VALUE_COLUMNS,
@@ -31,7 +32,7 @@ from db.tables import (
     reading_conflicts,
     stations,
 )
-from schemas.reading import CHANNELS, REASON, TIMESTAMP_DTYPE
+from schemas.channels import CHANNELS, REASON, TIMESTAMP_DTYPE
 
 KEY = ("station_id", "ts")
 UNKNOWN_STATION = "unknown station"
@@ -111,8 +112,8 @@ def find_committed_batch(bulk: BulkConnection, input_name: str, content_hash: st
 
 
 def station_ids(bulk: BulkConnection) -> pl.DataFrame:
-    table = bulk.arrow(f"SELECT id AS station_id, name AS station FROM {stations.name}")
-    return pl.from_arrow(table).cast({"station_id": pl.Int32})  # type: ignore[return-value]
+    frame = bulk.frame(f"SELECT id AS station_id, name AS station FROM {stations.name}")
+    return frame.cast({"station_id": pl.Int32, "station": pl.String})
 
 
 def to_rows(readings: pl.DataFrame, ids: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -203,12 +204,10 @@ def store_readings(bulk: BulkConnection, readings: pl.DataFrame, batch_id: int) 
 
 def _newest_ts(bulk: BulkConnection, ids: list[int]) -> pl.DataFrame:
     # One index seek per station: a GROUP BY over the table would scan all of it.
-    table = bulk.arrow(
+    frame = bulk.frame(
         f"SELECT s.id AS station_id, (SELECT max(p.ts) FROM {power_readings.name} p "
         f"WHERE p.station_id = s.id) AS newest FROM {stations.name} s"
     )
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
     return frame.cast({"station_id": pl.Int32, "newest": pl.Int64}).filter(
         pl.col("station_id").is_in(ids)
     )
@@ -217,15 +216,13 @@ def _newest_ts(bulk: BulkConnection, ids: list[int]) -> pl.DataFrame:
 def _stored_matches(bulk: BulkConnection, keys: pl.DataFrame) -> pl.DataFrame:
     bulk.ingest("pw_staging_keys", keys.to_arrow(), temporary=True)
     try:
-        table = bulk.arrow(
+        frame = bulk.frame(
             f"SELECT p.station_id, p.ts, {', '.join('p.' + c for c in READING_VALUE_COLUMNS)}, "
             f"p.batch_id FROM pw_staging_keys k JOIN {power_readings.name} p "
             "ON p.station_id = k.station_id AND p.ts = k.ts"
         )
     finally:
         bulk.execute("DROP TABLE pw_staging_keys")
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
     return frame.cast(
         {"station_id": pl.Int32, "ts": pl.Int64, **dict.fromkeys(READING_VALUE_COLUMNS, pl.Float64)}
     ).rename({"batch_id": "batch_id_stored"})

@@ -33,7 +33,9 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _known(revision: str) -> bool:
-    return any(s.revision == revision for s in ScriptDirectory.from_config(_config()).walk_revisions())
+    return any(
+        s.revision == revision for s in ScriptDirectory.from_config(_config()).walk_revisions()
+    )
 
 
 def _refuse_unknown(engine: Engine) -> None:

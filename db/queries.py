@@ -14,13 +14,14 @@ from datetime import datetime
 from typing import Literal
 
 import polars as pl
+import pyarrow as pa
 
 from db.bulk import BulkConnection
 from db.tables import READING_VALUE_COLUMNS, power_readings, stations
-from schemas.reading import CHANNELS, TIMESTAMP_DTYPE
+from schemas.channels import CHANNELS, TIMESTAMP_DTYPE
 
 Order = Literal["asc", "desc"]
-_SELECT_VALUES = ", ".join(f"p.{c.column} AS \"{c.key}\"" for c in CHANNELS)
+_SELECT_VALUES = ", ".join(f'p.{c.column} AS "{c.key}"' for c in CHANNELS)
 READING_SCHEMA: dict[str, pl.DataType] = {
     "station": pl.String(),
     "timestamp": TIMESTAMP_DTYPE,
@@ -47,8 +48,8 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _frame(table: object) -> pl.DataFrame:
-    frame = pl.from_arrow(table)  # type: ignore[arg-type]
+def _frame(batch: pa.RecordBatch) -> pl.DataFrame:
+    frame = pl.from_arrow(batch)
     assert isinstance(frame, pl.DataFrame)
     return frame
 
@@ -59,8 +60,7 @@ def _to_readings(frame: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame(schema=READING_SCHEMA)
     return frame.select(
         pl.col("station").cast(pl.String),
-        epoch_ms("ts")
-        .alias("timestamp"),
+        epoch_ms("ts").alias("timestamp"),
         *(pl.col(c.key).cast(pl.Float64) for c in CHANNELS),
     )
 
@@ -124,7 +124,7 @@ def latest(bulk: BulkConnection, station: str | None = None) -> pl.DataFrame:
     if station is not None:
         sql += " WHERE s.name = ?"
         params.append(station)
-    return _to_readings(_frame(bulk.arrow(sql + " ORDER BY s.name", params))).sort("station")
+    return _to_readings(bulk.frame(sql + " ORDER BY s.name", params)).sort("station")
 
 
 def aggregates(
@@ -156,12 +156,11 @@ def aggregates(
         sql.append("AND p.ts < ?")
         params.append(_ms(where.end))
     sql.append(f"GROUP BY s.name, (p.ts / {width}) ORDER BY s.name, bucket")
-    frame = _frame(bulk.arrow(" ".join(sql), params))
+    frame = bulk.frame(" ".join(sql), params)
     if frame.is_empty():
         return frame
     return frame.with_columns(
-        epoch_ms("bucket")
-        .alias("bucket"),
+        epoch_ms("bucket").alias("bucket"),
         pl.col("samples").cast(pl.Int64),
         pl.exclude("station", "bucket", "samples").cast(pl.Float64),
     )
@@ -175,12 +174,11 @@ def station_summary(bulk: BulkConnection) -> pl.DataFrame:
         f"(SELECT count(*) FROM {power_readings.name} p WHERE p.station_id = s.id) AS readings "
         f"FROM {stations.name} s ORDER BY s.name"
     )
-    frame = _frame(bulk.arrow(sql))
+    frame = bulk.frame(sql)
     if frame.is_empty():
         return frame
     return frame.with_columns(
-        epoch_ms("last_ts")
-        .alias("last_reading"),
+        epoch_ms("last_ts").alias("last_reading"),
         pl.col("readings").cast(pl.Int64),
     ).drop("last_ts")
 
@@ -195,10 +193,7 @@ def conflicts(bulk: BulkConnection, station: str | None = None) -> pl.DataFrame:
     if station is not None:
         sql += " WHERE s.name = ?"
         params.append(station)
-    frame = _frame(bulk.arrow(sql + " ORDER BY s.name, c.ts, c.id", params))
+    frame = bulk.frame(sql + " ORDER BY s.name, c.ts, c.id", params)
     if frame.is_empty():
         return frame
-    return frame.with_columns(
-        epoch_ms("ts")
-        .alias("timestamp")
-    ).drop("ts")
+    return frame.with_columns(epoch_ms("ts").alias("timestamp")).drop("ts")

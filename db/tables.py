@@ -28,7 +28,7 @@ from sqlalchemy import (
     func,
 )
 
-from schemas.reading import CHANNELS
+from schemas.channels import CHANNELS
 
 metadata = MetaData()
 

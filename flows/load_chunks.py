@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, Failed
 
 from db.engine import make_engine
 from db.migrate import require_current
 from powerwatch import landing
-from powerwatch.errors import JobError
 from powerwatch.loader import ChunkReport
 from powerwatch.reports import load_summary_rows
 from powerwatch.settings import get_settings
@@ -16,8 +16,8 @@ from tasks.load import load_chunk_task
 
 
 @flow(name="load-chunks", flow_run_name="load-chunks", log_prints=True)
-def load_chunks() -> list[ChunkReport]:
-    """Runbook: check the schema; load each chunk in turn; publish the table; fail if any chunk did."""
+def load_chunks() -> State:
+    """Runbook: check the schema, load each chunk in turn, publish the table, fail if any did."""
     settings = get_settings()
     require_current(make_engine(settings.database_url))
     reports: list[ChunkReport] = []
@@ -38,7 +38,10 @@ def load_chunks() -> list[ChunkReport]:
         logger.error(line)
     unreadable = [r for r in reports if r.status == "unreadable"]
     if failed or unreadable:
-        raise JobError(
-            f"{len(failed)} chunk(s) failed and {len(unreadable)} unreadable chunk(s) set aside"
+        # Failed, but still carrying the reports: the CLI prints them, the UI shows red.
+        return Failed(
+            message=f"{len(failed)} chunk(s) failed and {len(unreadable)} unreadable chunk(s) "
+            "set aside",
+            data=reports,
         )
-    return reports
+    return Completed(message=f"{len(reports)} chunk(s) loaded", data=reports)

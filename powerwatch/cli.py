@@ -9,13 +9,18 @@ bad usage/input and 1 for a job that ran but failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, NoReturn
 
 from powerwatch.errors import InputError, PowerwatchError
+
+if TYPE_CHECKING:
+    from db.bulk import BulkConnection
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,13 +84,11 @@ def cmd_stations_sync(args: argparse.Namespace) -> int:
     engine = make_engine()
     require_current(engine)
     result = sync_stations(engine, registry)
-    print(
-        f"{path}: {result.added} added, {result.updated} updated, {result.unchanged} unchanged"
-    )
+    print(f"{path}: {result.added} added, {result.updated} updated, {result.unchanged} unchanged")
     return 0
 
 
-def _query_connection():  # type: ignore[no-untyped-def]
+def _query_connection() -> AbstractContextManager[BulkConnection]:
     from db.engine import bulk_connection, check_connection, make_engine
     from db.migrate import require_current
 
@@ -139,11 +142,10 @@ def cmd_latest(args: argparse.Namespace) -> int:
 
 
 def cmd_load(_args: argparse.Namespace) -> int:
-    from flows.load_chunks import load_chunks
-    from powerwatch.output import write_table
-
     import polars as pl
 
+    from flows.load_chunks import load_chunks
+    from powerwatch.output import write_table
     from powerwatch.reports import load_summary_rows
 
     state = load_chunks(return_state=True)
@@ -154,6 +156,13 @@ def cmd_load(_args: argparse.Namespace) -> int:
         print(f"powerwatch: load failed: {state.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_demo(_args: argparse.Namespace) -> int:
+    from powerwatch.demo import run_demo
+    from powerwatch.settings import get_settings
+
+    return run_demo(get_settings())
 
 
 Handler = Callable[[argparse.Namespace], int]
@@ -176,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("file", nargs="?", type=Path)
     sync.set_defaults(handler=cmd_stations_sync)
-    st_commands.add_parser(
-        "list", help="stations with last reading time and count"
-    ).set_defaults(handler=cmd_stations_list)
+    st_commands.add_parser("list", help="stations with last reading time and count").set_defaults(
+        handler=cmd_stations_list
+    )
 
     rd = commands.add_parser(
         "readings",
@@ -200,10 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "load", help="validate and load every landed chunk, quarantine bad rows"
     ).set_defaults(handler=cmd_load)
+    commands.add_parser("demo", help="the whole system on one machine").set_defaults(
+        handler=cmd_demo
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Offline by design: no telemetry from Prefect's client or its temporary server.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler

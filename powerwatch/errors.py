@@ -1,13 +1,13 @@
 """Every failure an operator can see has a named type here.
 
-    PowerwatchError                 one-line message, never a traceback for the operator
-    ├── InputError                  exit 2: bad usage or bad input, nothing stored changed
-    │   ├── RegistryError           a registry entry breaks the rules (named in the message)
-    │   ├── ChunkError              a landing chunk cannot be read as the contract says
-    │   └── UnknownStationError     a station name that is not registered
-    └── JobError                    exit 1: the job ran but failed
-        ├── DatabaseUnavailable     cannot connect / locked past the retries
-        └── SchemaVersionError      the database's schema is newer (or older) than this code
+PowerwatchError                 one-line message, never a traceback for the operator
+├── InputError                  exit 2: bad usage or bad input, nothing stored changed
+│   ├── RegistryError           a registry entry breaks the rules (named in the message)
+│   ├── ChunkError              a landing chunk cannot be read as the contract says
+│   └── UnknownStationError     a station name that is not registered
+└── JobError                    exit 1: the job ran but failed
+    ├── DatabaseUnavailable     cannot connect / locked past the retries
+    └── SchemaVersionError      the database's schema is newer (or older) than this code
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import polars as pl
 import polars.exceptions
 
 from powerwatch.errors import ChunkError
-from schemas.reading import LANDING_COLUMNS, RECEIVED_AT, TIMESTAMP_DTYPE
+from schemas.channels import LANDING_COLUMNS, RECEIVED_AT, TIMESTAMP_DTYPE
 
 
 def list_chunks(landing: Path) -> list[Path]:

@@ -9,7 +9,7 @@ from typing import TextIO
 
 import polars as pl
 
-from schemas.reading import CHANNEL_KEYS
+from schemas.channels import CHANNEL_KEYS
 
 CSV_COLUMNS = ("timestamp", "station", *CHANNEL_KEYS)
 CSV_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
@@ -50,5 +50,6 @@ def write_table(frame: pl.DataFrame, out: TextIO = sys.stdout) -> None:
         tbl_hide_dataframe_shape=True,
         tbl_hide_column_data_types=True,
         fmt_str_lengths=80,
+        fmt_float="full",
     ):
         out.write(f"{frame}\n")

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from powerwatch.errors import RegistryError
-from schemas.reading import STATION_NAME_PATTERN
+from schemas.channels import STATION_NAME_PATTERN
 
 _NAME = re.compile(STATION_NAME_PATTERN)
 
@@ -58,8 +58,7 @@ def _station(entry: Any, position: int) -> Station:
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise RegistryError(
-            f"registry entry {position}: bad name {name!r} "
-            "(1-64 letters, digits, '-', '_', '.')"
+            f"registry entry {position}: bad name {name!r} (1-64 letters, digits, '-', '_', '.')"
         )
     where = f"registry entry {position} ({name})"
     raw_uuid = entry.get("uuid")

@@ -1,21 +1,5 @@
-"""The one definition of a reading: columns, validity rules, and the pandera model built from them."""
+"""The one definition of a reading.
 
-from schemas.reading import (
-    ACTIVE_CHANNELS,
-    CHANNELS,
-    LANDING_COLUMNS,
-    MUX_CHANNELS,
-    READING_SCHEMA,
-    Channel,
-    split_valid,
-)
-
-__all__ = [
-    "ACTIVE_CHANNELS",
-    "CHANNELS",
-    "LANDING_COLUMNS",
-    "MUX_CHANNELS",
-    "READING_SCHEMA",
-    "Channel",
-    "split_valid",
-]
+`schemas.channels`: the channel list and the landing columns (plain data).
+`schemas.reading`: the pandera model built from them, and `split_valid`.
+"""

@@ -9,48 +9,39 @@ migration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pandera.polars as pa
 import polars as pl
 from pandera.api.polars.types import PolarsData
 
-STATION_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-FUTURE_TOLERANCE = timedelta(minutes=5)
-TIMESTAMP_DTYPE = pl.Datetime("ms", "UTC")
-
-
-@dataclass(frozen=True)
-class Channel:
-    """One measured quantity: its protocol key, its database column and its valid range."""
-
-    key: str  # name in the protocol, chunks and CSV (camelCase)
-    column: str  # name in the database (snake_case, portable without quoting)
-    unit: str
-    minimum: float
-    maximum: float
-    maximum_inclusive: bool
-
-
-ACTIVE_CHANNELS: tuple[Channel, ...] = tuple(
-    Channel(f"activePower{i}", f"active_power{i}", "W", -1_000.0, 1_000_000.0, True)
-    for i in range(1, 7)
+from schemas.channels import (
+    ACTIVE_CHANNELS,
+    CHANNEL_KEYS,
+    CHANNELS,
+    EARLIEST,
+    FUTURE_TOLERANCE,
+    LANDING_COLUMNS,
+    MUX_CHANNELS,
+    REASON,
+    RECEIVED_AT,
+    STATION_NAME_PATTERN,
+    TIMESTAMP_DTYPE,
+    Channel,
 )
-MUX_CHANNELS: tuple[Channel, ...] = tuple(
-    Channel(f"muxPower{i}", f"mux_power{i}", "kWh", 0.0, 1e12, False) for i in range(1, 5)
-)
-CHANNELS: tuple[Channel, ...] = ACTIVE_CHANNELS + MUX_CHANNELS
-CHANNEL_KEYS: tuple[str, ...] = tuple(c.key for c in CHANNELS)
 
-# The landing-chunk contract (spec/landing-chunks.md); `received_at` is optional.
-LANDING_COLUMNS: dict[str, pl.DataType] = {
-    "station": pl.String(),
-    "timestamp": TIMESTAMP_DTYPE,
-    **{key: pl.Float64() for key in CHANNEL_KEYS},
-}
-RECEIVED_AT = "received_at"
+__all__ = [
+    "ACTIVE_CHANNELS",
+    "CHANNELS",
+    "CHANNEL_KEYS",
+    "LANDING_COLUMNS",
+    "MUX_CHANNELS",
+    "READING_SCHEMA",
+    "REASON",
+    "RECEIVED_AT",
+    "TIMESTAMP_DTYPE",
+    "split_valid",
+]
 
 
 def _not_in_future(data: PolarsData) -> pl.LazyFrame:
@@ -84,7 +75,6 @@ READING_SCHEMA = pa.DataFrameSchema(
 )
 
 ROW = "__row"
-REASON = "reason"
 
 
 # pandera names checks by their function; operators read rules.
@@ -135,4 +125,6 @@ def split_valid(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         rejected = frame.join(reasons, on=ROW, how="inner").drop(ROW)
         valid = frame.join(reasons, on=ROW, how="anti").drop(ROW)
         return valid, rejected
-    return frame.drop(ROW), frame.clear().drop(ROW).with_columns(pl.lit("", pl.String).alias(REASON))
+    return frame.drop(ROW), frame.clear().drop(ROW).with_columns(
+        pl.lit("", pl.String).alias(REASON)
+    )

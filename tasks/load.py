@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from db.engine import bulk_connection
@@ -19,7 +20,7 @@ from tasks.retry import retry_when_database_unavailable
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_when_database_unavailable,
-    cache_policy=None,
+    cache_policy=NO_CACHE,
 )
 def load_chunk_task(chunk: Path) -> ChunkReport:
     """Validate, store and move one chunk; a locked/unreachable database is retried with

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import State, Task
+from prefect.client.schemas.objects import TaskRun
+
 from powerwatch.errors import DatabaseUnavailable
 
 
-def retry_when_database_unavailable(_task: Any, _task_run: Any, state: Any) -> bool:
+def retry_when_database_unavailable(
+    _task: Task[..., Any], _task_run: TaskRun, state: State[Any]
+) -> bool:
     try:
         state.result()
     except DatabaseUnavailable:

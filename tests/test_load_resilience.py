@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 
 from db.engine import bulk_connection
-from powerwatch import landing
 from powerwatch.errors import DatabaseUnavailable
 from powerwatch.loader import load_chunk
 from powerwatch.settings import get_settings
@@ -114,8 +113,12 @@ def test_kill_9_at_any_point_then_rerun_gives_the_same_database(
     _chunks(landing_dir)
     pristine = tmp_path / "pristine.db"
     subprocess.run(
-        [sys.executable, "-c", f"import sqlite3; sqlite3.connect({_db_file(synced)!r})"
-         f".backup(sqlite3.connect({str(pristine)!r}))"],
+        [
+            sys.executable,
+            "-c",
+            f"import sqlite3; sqlite3.connect({_db_file(synced)!r})"
+            f".backup(sqlite3.connect({str(pristine)!r}))",
+        ],
         check=True,
     )
     reference_landing = tmp_path / "reference"
@@ -130,8 +133,9 @@ def test_kill_9_at_any_point_then_rerun_gives_the_same_database(
         "POWERWATCH_DATA_DIR": str(tmp_path / "refdata"),
     }
     (tmp_path / "refdata").mkdir()
-    subprocess.run(["cp", "-a", str(reference_landing), str(tmp_path / "refdata" / "landing")],
-                   check=True)
+    subprocess.run(
+        ["cp", "-a", str(reference_landing), str(tmp_path / "refdata" / "landing")], check=True
+    )
     subprocess.run([sys.executable, "-c", LOAD_ALL], env=ref_env, check=True)
     expected = _snapshot(str(ref_db))
 

@@ -33,17 +33,22 @@ def test_readings_filters(synced: Database) -> None:
     with bulk_connection() as bulk:
         one = queries.readings(
             bulk,
-            ReadingFilter(station="ChiangMai", start=T0 + timedelta(seconds=10),
-                          end=T0 + timedelta(seconds=20)),
+            ReadingFilter(
+                station="ChiangMai",
+                start=T0 + timedelta(seconds=10),
+                end=T0 + timedelta(seconds=20),
+            ),
         )
         page = queries.readings(bulk, ReadingFilter(station="Songkhla", limit=5, offset=3))
-        newest_first = queries.readings(bulk, ReadingFilter(station="Songkhla", order="desc",
-                                                            limit=2))
+        newest_first = queries.readings(
+            bulk, ReadingFilter(station="Songkhla", order="desc", limit=2)
+        )
         everything = queries.readings(bulk)
     expected = frame.filter(
         (pl.col("station") == "ChiangMai")
-        & pl.col("timestamp").is_between(T0 + timedelta(seconds=10), T0 + timedelta(seconds=20),
-                                         closed="left")
+        & pl.col("timestamp").is_between(
+            T0 + timedelta(seconds=10), T0 + timedelta(seconds=20), closed="left"
+        )
     )
     assert one.equals(expected)
     songkhla = frame.filter(pl.col("station") == "Songkhla")
@@ -68,16 +73,15 @@ def test_interval_aggregates(synced: Database) -> None:
     _loaded(synced, frame)
     with bulk_connection() as bulk:
         per_minute = queries.aggregates(bulk, 60)
-    expected = (
-        frame.group_by_dynamic("timestamp", every="1m")
-        .agg(
-            pl.len().alias("samples"),
-            pl.col("activePower1").mean().alias("active_power1_avg"),
-            pl.col("activePower1").min().alias("active_power1_min"),
-            pl.col("muxPower4").max().alias("mux_power4_max"),
-        )
+    expected = frame.group_by_dynamic("timestamp", every="1m").agg(
+        pl.len().alias("samples"),
+        pl.col("activePower1").mean().alias("active_power1_avg"),
+        pl.col("activePower1").min().alias("active_power1_min"),
+        pl.col("muxPower4").max().alias("mux_power4_max"),
     )
-    assert per_minute["samples"].to_list() == expected["samples"].cast(pl.Int64).to_list() == [60] * 3
+    assert (
+        per_minute["samples"].to_list() == expected["samples"].cast(pl.Int64).to_list() == [60] * 3
+    )
     assert per_minute["bucket"].to_list() == expected["timestamp"].to_list()
     for column in ("active_power1_avg", "active_power1_min", "mux_power4_max"):
         assert per_minute[column].to_list() == expected[column].to_list()
@@ -96,7 +100,9 @@ def test_station_summary_counts_and_last_reading(synced: Database) -> None:
 
 def test_csv_export_is_format_c_and_reads_back_equal(synced: Database) -> None:
     frame = make_readings(STATIONS, 5).with_columns(
-        pl.when(pl.col("station") == "ChiangMai").then(None).otherwise(pl.col("activePower3"))
+        pl.when(pl.col("station") == "ChiangMai")
+        .then(None)
+        .otherwise(pl.col("activePower3"))
         .alias("activePower3"),
         (pl.col("muxPower1") + 0.1 + 1e-9).alias("muxPower1"),  # awkward binary fractions
     )
@@ -113,7 +119,8 @@ def test_csv_export_is_format_c_and_reads_back_equal(synced: Database) -> None:
     assert first.startswith("2026-11-01T00:00:00.000Z,ChiangMai,")
     assert ",," in first  # NULL is an empty cell
     back = pl.read_csv(io.StringIO(text), schema_overrides={"timestamp": pl.String}).with_columns(
-        pl.col("timestamp").str.to_datetime("%Y-%m-%dT%H:%M:%S%.3fZ", time_unit="ms",
-                                            time_zone="UTC")
+        pl.col("timestamp").str.to_datetime(
+            "%Y-%m-%dT%H:%M:%S%.3fZ", time_unit="ms", time_zone="UTC"
+        )
     )
     assert back.select(frame.columns).equals(frame.sort("station", "timestamp"))

@@ -1,0 +1,1 @@
+"""Prefect flows: thin runbooks that only orchestrate tasks."""
