@@ -44,9 +44,26 @@ class BulkConnection:
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self.conn.cursor() as cur:
+            self._batch_rows(cur, 65_536)
             cur.execute(self._sql(sql), list(params) if params else None)
             table: pa.Table = cur.fetch_arrow_table()
             return table
+
+    def batches(
+        self, sql: str, params: Sequence[Any] = (), *, rows: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a result as Arrow record batches of about `rows` rows (bounded memory)."""
+        with self.conn.cursor() as cur:
+            self._batch_rows(cur, rows)
+            cur.execute(self._sql(sql), list(params) if params else None)
+            for batch in cur.fetch_record_batch():
+                if batch.num_rows:
+                    yield batch
+
+    def _batch_rows(self, cur: Any, rows: int) -> None:
+        # SQLite's driver defaults to 1,024-row batches: the per-batch cost then dominates.
+        if self.sqlite:
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(rows)})
 
     def frame(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
         frame = pl.from_arrow(self.arrow(sql, params))

@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, NoReturn
 
 from powerwatch.errors import InputError, PowerwatchError

@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import polars.exceptions
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from powerwatch.errors import ChunkError
 from schemas.channels import LANDING_COLUMNS, RECEIVED_AT, TIMESTAMP_DTYPE
@@ -57,24 +60,41 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+SLICE_ROWS = 200_000  # rows per slice when streaming a chunk: bounds a load's memory
+
+
 def read_chunk(path: Path) -> pl.DataFrame:
-    """Read a chunk and conform it to the contract, or raise `ChunkError` with the reason.
+    """The whole chunk, conformed (for small chunks and tests)."""
+    return pl.concat([pl.DataFrame(schema=LANDING_COLUMNS), *iter_chunk(path)], how="diagonal")
+
+
+def iter_chunk(path: Path, rows: int | None = None) -> Iterator[pl.DataFrame]:
+    """Stream a chunk in slices conformed to the contract, or raise `ChunkError` with the reason.
 
     Tolerated (lossless): integer channels (cast to float64), timestamps of
     another unit or zone (converted to ms UTC; a zone-less one is taken as UTC).
     Anything else that differs from the contract makes the chunk unreadable.
     """
     try:
-        frame = pl.read_parquet(path)
-    except (OSError, polars.exceptions.PolarsError) as exc:
+        parquet = pq.ParquetFile(path)
+        casts = _conforming_casts(path, pl.from_arrow(parquet.schema_arrow.empty_table()))
+        for batch in parquet.iter_batches(batch_size=rows or SLICE_ROWS):
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            yield frame.with_columns(casts) if casts else frame
+    except (OSError, pa.ArrowException, polars.exceptions.PolarsError) as exc:
         raise ChunkError(f"{path.name}: not a readable Parquet file ({_line(exc)})") from exc
-    missing = [name for name in LANDING_COLUMNS if name not in frame.columns]
+
+
+def _conforming_casts(path: Path, empty: pl.DataFrame | pl.Series) -> list[pl.Expr]:
+    assert isinstance(empty, pl.DataFrame)
+    missing = [name for name in LANDING_COLUMNS if name not in empty.columns]
     if missing:
         raise ChunkError(f"{path.name}: missing columns {', '.join(missing)}")
     problems: list[str] = []
     casts: list[pl.Expr] = []
     for name, expected in LANDING_COLUMNS.items():
-        actual = frame.schema[name]
+        actual = empty.schema[name]
         if actual == expected:
             continue
         if expected == pl.Float64() and (actual.is_numeric() or actual == pl.Null()):
@@ -85,15 +105,15 @@ def read_chunk(path: Path) -> pl.DataFrame:
             casts.append(pl.col(name).cast(pl.String))
         else:
             problems.append(f"{name} is {actual}, expected {expected}")
-    if RECEIVED_AT in frame.columns:
-        actual = frame.schema[RECEIVED_AT]
+    if RECEIVED_AT in empty.columns:
+        actual = empty.schema[RECEIVED_AT]
         if isinstance(actual, pl.Datetime):
             casts.append(_as_utc_ms(RECEIVED_AT, actual))
         else:
             problems.append(f"{RECEIVED_AT} is {actual}, expected {TIMESTAMP_DTYPE}")
     if problems:
         raise ChunkError(f"{path.name}: wrong column types: {'; '.join(problems)}")
-    return frame.with_columns(casts) if casts else frame
+    return casts
 
 
 def _as_utc_ms(name: str, dtype: pl.Datetime) -> pl.Expr:

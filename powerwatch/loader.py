@@ -77,7 +77,11 @@ def count_reasons(rejected: pl.DataFrame) -> dict[str, int]:
 
 
 def load_chunk(bulk: BulkConnection, chunk: Path, settings: Settings) -> ChunkReport:
-    """Load one chunk end to end; an unreadable chunk is set aside, never raised."""
+    """Load one chunk end to end; an unreadable chunk is set aside, never raised.
+
+    The chunk is streamed in slices (bounded memory whatever its size), all in
+    one transaction: the chunk is loaded whole or not at all.
+    """
     started = time.perf_counter()
     report = ChunkReport(chunk=chunk.name, status="loaded")
     content_hash = landing.file_hash(chunk)
@@ -85,39 +89,41 @@ def load_chunk(bulk: BulkConnection, chunk: Path, settings: Settings) -> ChunkRe
         landing.move(chunk, settings.loaded_dir)
         report.status = "already-loaded"
         return report
+    result = StoreResult()
+    rejected: list[pl.DataFrame] = []
     try:
-        frame = landing.read_chunk(chunk)
-        valid, rejected = validate(frame)
-    except ChunkError as exc:
-        landing.set_aside(chunk, settings.failed_dir, str(exc))
-        report.status, report.error = "unreadable", str(exc)
-        return report
-    report.rows_in = frame.height
-
-    with bulk.transaction(lock_tables=WRITE_TABLES):
-        batch_id = begin_batch(
-            bulk,
-            kind=source_kind(chunk),
-            reference=chunk.name,
-            input_name=chunk.name,
-            content_hash=content_hash,
-        )
-        result: StoreResult = store_readings(bulk, valid, batch_id)
-        rejected = pl.concat([rejected, result.unknown], how="diagonal_relaxed")
-        report.rejected_by_reason = count_reasons(rejected)
-        if not rejected.is_empty():
-            landing.write_atomically(
-                rejected.with_columns(pl.lit(chunk.name).alias("chunk")),
-                settings.quarantine_dir / chunk.name,
+        with bulk.transaction(lock_tables=WRITE_TABLES):
+            batch_id = begin_batch(
+                bulk,
+                kind=source_kind(chunk),
+                reference=chunk.name,
+                input_name=chunk.name,
+                content_hash=content_hash,
             )
-        finish_batch(
-            bulk,
-            batch_id,
-            status="committed",
-            rows_in=report.rows_in,
-            result=result,
-            rejected_by_reason=report.rejected_by_reason,
-        )
+            for frame in landing.iter_chunk(chunk):
+                report.rows_in += frame.height
+                valid, invalid = validate(frame)
+                stored = store_readings(bulk, valid, batch_id)
+                rejected += [invalid, stored.unknown]
+                result += stored
+            quarantined = pl.concat([pl.DataFrame(), *rejected], how="diagonal_relaxed")
+            report.rejected_by_reason = count_reasons(quarantined)
+            if not quarantined.is_empty():
+                landing.write_atomically(
+                    quarantined.with_columns(pl.lit(chunk.name).alias("chunk")),
+                    settings.quarantine_dir / chunk.name,
+                )
+            finish_batch(
+                bulk,
+                batch_id,
+                status="committed",
+                rows_in=report.rows_in,
+                result=result,
+                rejected_by_reason=report.rejected_by_reason,
+            )
+    except ChunkError as exc:  # rolled back: nothing of this chunk is stored
+        landing.set_aside(chunk, settings.failed_dir, str(exc))
+        return ChunkReport(chunk=chunk.name, status="unreadable", error=str(exc))
     landing.move(chunk, settings.loaded_dir)
     report.inserted, report.duplicates = result.inserted, result.duplicates
     report.conflicts = result.conflicts

@@ -211,3 +211,52 @@ def test_empty_chunk_loads_nothing(synced: Database, rows: int) -> None:
     write_chunk(make_readings(["KhonKaen"], 1).head(rows), _landing(synced), "a.parquet")
     [report] = _load_all()
     assert (report.status, report.rows_in, report.inserted) == ("loaded", 0, 0)
+
+
+@pytest.mark.parametrize("dense_per_hour", [1, 10**9], ids=["read-whole-hours", "key-lookups"])
+def test_both_comparison_strategies_classify_alike(
+    synced: Database, monkeypatch: pytest.MonkeyPatch, dense_per_hour: int
+) -> None:
+    import db.load
+
+    monkeypatch.setattr(db.load, "DENSE_PER_HOUR", dense_per_hour)
+    stored = make_readings(STATIONS, 30).with_columns(
+        pl.when(pl.col("station") == "Songkhla")
+        .then(None)
+        .otherwise(pl.col("muxPower1"))
+        .alias("muxPower1")
+    )
+    write_chunk(stored, _landing(synced), "a.parquet")
+    _load_all()
+    # Older readings again: 40 equal (incl. NULLs), 5 changed, plus 10 s of gaps filled in.
+    gaps = make_readings(["KhonKaen"], 10).with_columns(pl.col("timestamp").dt.offset_by("-1h"))
+    again = pl.concat(
+        [
+            stored.head(40),
+            stored.slice(40, 5).with_columns(pl.col("activePower6") + 1),
+            gaps,
+        ]
+    )
+    write_chunk(again, _landing(synced), "b.parquet")
+
+    [report] = _load_all()
+
+    assert (report.inserted, report.duplicates, report.conflicts) == (10, 40, 5)
+    with bulk_connection() as bulk:
+        assert queries.conflicts(bulk).height == 5
+    assert _stored().height == 100
+
+
+def test_a_chunk_is_streamed_in_slices_within_one_transaction(
+    synced: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(landing, "SLICE_ROWS", 7)
+    frame = make_readings(STATIONS, 10)
+    changed = frame.head(3).with_columns(pl.col("activePower1") - 1)
+    chunk = pl.concat([frame, frame.head(5), changed])  # repeats land in later slices
+    write_chunk(chunk, _landing(synced), "a.parquet")
+
+    [report] = _load_all()
+
+    assert (report.rows_in, report.inserted, report.duplicates, report.conflicts) == (38, 30, 5, 3)
+    assert _stored().equals(frame.sort("station", "timestamp"))

@@ -1,0 +1,1 @@
+"""Benchmarks: each measures ratios against baselines run in the same process and run."""
