@@ -1,0 +1,27 @@
+"""Legacy log files (spec/legacy-logs.md): format detection and parsing, no database.
+
+`detect_format(path)` gives "T", "J", "C" or None (not a recognised log format).
+`iter_batches(path, fmt, tz=...)` yields `ParsedBatch`es: `readings` (the
+`LANDING_COLUMNS` plus `line`, for `schemas.reading.split_valid`), `rejected`
+(`line`, `raw`, `reason`: lines that are readings but do not parse), and the
+counts, with `lines == non_data + readings.height + rejected.height`.
+"""
+
+from powerwatch.legacy.formats import FORMATS, Format, LegacyLogError, detect_format
+from powerwatch.legacy.parsers import (
+    READING_COLUMNS,
+    REJECTED_COLUMNS,
+    ParsedBatch,
+    iter_batches,
+)
+
+__all__ = [
+    "FORMATS",
+    "READING_COLUMNS",
+    "REJECTED_COLUMNS",
+    "Format",
+    "LegacyLogError",
+    "ParsedBatch",
+    "detect_format",
+    "iter_batches",
+]

@@ -1,0 +1,609 @@
+"""Parsing legacy log lines into readings, block by block, vectorised with polars.
+
+Only what cannot be parsed is rejected here (a value that is not a number, a
+line that is not JSON, a time stamp that does not parse, a reading without its
+station ...). Validity rules (ranges, the future, station names, registry) are
+applied later to `ParsedBatch.readings` by `schemas.reading.split_valid`.
+
+Every line of a block is counted exactly once: non-data, reading or rejected.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import orjson
+import polars as pl
+
+from powerwatch.errors import InputError
+from powerwatch.legacy.formats import (
+    FORMATS,
+    SAMPLE_LINES,
+    Format,
+    LegacyLogError,
+    csv_header_fields,
+    is_csv_header,
+)
+from powerwatch.legacy.lines import iter_line_blocks
+from schemas.reading import (
+    ACTIVE_CHANNELS,
+    CHANNEL_KEYS,
+    LANDING_COLUMNS,
+    MUX_CHANNELS,
+    REASON,
+    TIMESTAMP_DTYPE,
+)
+
+LINE: Final = "line"
+RAW: Final = "raw"
+READING_COLUMNS: Final[dict[str, pl.DataType]] = {**LANDING_COLUMNS, LINE: pl.Int64()}
+REJECTED_COLUMNS: Final[dict[str, pl.DataType]] = {
+    LINE: pl.Int64(),
+    RAW: pl.String(),
+    REASON: pl.String(),
+}
+
+MALFORMED_JSON: Final = "malformed JSON"
+NOT_AN_OBJECT: Final = "not a JSON object"
+MISSING_STATION: Final = "missing station"
+MISSING_TIMESTAMP: Final = "missing timestamp"
+MISSING_READINGS: Final = "missing readings"
+MALFORMED_LINE: Final = "malformed reading line"
+
+# Format T names the channels the old way: P1..P6 are activePower1..6 and the
+# four multiplex meters TV5, MCOT, PRD, TPBS are muxPower1..4.
+T_ACTIVE_LABELS: Final = tuple(f"P{i}" for i in range(1, len(ACTIVE_CHANNELS) + 1))
+T_MUX_LABELS: Final = ("TV5", "MCOT", "PRD", "TPBS")
+T_LABELS: Final = dict(
+    zip(
+        (*T_ACTIVE_LABELS, *T_MUX_LABELS),
+        (c.key for c in (*ACTIVE_CHANNELS, *MUX_CHANNELS)),
+        strict=True,
+    )
+)
+T_MARKER: Final = "Active Power"
+T_NO_VALUE: Final = "N/A"
+T_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S%.f"
+
+_ISO_FORMAT: Final = "%Y-%m-%dT%H:%M:%S%.f%#z"
+_ISO_NAIVE_FORMAT: Final = "%Y-%m-%dT%H:%M:%S%.f"
+_EPOCH_MS: Final = r"^-?\d{1,15}$"
+_JSON_PIECE: Final = 4096  # lines polars decodes at once (larger pieces decode slower)
+_JSON_SPLIT: Final = 16  # a refused piece is retried in this many parts ...
+_JSON_LINE_BY_LINE: Final = 256  # ... down to this size, then decoded line by line
+_QUOTE_LIMIT: Final = 60
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """One block of lines, parsed: lines == non_data + readings.height + rejected.height."""
+
+    first_line: int
+    lines: int
+    non_data: int
+    readings: pl.DataFrame  # READING_COLUMNS: LANDING_COLUMNS + line
+    rejected: pl.DataFrame  # REJECTED_COLUMNS: line, raw, reason
+
+
+def iter_batches(
+    path: Path, fmt: Format, *, tz: str = "Asia/Bangkok", batch_lines: int = 500_000
+) -> Iterator[ParsedBatch]:
+    """Parse `path` as format `fmt`, `batch_lines` lines at a time, in bounded memory.
+
+    `tz` is the zone of format T's local time stamps. Raises `InputError` at once
+    for an unknown zone; `LegacyLogError` (while iterating) for a CSV file without
+    a usable header or a damaged gzip stream.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown legacy format {fmt!r}")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise InputError(f"unknown time zone {tz!r}") from exc
+    if batch_lines < 1:
+        raise InputError("batch_lines must be at least 1")
+    blocks = iter_line_blocks(path, batch_lines)
+    if fmt == "T":
+        return (parse_text_block(block, tz) for block in blocks)
+    if fmt == "J":
+        return (parse_json_block(block) for block in blocks)
+    return _iter_csv(path.name, blocks)
+
+
+def _iter_csv(name: str, blocks: Iterator[pl.DataFrame]) -> Iterator[ParsedBatch]:
+    parser = _CsvParser(name)
+    for block in blocks:
+        yield parser.parse(block)
+    if parser.header is None and parser.looked_at:
+        raise LegacyLogError(f"{name}: no CSV header naming timestamp and station")
+
+
+# --------------------------------------------------------------------------- shared
+
+# A check: (condition on a parsed row, the reason text where it holds). Reason
+# texts are built only for the rows that fail, never for the good ones.
+Check = tuple[pl.Expr, pl.Expr]
+
+
+def _finish(
+    block: pl.DataFrame, parsed: pl.DataFrame, checks: list[Check], fatal: Check | None = None
+) -> ParsedBatch:
+    """Split the parsed candidate rows of `block` into readings and rejected.
+
+    `parsed` holds line, raw, station, timestamp and the channels; a row failing
+    a check is rejected with all its reasons joined by "; ", a row failing the
+    `fatal` check with that reason alone. Lines of `block` not in `parsed` are
+    non-data.
+    """
+    conditions = [condition.fill_null(False) for condition, _ in checks]
+    if fatal is not None:
+        conditions.append(fatal[0].fill_null(False))
+    failed = (
+        parsed.select(pl.any_horizontal(conditions)).to_series()
+        if conditions
+        else pl.repeat(False, parsed.height, eager=True)
+    )
+    good = parsed.select(list(READING_COLUMNS)).filter(~failed)
+    bad = parsed.filter(failed)
+    reason: pl.Expr = pl.lit(None, pl.String)
+    if bad.height:
+        joined = pl.concat_str(
+            [
+                pl.when(condition).then(text)
+                for condition, (_, text) in zip(conditions[: len(checks)], checks, strict=True)
+            ],
+            separator="; ",
+            ignore_nulls=True,
+        )
+        reason = pl.when(joined != "").then(joined).otherwise(pl.lit("does not parse"))
+        if fatal is not None:
+            reason = pl.when(conditions[-1]).then(fatal[1]).otherwise(reason)
+    bad = bad.with_columns(reason.alias(REASON))
+    return ParsedBatch(
+        first_line=int(block[LINE][0]) if block.height else 0,
+        lines=block.height,
+        non_data=block.height - parsed.height,
+        readings=good.cast(READING_COLUMNS),  # type: ignore[arg-type]
+        rejected=bad.select([pl.col(n).cast(t) for n, t in REJECTED_COLUMNS.items()]),
+    )
+
+
+def _quoted(value: pl.Expr) -> pl.Expr:
+    """A value for a reason text: quoted, cut to a readable length."""
+    return pl.concat_str(pl.lit("'"), value.str.slice(0, _QUOTE_LIMIT), pl.lit("'"))
+
+
+def _problem_check() -> Check:
+    """The reader's verdict on the line's bytes (not UTF-8, too long)."""
+    return pl.col("problem").is_not_null(), pl.col("problem")
+
+
+def _station_check(station: pl.Expr) -> Check:
+    return station.is_null() | (station == ""), pl.lit(MISSING_STATION)
+
+
+def _utc_timestamp(text: pl.Expr) -> pl.Expr:
+    """ISO-8601 with `Z` or an offset, or integer epoch milliseconds -> ms UTC; else null."""
+    text = text.str.strip_chars()
+    epoch = pl.when(text.str.contains(_EPOCH_MS)).then(
+        pl.from_epoch(text.cast(pl.Int64, strict=False), time_unit="ms").dt.replace_time_zone("UTC")
+    )
+    iso = text.str.replace(" ", "T", literal=True, n=1).str.to_datetime(
+        _ISO_FORMAT, strict=False, time_unit="ms", time_zone="UTC"
+    )
+    return pl.coalesce(epoch, iso).cast(TIMESTAMP_DTYPE)
+
+
+def _timestamp_checks(text: pl.Expr, parsed: pl.Expr) -> list[Check]:
+    missing = text.is_null() | (text.str.strip_chars() == "")
+    naive = (
+        text.str.strip_chars()
+        .str.replace(" ", "T", literal=True, n=1)
+        .str.to_datetime(_ISO_NAIVE_FORMAT, strict=False, time_unit="ms")
+    )
+    unparsed = (
+        pl.when(naive.is_not_null())
+        .then(pl.concat_str(pl.lit("timestamp without UTC offset: "), _quoted(text)))
+        .otherwise(pl.concat_str(pl.lit("timestamp does not parse: "), _quoted(text)))
+    )
+    return [(missing, pl.lit(MISSING_TIMESTAMP)), (~missing & parsed.is_null(), unparsed)]
+
+
+def _number_check(text: pl.Expr, value: pl.Expr, reason: pl.Expr) -> Check:
+    """Fails where there is a text that did not convert to a number."""
+    return text.is_not_null() & value.is_null(), reason
+
+
+# --------------------------------------------------------------------------- format T
+
+# The shape of every monitor 1.x-2.x reading line, as space-separated tokens:
+# date time [LEVEL] [station] Active Power (W): P1=.. .. P6=.. | MUX (kWh): TV5=.. .. TPBS=..
+# (splitting on spaces is faster than one regex with a dozen capture groups).
+_T_TOKENS: Final = (
+    "date",
+    "time",
+    "level",
+    "station",
+    "Active",
+    "Power",
+    "(W):",
+    *T_ACTIVE_LABELS,
+    "|",
+    "MUX",
+    "(kWh):",
+    *T_MUX_LABELS,
+)
+_T_POSITION: Final = {token: index for index, token in enumerate(_T_TOKENS)}
+
+
+def _t_canonical(tokens: pl.Expr) -> list[pl.Expr]:
+    """ok (the line has the canonical shape), ts, station and each label's value text."""
+
+    def token(name: str) -> pl.Expr:
+        return tokens.list.get(_T_POSITION[name], null_on_oob=True)
+
+    fixed = ("Active", "Power", "(W):", "|", "MUX", "(kWh):")
+    ok = pl.all_horizontal(
+        tokens.list.len() == len(_T_TOKENS),
+        *[token(word) == word for word in fixed],
+        token("level").str.contains(r"^\[[A-Z]+\]$"),
+        token("station").str.contains(r"^\[[^\] ]+\]$"),
+        *[token(label).str.starts_with(f"{label}=") for label in T_LABELS],
+    )
+    return [
+        ok.fill_null(False).alias("_header_ok"),
+        pl.concat_str(token("date"), token("time"), separator=" ").alias("ts"),
+        token("station").str.slice(1).str.head(-1).alias("station"),
+        *[token(label).str.slice(len(label) + 1).alias(label) for label in T_LABELS],
+    ]
+
+
+# Any other `Active Power` line: labels in any order, any of them absent.
+_T_GENERAL: Final = (
+    r"^\s*(?<ts>.*?) \[(?<level>[A-Za-z]+)\] (?:\[(?<station>[^\]]*)\] )?"
+    r"Active Power \(W\):(?<values>.*)$"
+)
+
+
+def parse_text_block(block: pl.DataFrame, tz: str) -> ParsedBatch:
+    """Format T: `Active Power` lines are readings, every other line is non-data."""
+    candidates = block.filter(pl.col(RAW).str.contains(T_MARKER, literal=True))
+    fields = candidates.with_columns(pl.col(RAW).str.split(" ").alias("_tokens")).select(
+        LINE, RAW, "problem", *_t_canonical(pl.col("_tokens"))
+    )
+    other = fields.filter(~pl.col("_header_ok"))
+    if other.height:
+        values = pl.col("_g").struct.field("values")
+        general = other.select(
+            LINE, RAW, "problem", pl.col(RAW).str.extract_groups(_T_GENERAL).alias("_g")
+        ).select(
+            LINE,
+            RAW,
+            "problem",
+            pl.col("_g").struct.field("ts"),
+            pl.col("_g").struct.field("station"),
+            *[values.str.extract(rf"(?:^|\s){label}=(\S*)", 1).alias(label) for label in T_LABELS],
+            values.is_not_null().alias("_header_ok"),
+        )
+        fields = pl.concat(
+            [fields.filter(pl.col("_header_ok")), general.select(fields.columns)],
+            how="vertical_relaxed",
+        ).sort(LINE)
+    local = pl.col("ts").str.to_datetime(T_TIME_FORMAT, strict=False, time_unit="ms")
+    utc = local.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+    parsed = fields.with_columns(
+        local.alias("_local"),
+        utc.dt.convert_time_zone("UTC").alias("timestamp"),
+        *[
+            pl.col(label).cast(pl.Float64, strict=False).alias(key)
+            for label, key in T_LABELS.items()
+        ],
+    )
+    ts = pl.col("ts")
+    checks: list[Check] = [
+        _problem_check(),
+        _station_check(pl.col("station")),
+        (
+            pl.col("_local").is_null(),
+            pl.concat_str(pl.lit("timestamp does not parse: "), _quoted(ts)),
+        ),
+        (
+            pl.col("_local").is_not_null() & pl.col("timestamp").is_null(),
+            pl.concat_str(pl.lit(f"non-existent local time in {tz}: "), _quoted(ts)),
+        ),
+        *[
+            (
+                # "N/A" converts to null like any non-number, but means "no value".
+                pl.col(key).is_null() & pl.col(label).is_not_null() & (pl.col(label) != T_NO_VALUE),
+                pl.concat_str(pl.lit(f"{label}="), pl.col(label), pl.lit(" is not a number")),
+            )
+            for label, key in T_LABELS.items()
+        ],
+    ]
+    fatal = (~pl.col("_header_ok"), pl.coalesce(pl.col("problem"), pl.lit(MALFORMED_LINE)))
+    return _finish(block, parsed, checks, fatal)
+
+
+# --------------------------------------------------------------------------- format J
+
+_CHANNELS_STRUCT: Final = pl.Struct({key: pl.Float64 for key in CHANNEL_KEYS})
+_J_STRUCT: Final = pl.Struct(
+    {"station": pl.String, "timestamp": pl.String, "readings": _CHANNELS_STRUCT}
+)
+_J_DECODED: Final[dict[str, pl.DataType]] = {
+    "station": pl.String(),
+    "timestamp": pl.String(),
+    "has_readings": pl.Boolean(),
+    **{key: pl.Float64() for key in CHANNEL_KEYS},
+    "json_error": pl.String(),  # the line is not usable at all
+    "value_reason": pl.String(),  # some values are not numbers
+    "by_polars": pl.Boolean(),
+}
+_CHANNEL_ALTERNATIVES: Final = "|".join(CHANNEL_KEYS)
+
+
+def _common_ending(words: list[str]) -> str:
+    ending = words[0]
+    for word in words[1:]:
+        while not word.endswith(ending):
+            ending = ending[1:]
+    return ending
+
+
+# A channel given a string value: polars would refuse the whole piece, so such
+# lines go straight to the per-line decoder (which says which value is wrong).
+# Only a pre-filter (the per-piece fallback keeps the result exact), so it is
+# kept cheap: the ending the channel keys share ("Power" + digits), not all ten.
+_CHANNEL_STEM: Final = _common_ending([key.rstrip("0123456789") for key in CHANNEL_KEYS])
+_CHANNEL_STRING: Final = rf'{re.escape(_CHANNEL_STEM)}[0-9]+"[ \t]*:[ \t]*"'
+# polars decodes JSON true/false as 1.0/0.0 into a Float64 field: find them in the text.
+_CHANNEL_BOOL: Final = rf'"(?:{_CHANNEL_ALTERNATIVES})"\s*:\s*(?:true|false)'
+_CHANNEL_BOOL_KEY: Final = r'^"(\w+)"\s*:\s*'
+
+
+def parse_json_block(block: pl.DataFrame) -> ParsedBatch:
+    """Format J: every non-blank line is one JSON reading; blank lines are non-data."""
+    candidates = block.filter(pl.col(RAW).str.strip_chars() != "")
+    fields = _decode_json(candidates)
+    has_bool = pl.col(RAW).str.contains("true", literal=True) | pl.col(RAW).str.contains(
+        "false", literal=True
+    )
+    flagged = fields.filter(pl.col("by_polars") & has_bool)
+    if flagged.height:
+        hits = flagged.select(
+            LINE,
+            pl.col(RAW)
+            .str.extract_all(_CHANNEL_BOOL)
+            .list.eval(pl.element().str.replace(_CHANNEL_BOOL_KEY, "${1} is not a number: "))
+            .list.join("; ")
+            .alias("_bools"),
+        ).filter(pl.col("_bools") != "")
+        fields = fields.join(hits, on=LINE, how="left", maintain_order="left").with_columns(
+            pl.coalesce(pl.col("value_reason"), pl.col("_bools")).alias("value_reason")
+        )
+    parsed = fields.rename({"timestamp": "_ts"}).with_columns(
+        _utc_timestamp(pl.col("_ts")).alias("timestamp")
+    )
+    checks: list[Check] = [
+        _problem_check(),
+        _station_check(pl.col("station")),
+        *_timestamp_checks(pl.col("_ts"), pl.col("timestamp")),
+        (~pl.col("has_readings"), pl.lit(MISSING_READINGS)),
+        (pl.col("value_reason").is_not_null(), pl.col("value_reason")),
+    ]
+    fatal = (
+        pl.col("json_error").is_not_null(),
+        pl.coalesce(pl.col("problem"), pl.col("json_error")),
+    )
+    return _finish(block, parsed, checks, fatal)
+
+
+def _decode_json(candidates: pl.DataFrame) -> pl.DataFrame:
+    """`candidates` (line, raw, problem) with the decoded fields (`_J_DECODED`) added.
+
+    polars decodes pieces of lines at once; a line it would refuse, known in
+    advance (not braces at both ends, a channel with a string value) or found
+    when a piece fails, is decoded on its own to tell what is wrong with it.
+    """
+    raw = pl.col(RAW)
+    suspect = ~(raw.str.starts_with("{") & raw.str.ends_with("}")) | raw.str.contains(
+        _CHANNEL_STRING
+    )
+    odd_rows = candidates.select(suspect).to_series()
+    plain = candidates.filter(~odd_rows)
+    odd = candidates.filter(odd_rows)
+    decoded = pl.concat(
+        [
+            _decode_piece(plain.slice(start, _JSON_PIECE))
+            for start in range(0, plain.height, _JSON_PIECE)
+        ]
+        or [plain.hstack(pl.DataFrame(schema=_J_DECODED))]
+    )
+    if odd.height == 0:
+        return decoded
+    # both parts are in line order: merging keeps it without a sort
+    return decoded.merge_sorted(odd.hstack(_decode_lines(odd[RAW].to_list())), key=LINE)
+
+
+def _decode_piece(piece: pl.DataFrame) -> pl.DataFrame:
+    try:
+        decoded = piece[RAW].str.json_decode(_J_STRUCT)
+    except pl.exceptions.PolarsError:
+        if piece.height <= _JSON_LINE_BY_LINE:
+            return piece.hstack(_decode_lines(piece[RAW].to_list()))
+        part = -(-piece.height // _JSON_SPLIT)  # narrow down to the refused lines
+        return pl.concat(
+            [_decode_piece(piece.slice(start, part)) for start in range(0, piece.height, part)]
+        )
+    readings = pl.col("readings")
+    fields = (
+        decoded.struct.unnest()
+        .select(
+            "station",
+            "timestamp",
+            readings.is_not_null().alias("has_readings"),
+            *[readings.struct.field(key) for key in CHANNEL_KEYS],
+            pl.lit(None, pl.String).alias("json_error"),
+            pl.lit(None, pl.String).alias("value_reason"),
+            pl.lit(True).alias("by_polars"),
+        )
+        .cast(_J_DECODED)  # type: ignore[arg-type]
+    )
+    return piece.hstack(fields)
+
+
+def _decode_lines(lines: list[str | None]) -> pl.DataFrame:
+    """The per-line decoder, for lines polars refuses: exact reasons for each."""
+    rows = [_decode_line(line or "") for line in lines]
+    return pl.DataFrame(rows, schema=_J_DECODED, orient="row")
+
+
+def _decode_line(line: str) -> tuple[object, ...]:
+    nothing = (None,) * len(CHANNEL_KEYS)
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return (None, None, False, *nothing, MALFORMED_JSON, None, False)
+    if not isinstance(value, dict):
+        return (None, None, False, *nothing, NOT_AN_OBJECT, None, False)
+    reasons: list[str] = []
+    station = value.get("station")
+    if station is not None and not isinstance(station, str):
+        reasons.append(f"station is not a string: {_json(station)}")
+        station = None
+    timestamp = value.get("timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, str | int | float | None):
+        reasons.append(f"timestamp is not a string or a number: {_json(timestamp)}")
+        timestamp = None
+    elif isinstance(timestamp, float):
+        timestamp = str(int(timestamp)) if timestamp.is_integer() else str(timestamp)
+    elif isinstance(timestamp, int):
+        timestamp = str(timestamp)
+    readings = value.get("readings")
+    if readings is not None and not isinstance(readings, dict):
+        reasons.append(f"readings is not an object: {_json(readings)}")
+    channels = readings if isinstance(readings, dict) else {}
+    numbers: list[float | None] = []
+    for key in CHANNEL_KEYS:
+        item = channels.get(key)
+        if item is None:
+            numbers.append(None)
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            numbers.append(float(item))
+        else:
+            reasons.append(f"{key} is not a number: {_json(item)}")
+            numbers.append(None)
+    value_reason = "; ".join(reasons) if reasons else None
+    return (station, timestamp, readings is not None, *numbers, None, value_reason, False)
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()[:_QUOTE_LIMIT]
+
+
+# --------------------------------------------------------------------------- format C
+
+
+class _CsvParser:
+    """Format C: a header line, then one reading per line.
+
+    The header is the first line naming (at least) `timestamp` and `station`
+    among the first `SAMPLE_LINES` non-blank lines; lines before it, blank lines
+    and repetitions of the header are non-data. Columns may come in any order;
+    unknown columns are ignored, missing channel columns are null, an empty cell
+    is null.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.header: list[str] | None = None
+        self.header_line = ""
+        self.looked_at = 0
+
+    def parse(self, block: pl.DataFrame) -> ParsedBatch:
+        rest = block if self.header is not None else self._find_header(block)
+        if self.header is None:
+            return _finish(block, pl.DataFrame(schema={**READING_COLUMNS, RAW: pl.String}), [])
+        header = self.header
+        stripped = pl.col(RAW).str.strip_chars()
+        candidates = rest.filter((stripped != "") & (stripped != self.header_line))
+        cells = pl.col("_cells")
+        # Quotes and blanks around cells are dropped; most exports have none to drop.
+        padded = bool(candidates[RAW].str.contains_any(['"', " ", "\t"]).any())
+
+        def cell(index: int) -> pl.Expr:
+            text = cells.list.get(index, null_on_oob=True)
+            if padded:
+                text = text.str.strip_chars(' \t"')
+            return pl.when(text != "").then(text)
+
+        fields = candidates.with_columns(pl.col(RAW).str.split(",").alias("_cells")).with_columns(
+            cells.list.len().alias("_count"),
+            *[
+                cell(i).alias(f"_c_{name}")
+                for i, name in enumerate(header)
+                if name in LANDING_COLUMNS
+            ],
+        )
+        present = set(header)
+        texts = {
+            key: (pl.col(f"_c_{key}") if key in present else pl.lit(None, pl.String))
+            for key in CHANNEL_KEYS
+        }
+        parsed = fields.with_columns(
+            pl.col("_c_station").alias("station"),
+            _utc_timestamp(pl.col("_c_timestamp")).alias("timestamp"),
+            *[text.cast(pl.Float64, strict=False).alias(key) for key, text in texts.items()],
+        )
+        checks: list[Check] = [
+            _problem_check(),
+            _station_check(pl.col("station")),
+            *_timestamp_checks(pl.col("_c_timestamp"), pl.col("timestamp")),
+            *[
+                _number_check(
+                    text,
+                    pl.col(key),
+                    pl.concat_str(pl.lit(f"{key} is not a number: "), _quoted(text)),
+                )
+                for key, text in texts.items()
+            ],
+        ]
+        count = pl.col("_count")
+        fatal = (
+            count != len(header),
+            pl.coalesce(
+                pl.col("problem"),
+                pl.concat_str(
+                    pl.lit(f"expected {len(header)} fields, found "), count.cast(pl.String)
+                ),
+            ),
+        )
+        return _finish(block, parsed, checks, fatal)
+
+    def _find_header(self, block: pl.DataFrame) -> pl.DataFrame:
+        """Look for the header in `block`; return the lines after it (all, if none)."""
+        non_blank = block.filter(pl.col(RAW).str.strip_chars() != "").head(
+            SAMPLE_LINES - self.looked_at
+        )
+        for number, line in non_blank.select(LINE, RAW).iter_rows():
+            if is_csv_header(line.strip()):
+                fields = csv_header_fields(line.strip())
+                repeated = sorted({name for name in fields if fields.count(name) > 1})
+                if repeated:
+                    raise LegacyLogError(
+                        f"{self.name}: the CSV header repeats {', '.join(repeated)}"
+                    )
+                self.header, self.header_line = fields, line.strip()
+                return block.filter(pl.col(LINE) > number)
+        self.looked_at += non_blank.height
+        if self.looked_at >= SAMPLE_LINES:
+            raise LegacyLogError(
+                f"{self.name}: no CSV header naming timestamp and station "
+                f"in the first {SAMPLE_LINES} non-blank lines"
+            )
+        return block
