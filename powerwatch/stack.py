@@ -1,0 +1,196 @@
+"""The Prefect side of a site, started as child processes: server, work pool, deployments, worker.
+
+    LocalStack(home, port)
+      .start_server()   `prefect server start` on 127.0.0.1 (its database: SQLite under
+                        `home`, or PostgreSQL when `server_database_url` is given)
+      .prepare()        work pool `powerwatch` (process), the zombie-run automation,
+                        `prefect deploy --all` from prefect.yaml
+      .start_worker()   `prefect worker start --pool powerwatch`
+      .stop()           worker, then server: SIGTERM, a grace period, then SIGKILL
+
+The demo (`powerwatch demo`) and the end-to-end tests use this one class, so what the
+tests prove is what an operator runs. Every child gets its own session (Ctrl-C in the
+terminal reaches only us) and is stopped by us, in order, so nothing is left behind.
+The same commands, run by hand on other machines, are the production layout
+(docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from powerwatch.errors import JobError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORK_POOL = "powerwatch"
+# Flow runs report a heartbeat this often; the zombie-run automation crashes a run that
+# has been silent for three of them (powerwatch.automations).
+HEARTBEAT_SECONDS = 30
+
+
+def prefect_command() -> list[str]:
+    """The `prefect` CLI of this interpreter's environment (no reliance on PATH)."""
+    return [sys.executable, "-m", "prefect"]
+
+
+def offline_environment() -> dict[str, str]:
+    """Telemetry off for every Prefect process we start: this site has no internet."""
+    return {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+@dataclass
+class LocalStack:
+    home: Path  # PREFECT_HOME: the server's SQLite database and the processes' logs
+    port: int = 4200
+    env: dict[str, str] = field(default_factory=dict)  # POWERWATCH_* for the worker's flows
+    server_database_url: str | None = None  # e.g. postgresql+asyncpg://…; None = SQLite
+    scheduler_loop_seconds: int | None = None  # tests shorten the scheduler's 60 s loop
+    _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """What every child (and every `prefect` command we run) sees."""
+        env = dict(os.environ) | offline_environment() | self.env
+        env |= {
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
+        }
+        if self.server_database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server_database_url
+        if self.scheduler_loop_seconds:
+            env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = str(
+                self.scheduler_loop_seconds
+            )
+        return env
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start_server(self, timeout: float = 120.0) -> None:
+        if _answers(self.api_url):
+            raise JobError(
+                f"something already answers on 127.0.0.1:{self.port}; stop it or choose "
+                "another port (POWERWATCH_PREFECT_PORT)"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        command = ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        self._spawn("server", [*prefect_command(), *command])
+        self._wait_healthy(timeout)
+
+    def prepare(self) -> None:
+        """Work pool, zombie-run automation and every deployment of prefect.yaml (idempotent)."""
+        self.run_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
+        from powerwatch.automations import ensure_zombie_automation
+
+        ensure_zombie_automation(self.api_url, HEARTBEAT_SECONDS)
+        self.run_prefect("--no-prompt", "deploy", "--all")
+
+    def start_worker(self) -> None:
+        self._spawn(
+            "worker",
+            [*prefect_command(), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
+        )
+
+    def stop(self, grace: float = 20.0) -> None:
+        """Worker first (it stops taking runs), then the server; each gets `grace` seconds."""
+        for name in ("worker", "server"):
+            child = self._children.pop(name, None)
+            if child is not None:
+                _terminate(child, grace)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def alive(self) -> dict[str, bool]:
+        return {name: child.poll() is None for name, child in self._children.items()}
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def run_prefect(self, *args: str, timeout: float = 300.0) -> str:
+        """Run one `prefect` CLI command against this server; fail with its own last line."""
+        done = subprocess.run(
+            [*prefect_command(), *args],
+            cwd=PROJECT_ROOT,  # `prefect deploy` reads prefect.yaml from here
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode:
+            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+            raise JobError(f"prefect {' '.join(args[:2])} failed: {last}")
+        return done.stdout
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        self._children[name] = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # our Ctrl-C is ours; we stop children in order
+        )
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        server = self._children["server"]
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise JobError(
+                    f"the Prefect server exited ({server.returncode}); see {self.home}/server.log"
+                )
+            if _answers(self.api_url):
+                return
+            time.sleep(0.5)
+        raise JobError(f"the Prefect server did not answer within {timeout:.0f} s")
+
+
+def _answers(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _terminate(child: subprocess.Popen[bytes], grace: float) -> None:
+    if child.poll() is not None:
+        return
+    # The whole session: a worker's flow-run subprocesses go with it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
