@@ -158,6 +158,46 @@ def cmd_load(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from powerwatch.settings import get_settings
+    from powerwatch.simulator import simulate
+
+    simulate(
+        args.count,
+        args.rate,
+        args.port,
+        args.faults,
+        registry_path=get_settings().stations,
+        duration=args.duration,
+        seed=args.seed,
+    )
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from flows.capture_stations import capture_stations
+    from powerwatch.output import write_table
+
+    state = capture_stations(
+        duration=args.duration,
+        flush_seconds=args.flush_seconds,
+        flush_rows=args.flush_rows,
+        return_state=True,
+    )
+    report = state.result(raise_on_failure=False)
+    if not state.is_completed() or isinstance(report, BaseException):
+        print(f"powerwatch: capture failed: {state.message}", file=sys.stderr)
+        return 1
+    write_table(pl.DataFrame(report.rows()))
+    print(
+        f"{report.frames} frames, {report.readings} readings, rejected {report.rejects or 'none'}; "
+        f"{len(report.chunks)} chunks; dead letters: {report.dead_letter or 'none'}"
+    )
+    return 0
+
+
 def cmd_demo(_args: argparse.Namespace) -> int:
     from powerwatch.demo import run_demo
     from powerwatch.settings import get_settings
@@ -212,6 +252,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="the whole system on one machine").set_defaults(
         handler=cmd_demo
     )
+    sim = commands.add_parser(
+        "simulate",
+        help="run N simulated stations on 127.0.0.1 and write their registry; "
+        "e.g. powerwatch simulate --count 100 --rate 10 --faults",
+    )
+    sim.add_argument("--count", type=_positive_int, default=10)
+    sim.add_argument("--rate", type=_positive_float, default=1.0, help="frames/s per station")
+    sim.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
+    sim.add_argument("--faults", action="store_true", help="everything the protocol allows")
+    sim.add_argument("--duration", type=_positive_float, help="seconds (default: until stopped)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(handler=cmd_simulate)
+    cap = commands.add_parser(
+        "capture",
+        help="capture every registered station into landing chunks; "
+        "e.g. powerwatch capture --duration 60 --flush-seconds 5",
+    )
+    cap.add_argument("--duration", type=_positive_float, help="seconds (default: until stopped)")
+    cap.add_argument("--flush-seconds", type=_positive_float, help="default: settings")
+    cap.add_argument("--flush-rows", type=_positive_int, help="default: settings")
+    cap.set_defaults(handler=cmd_capture)
     return parser
 
 

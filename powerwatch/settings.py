@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     load_retries: int = Field(
         5, description="Retries (with backoff) of a chunk load whose database is busy/unreachable."
     )
+    capture_flush_seconds: float = Field(
+        10.0,
+        description="A capture writes a landing chunk at least this often (seconds): the "
+        "largest share of a reading's way to the database besides the load interval.",
+    )
+    capture_flush_rows: int = Field(
+        50_000,
+        description="... or as soon as it holds this many frames: bounds a capture's memory.",
+    )
     retention_days: int = Field(90, description="Readings older than this move to the archive.")
 
     @property
@@ -44,6 +53,11 @@ class Settings(BaseSettings):
     @property
     def failed_dir(self) -> Path:
         return self.data_dir / "failed"
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        """Frames a capture rejected, as JSON lines (station, received_at, reason, raw)."""
+        return self.data_dir / "dead-letter"
 
 
 def get_settings() -> Settings:

@@ -1,0 +1,55 @@
+"""Flow `capture-stations`: every registered station, live, into landing chunks.
+
+A run is bounded (`duration`) and the deployment starts one every minute with a
+window longer than the interval: consecutive runs overlap, so the hand-over never
+drops a reading, and the load step stores the overlap's copies once (see
+docs/design.md, "Capture").
+"""
+
+from __future__ import annotations
+
+import signal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from powerwatch.capture import CaptureReport, run_capture
+from powerwatch.registry import load_registry
+from powerwatch.settings import get_settings
+
+
+@flow(name="capture-stations", flow_run_name="capture-stations", log_prints=True)
+def capture_stations(
+    duration: float | None = None,
+    flush_seconds: float | None = None,
+    flush_rows: int | None = None,
+) -> CaptureReport:
+    """Runbook: read the registry, capture until the window ends (or a signal), publish the
+    run's account; a signal ends the run as that signal says, after everything is flushed."""
+    settings = get_settings()
+    report = run_capture(
+        load_registry(settings.stations),
+        settings.landing_dir,
+        settings.dead_letter_dir,
+        duration=duration,
+        flush_seconds=flush_seconds or settings.capture_flush_seconds,
+        flush_rows=flush_rows or settings.capture_flush_rows,
+    )
+    create_markdown_artifact(
+        key="capture-stations",
+        markdown=report.markdown(),
+        description=f"{report.readings} readings in {len(report.chunks)} chunks",
+    )
+    get_run_logger().info(
+        "capture ended by %s: %d frames, %d readings, rejected %s, %d chunks",
+        report.ended_by,
+        report.frames,
+        report.readings,
+        report.rejects or "none",
+        len(report.chunks),
+    )
+    if report.ended_by in ("SIGINT", "SIGTERM"):
+        # Everything is flushed: now let the signal do what it does to any flow run
+        # (Prefect's handler: Cancelled when the runner cancelled it, else Crashed).
+        signal.raise_signal(signal.Signals[report.ended_by])
+    return report

@@ -1,0 +1,11 @@
+"""Live capture (spec/station-protocol.md -> spec/landing-chunks.md).
+
+- `frames`: judging a batch of received frames (plain polars, no I/O);
+- `connections`: one asyncio task per station, the flat receive buffer;
+- `runner`: a run: flushes into landing chunks and the dead-letter file, signals.
+"""
+
+from powerwatch.capture.frames import MAX_FRAME, CheckedFrames, check_frames
+from powerwatch.capture.runner import Capture, CaptureReport, run_capture
+
+__all__ = ["MAX_FRAME", "Capture", "CaptureReport", "CheckedFrames", "check_frames", "run_capture"]

@@ -1,0 +1,222 @@
+"""One asyncio task per station: connect, receive into the shared buffer, reconnect forever.
+
+The receive loop is the hot path (10 k frames/s in one process): per frame it only
+appends the text, the station's index and the receive time to three flat buffers
+(`FrameBuffer`). Decoding and checking happen per flush, on whole batches
+(`capture.frames.check_frames`). A station's task never waits for another's: a
+slow, dead or misbehaving station only costs its own task timeouts and backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from powerwatch.capture.frames import BINARY, MAX_FRAME, OVERSIZED
+
+MAX_RECEIVE: Final = 16 * MAX_FRAME  # larger frames close the connection (1009); smaller
+# oversized ones are rejected one by one and the connection carries on
+_ALWAYS_SMALL: Final = MAX_FRAME // 4  # a str this short is at most 64 KiB in UTF-8
+OPEN_TIMEOUT: Final = 10.0  # a station that accepts TCP but never answers the handshake
+CLOSE_TIMEOUT: Final = 2.0
+BACKOFF_FIRST: Final = 0.5  # seconds before the first reconnect ...
+BACKOFF_CAP: Final = 30.0  # ... doubling up to this
+STABLE_AFTER: Final = 10.0  # a connection that lived this long resets the backoff
+
+
+@dataclass
+class StationState:
+    """What the capture knows about one station; frame counts are updated per flush."""
+
+    name: str
+    url: str
+    connected: bool = False
+    connects: int = 0  # handshakes that succeeded
+    reconnects: int = 0  # connects after the first
+    failed_attempts: int = 0  # connection attempts that failed
+    gaps: int = 0  # connections lost while the capture was running
+    down_seconds: float = 0.0  # time without a connection after the first connect
+    frames: int = 0
+    readings: int = 0
+    heartbeats: int = 0
+    hellos: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)  # by reason class
+    last_frame_ms: int | None = None  # receive time of the newest frame (epoch ms)
+    last_error: str | None = None
+    _lost_at: float | None = field(default=None, repr=False)
+
+    def mark_connected(self) -> None:
+        self.connected = True
+        self.connects += 1
+        if self.connects > 1:
+            self.reconnects += 1
+        if self._lost_at is not None:
+            self.down_seconds += time.monotonic() - self._lost_at
+            self._lost_at = None
+
+    def mark_lost(self, reason: str, stopping: bool) -> None:
+        if self.connected:
+            self.gaps += not stopping
+            self._lost_at = time.monotonic()
+        self.connected = False
+        self.last_error = reason
+
+    def finish(self) -> None:
+        if self._lost_at is not None:
+            self.down_seconds += time.monotonic() - self._lost_at
+            self._lost_at = None
+
+
+class FrameBuffer:
+    """Received frames as three flat columns, plus the few frames rejected on arrival.
+
+    `take()` empties it for a flush. Appends past `limit` rows ask for a flush;
+    past `2 * limit` the receive loops wait (TCP backpressure to the stations) until
+    the flush has taken the rows: memory stays bounded however fast stations send.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.raw: list[str] = []
+        self.station: array[int] = array("i")
+        self.received_ms: array[int] = array("q")
+        self.early_rejects: list[tuple[int, int, str, str]] = []  # station, ms, raw, reason
+        self.wanted = asyncio.Event()  # a flush is due (set by the receive loops)
+        self.room = asyncio.Event()  # cleared while the buffer is over its hard limit
+        self.room.set()
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def take(self) -> tuple[list[str], array[int], array[int], list[tuple[int, int, str, str]]]:
+        raw, station, received = self.raw[:], self.station[:], self.received_ms[:]
+        rejects = self.early_rejects[:]
+        self.raw.clear()
+        del self.station[:]
+        del self.received_ms[:]
+        self.early_rejects.clear()
+        self.wanted.clear()
+        self.room.set()
+        return raw, station, received, rejects
+
+    def reject(self, index: int, message: str | bytes, reason: str) -> None:
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        self.early_rejects.append((index, _now_ms(), text, reason))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StationClient:
+    """The connection to one station, for the whole capture."""
+
+    def __init__(self, index: int, state: StationState, buffer: FrameBuffer) -> None:
+        self.index = index
+        self.state = state
+        self.buffer = buffer
+        self.ws: ClientConnection | None = None
+        self.stopping = False
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connect and receive until `stop()`; reconnect with backoff and jitter, forever."""
+        attempt = 0
+        state = self.state
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                async with connect(
+                    state.url,
+                    compression=None,
+                    max_size=MAX_RECEIVE,
+                    open_timeout=OPEN_TIMEOUT,
+                    close_timeout=CLOSE_TIMEOUT,
+                ) as ws:
+                    self.ws = ws
+                    state.mark_connected()
+                    started = time.monotonic()
+                    if self.stopping:  # stop() came during the handshake
+                        await ws.close(1001, "capture stopping")
+                    await self._receive(ws)
+                    state.mark_lost(
+                        _closed_reason(ws.close_code, ws.close_reason or ""), self.stopping
+                    )
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == 1009:
+                    self.buffer.reject(
+                        self.index, "", f"{OVERSIZED}: more than {MAX_RECEIVE} bytes"
+                    )
+                code = exc.rcvd.code if exc.rcvd else exc.sent.code if exc.sent else None
+                state.mark_lost(_closed_reason(code, str(exc)), self.stopping)
+            except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+                state.failed_attempts += 1
+                state.mark_lost(f"cannot connect: {_line(exc)}", self.stopping)
+            finally:
+                self.ws = None
+            if self.stopping:
+                break
+            if time.monotonic() - started >= STABLE_AFTER:
+                attempt = 0
+            await self._sleep(_backoff(attempt))
+            attempt += 1
+
+    async def _receive(self, ws: ClientConnection) -> None:
+        buffer = self.buffer
+        raw, append_raw = buffer.raw, buffer.raw.append
+        append_station, append_received = buffer.station.append, buffer.received_ms.append
+        index, limit, hard_limit = self.index, buffer.limit, 2 * buffer.limit
+        now_ns = time.time_ns
+        async for message in ws:
+            if type(message) is str and (
+                len(message) <= _ALWAYS_SMALL or len(message.encode()) <= MAX_FRAME
+            ):
+                append_raw(message)
+                append_station(index)
+                append_received(now_ns() // 1_000_000)
+                if len(raw) >= limit:
+                    buffer.wanted.set()
+                    if len(raw) >= hard_limit:
+                        buffer.room.clear()
+                        await buffer.room.wait()
+            elif isinstance(message, str):
+                buffer.reject(index, message, f"{OVERSIZED}: {len(message.encode())} bytes")
+            else:
+                buffer.reject(index, message, f"{BINARY}: {len(message)} bytes")
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def stop(self) -> None:
+        """Close the connection with 1001 and keep receiving until the station's close
+        frame arrives: frames the station sent before it saw ours are kept."""
+        self.stopping = True
+        self._wake.set()
+        ws = self.ws
+        if ws is not None:
+            await ws.close(1001, "capture stopping")
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential with 'equal jitter': half fixed, half random, so stations spread out."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2**attempt)
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+def _closed_reason(code: int | None, text: str) -> str:
+    return f"closed ({code})" if code is not None else f"closed: {text}"
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

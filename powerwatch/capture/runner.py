@@ -1,0 +1,327 @@
+"""A capture run: every registered station at once, flushed into landing chunks.
+
+    StationClient x N ──append──> FrameBuffer ──take (every flush_seconds or flush_rows)──┐
+                                                                                          │
+    landing/capture-….parquet  <── check_frames (polars, in a worker thread) <────────────┘
+    dead-letter/capture-….jsonl  (station, received_at, reason, raw: what an operator reads)
+
+A chunk is written under a hidden name and renamed when complete (`landing.write_atomically`):
+complete or invisible. Chunk names are unique per process and flush, so two captures
+running at once never touch each other's files. The run ends at `duration`, on
+`stop()` (the signal handlers of `run_capture`), and in every case closes the
+connections, drains what the stations had already sent, and flushes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import polars as pl
+
+from powerwatch import landing
+from powerwatch.capture.connections import FrameBuffer, StationClient, StationState
+from powerwatch.capture.frames import (
+    FRAME_COLUMNS,
+    REJECTED_COLUMNS,
+    STATION,
+    UUID,
+    CheckedFrames,
+    check_frames,
+    reason_class,
+)
+from powerwatch.errors import InputError
+from powerwatch.jsonlines import RAW
+from powerwatch.registry import Station
+from schemas.reading import REASON, RECEIVED_AT, TIMESTAMP_DTYPE
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE = 5.0  # seconds for the stations' close frames before connections are dropped
+
+
+@dataclass
+class CaptureReport:
+    """One run's account: per station counts, the chunks written, why it ended."""
+
+    started_at: datetime
+    ended_at: datetime | None = None
+    ended_by: str = ""  # duration | SIGINT | SIGTERM | stop
+    chunks: list[str] = field(default_factory=list)
+    dead_letter: str | None = None  # the run's dead-letter file, if anything was rejected
+    stations: list[StationState] = field(default_factory=list)
+
+    @property
+    def readings(self) -> int:
+        return sum(s.readings for s in self.stations)
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.stations)
+
+    @property
+    def rejects(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for state in self.stations:
+            for reason, count in state.rejects.items():
+                total[reason] = total.get(reason, 0) + count
+        return dict(sorted(total.items()))
+
+    def rows(self) -> list[dict[str, object]]:
+        """Per station: the table of the run's artifact and the CLI's summary."""
+        return [
+            {
+                "station": s.name,
+                "connected": s.connected,
+                "frames": s.frames,
+                "readings": s.readings,
+                "heartbeats": s.heartbeats,
+                "hellos": s.hellos,
+                "rejected": sum(s.rejects.values()),
+                "rejected by reason": ", ".join(f"{r}: {n}" for r, n in sorted(s.rejects.items())),
+                "reconnects": s.reconnects,
+                "gaps": s.gaps,
+                "down s": round(s.down_seconds, 1),
+                "failed attempts": s.failed_attempts,
+                "last frame": _iso(s.last_frame_ms),
+                "last error": s.last_error or "",
+            }
+            for s in self.stations
+        ]
+
+    def markdown(self) -> str:
+        """The run's Prefect artifact: totals, the per-station table, the chunks written."""
+        rows = self.rows()
+        header = list(rows[0]) if rows else []
+        lines = [
+            f"Capture {_iso_dt(self.started_at)} .. {_iso_dt(self.ended_at)}, ended by "
+            f"{self.ended_by}: {self.frames} frames, {self.readings} readings, rejected "
+            f"{self.rejects or 'none'}.",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+            *("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows),
+            "",
+            f"Dead letters: `{self.dead_letter or 'none'}`.",
+            "",
+            f"Chunks written ({len(self.chunks)}):",
+            *(f"- `{name}`" for name in self.chunks),
+        ]
+        return "\n".join(lines)
+
+
+class Capture:
+    """One capture run over `stations`, writing below `data_dir`."""
+
+    def __init__(
+        self,
+        stations: list[Station],
+        landing_dir: Path,
+        dead_letter_dir: Path,
+        *,
+        flush_seconds: float,
+        flush_rows: int,
+    ) -> None:
+        if not stations:
+            raise InputError("the registry has no stations to capture from")
+        if flush_seconds <= 0 or flush_rows <= 0:
+            raise InputError("flush seconds and flush rows must be positive")
+        self.landing_dir = landing_dir
+        self.dead_letter_path = dead_letter_dir / landing.chunk_name("capture").replace(
+            ".parquet", ".jsonl"
+        )
+        self.flush_seconds = flush_seconds
+        self.flush_rows = flush_rows
+        self.names = pl.Series(STATION, [s.name for s in stations], pl.String)
+        self.uuids = pl.DataFrame({STATION: self.names, UUID: [s.uuid for s in stations]})
+        self.report = CaptureReport(
+            started_at=datetime.now(UTC), stations=[StationState(s.name, s.url) for s in stations]
+        )
+        self._stop_reason: str | None = None
+        self._buffer: FrameBuffer | None = None
+
+    def stop(self, reason: str = "stop") -> None:
+        """Ask the run to end (safe from a signal handler via `call_soon_threadsafe`)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        if self._buffer is not None:
+            self._buffer.wanted.set()
+
+    async def run(self, duration: float | None = None) -> CaptureReport:
+        """Capture until `duration` seconds have passed or `stop()`; flush everything held."""
+        loop = asyncio.get_running_loop()
+        buffer = self._buffer = FrameBuffer(self.flush_rows)
+        clients = [StationClient(i, state, buffer) for i, state in enumerate(self.report.stations)]
+        tasks = [loop.create_task(c.run(), name=f"station {c.state.name}") for c in clients]
+        deadline = None if duration is None else loop.time() + duration
+        try:
+            next_flush = loop.time() + self.flush_seconds
+            while self._stop_reason is None:
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    self._stop_reason = "duration"
+                    break
+                if len(buffer) >= self.flush_rows or now >= next_flush:
+                    await self._flush(buffer)
+                    next_flush = loop.time() + self.flush_seconds
+                    continue
+                wake_at = next_flush if deadline is None else min(next_flush, deadline)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(buffer.wanted.wait(), wake_at - now)
+        finally:
+            await self._close(clients, tasks)
+            await self._flush(buffer)
+            for state in self.report.stations:
+                state.finish()
+            self.report.ended_at = datetime.now(UTC)
+            self.report.ended_by = self._stop_reason or "error"
+        return self.report
+
+    async def _close(self, clients: list[StationClient], tasks: list[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
+        _done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE) if tasks else ((), ())
+        for task in pending:  # still in a handshake, or a station that never closes
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _flush(self, buffer: FrameBuffer) -> None:
+        raw, station, received, early = buffer.take()
+        if not raw and not early:
+            return
+        frames = pl.DataFrame(
+            {
+                STATION: self.names.gather(pl.Series(station, dtype=pl.UInt32)),
+                RECEIVED_AT: pl.Series(received, dtype=pl.Int64).cast(TIMESTAMP_DTYPE),
+                RAW: pl.Series(raw, dtype=pl.String),
+            },
+            schema=FRAME_COLUMNS,
+        )
+        early_frame = pl.DataFrame(
+            {
+                STATION: self.names.gather(pl.Series([r[0] for r in early], dtype=pl.UInt32)),
+                RECEIVED_AT: pl.Series([r[1] for r in early], dtype=pl.Int64).cast(TIMESTAMP_DTYPE),
+                RAW: [r[2] for r in early],
+                REASON: [r[3] for r in early],
+            },
+            schema=REJECTED_COLUMNS,
+        )
+        checked, chunk = await asyncio.to_thread(self._write, frames, early_frame)
+        if chunk is not None:
+            self.report.chunks.append(chunk)
+        self._count(frames, early_frame, checked)
+
+    def _write(self, frames: pl.DataFrame, early: pl.DataFrame) -> tuple[CheckedFrames, str | None]:
+        """Check a batch, write its chunk atomically, append its rejects (worker thread)."""
+        checked = check_frames(frames, self.uuids)
+        rejected = pl.concat([checked.rejected, early])
+        checked = CheckedFrames(checked.readings, rejected, checked.heartbeats, checked.hellos)
+        if rejected.height:
+            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+            lines = rejected.select(
+                STATION,
+                pl.col(RECEIVED_AT).dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                REASON,
+                RAW,
+            )
+            with open(self.dead_letter_path, "ab") as handle:
+                lines.write_ndjson(handle)
+            self.report.dead_letter = str(self.dead_letter_path)
+        if checked.readings.is_empty():
+            return checked, None
+        path = self.landing_dir / landing.chunk_name("capture")
+        landing.write_atomically(checked.readings, path)
+        return checked, path.name
+
+    def _count(self, frames: pl.DataFrame, early: pl.DataFrame, checked: CheckedFrames) -> None:
+        """Per-station counts from the batch (never per message on the hot path)."""
+        index = {state.name: state for state in self.report.stations}
+        arrived = pl.concat(
+            [frames.select(STATION, RECEIVED_AT), early.select(STATION, RECEIVED_AT)]
+        )
+        per_station = arrived.group_by(STATION).agg(
+            pl.len(), pl.col(RECEIVED_AT).max().dt.epoch("ms").alias("last")
+        )
+        for name, count, last in per_station.iter_rows():
+            state = index[name]
+            state.frames += count
+            state.last_frame_ms = max(state.last_frame_ms or 0, last)
+        for name, count in checked.readings.group_by(STATION).len().iter_rows():
+            index[name].readings += count
+        for name, count in checked.heartbeats.iter_rows():
+            index[name].heartbeats += count
+        for name, count in checked.hellos.iter_rows():
+            index[name].hellos += count
+        by_reason = (
+            checked.rejected.select(STATION, reason_class(pl.col(REASON)).alias("class"))
+            .group_by(STATION, "class")
+            .len()
+        )
+        for name, reason, count in by_reason.iter_rows():
+            index[name].rejects[reason] += count
+
+
+def run_capture(
+    stations: list[Station],
+    landing_dir: Path,
+    dead_letter_dir: Path,
+    *,
+    duration: float | None,
+    flush_seconds: float,
+    flush_rows: int,
+) -> CaptureReport:
+    """Run a capture in this (main) thread; SIGINT/SIGTERM end it after the final flush.
+
+    The handlers that were installed before (Prefect's SIGTERM bridge, Python's
+    KeyboardInterrupt) are restored afterwards; the caller decides whether to pass
+    the signal on (`ended_by`).
+    """
+    capture = Capture(
+        stations,
+        landing_dir,
+        dead_letter_dir,
+        flush_seconds=flush_seconds,
+        flush_rows=flush_rows,
+    )
+
+    async def main() -> CaptureReport:
+        loop = asyncio.get_running_loop()
+        with _signals_stop(capture, loop):
+            return await capture.run(duration)
+
+    return asyncio.run(main())
+
+
+@contextlib.contextmanager
+def _signals_stop(capture: Capture, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(capture.stop, signal.Signals(signum).name)
+
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        for which in (signal.SIGINT, signal.SIGTERM):
+            previous[which] = signal.signal(which, handler)
+    except ValueError:  # not the main thread: the caller stops the run itself
+        pass
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _iso_dt(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "?"
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
