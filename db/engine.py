@@ -64,6 +64,11 @@ def sqlite_path(url: URL) -> Path | None:
 
 def _sqlite_pragmas(busy_timeout_ms: int) -> list[str]:
     return [
+        # Archive (powerwatch/archive.py) gives deleted pages back in small steps with
+        # `PRAGMA incremental_vacuum`. This takes effect only on a database that has no
+        # tables yet, and must come before journal_mode=WAL (which writes the header);
+        # on an existing database it is a no-op until a VACUUM.
+        "PRAGMA auto_vacuum=INCREMENTAL",
         "PRAGMA journal_mode=WAL",
         "PRAGMA synchronous=NORMAL",
         "PRAGMA foreign_keys=ON",

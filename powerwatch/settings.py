@@ -37,6 +37,15 @@ class Settings(BaseSettings):
         description="... or as soon as it holds this many frames: bounds a capture's memory.",
     )
     retention_days: int = Field(90, description="Readings older than this move to the archive.")
+    prefect_port: int = Field(
+        4200, description="Port of the Prefect server and UI that `powerwatch demo` starts."
+    )
+    backup_keep_hourly: int = Field(
+        24, description="Backups kept for the most recent hours (the newest of each hour)."
+    )
+    backup_keep_daily: int = Field(
+        14, description="Backups kept for the most recent days (the newest of each day)."
+    )
 
     @property
     def landing_dir(self) -> Path:
@@ -58,6 +67,14 @@ class Settings(BaseSettings):
     def dead_letter_dir(self) -> Path:
         """Frames a capture rejected, as JSON lines (station, received_at, reason, raw)."""
         return self.data_dir / "dead-letter"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir / "archive"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.data_dir / "backups"
 
 
 def get_settings() -> Settings:

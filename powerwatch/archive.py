@@ -1,0 +1,501 @@
+"""Moving old readings out of the database into a hive-partitioned Parquet archive.
+
+    $POWERWATCH_DATA_DIR/archive/date=2026-08-01/readings.parquet   one file per UTC day
+    $POWERWATCH_DATA_DIR/archive-manifest.json                        beside it, outside the glob
+
+Why one file per day (all stations, sorted by station then time, one row group
+per station-day): "all stations over a day" opens one file; "one station over
+a month" opens 30 and reads one row group of each (the row groups' statistics
+on `station` let polars/DuckDB skip the others). The daily run writes each day
+once; only late data rewrites a day. Station names live only *inside* the
+files, never in a path, so no name can steer a write outside the archive.
+
+Order of effects per day, so that a crash at any point loses and duplicates
+nothing (tested):
+1. write `.readings.parquet.<id>.tmp` (hidden, and not `*.parquet`: invisible to
+   `archive/**/*.parquet`), station by station straight from the key range;
+   if the day already has a file, each station's archived rows are merged in
+   (old + new, one copy of each (station, timestamp));
+2. read the temp file back: row count and content checksum must equal those of
+   the rows written, else it is removed and the day stays in the database;
+3. rename it over `readings.parquet` (atomic), record the day in the manifest;
+4. one transaction: under the write lock, each station's row count and sum of
+   timestamps in the day must still be what was archived (a late reading that
+   arrived meanwhile stops the delete; the next run merges it), then delete.
+A crash between 3 and 4 leaves rows in both places; the next run merges them
+away (they are equal) and deletes them.
+
+No Prefect here: plain functions over a `BulkConnection`, testable alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from db.bulk import BulkConnection
+from db.queries import epoch_ms
+from db.tables import READING_VALUE_COLUMNS, power_readings, stations
+from powerwatch.errors import ArchiveError
+from schemas.channels import CHANNELS, FUTURE_TOLERANCE, LANDING_COLUMNS
+
+ARCHIVE_FILE = "readings.parquet"
+MANIFEST_FILE = "archive-manifest.json"
+DAY_MS = 86_400_000
+ARCHIVE_SCHEMA: dict[str, pl.DataType] = dict(LANDING_COLUMNS)
+_ARROW_SCHEMA = pl.DataFrame(schema=ARCHIVE_SCHEMA).to_arrow().schema
+_SELECT_DAY = (
+    f"SELECT ts, {', '.join(READING_VALUE_COLUMNS)} FROM {power_readings.name} "
+    "WHERE station_id = ? AND ts >= ? AND ts < ? ORDER BY ts"
+)
+
+
+# --- the cut-off ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """Readings stamped before `before` (a UTC midnight) are archived."""
+
+    before: datetime
+    reference: datetime  # the "now" the retention is counted back from
+    wall_clock: datetime
+    newest_reading: datetime | None  # the data's witness of the time (see `retention_cutoff`)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def retention_cutoff(
+    bulk: BulkConnection, retention_days: int, now: datetime | None = None
+) -> Cutoff:
+    """Where the retention ends, counted back from a "now" that neither a clock running
+    ahead nor a reading stamped in the future can move forward.
+
+    The reference is the earlier of the wall clock and the data's own witness of
+    the time: the newest reading of the *second*-newest station (the only one's
+    if there is one), ignoring readings stamped after the wall clock (+5 min, the
+    validation's tolerance). So one bogus future reading (one station) moves
+    nothing; a clock set ahead is capped by what the stations actually sent; a
+    clock set back only archives less. The cut-off is then floored to a UTC
+    midnight: the archive works in whole days.
+    """
+    if retention_days < 0:
+        raise ValueError("retention must not be negative")
+    wall = now if now is not None else datetime.now(UTC)
+    newest = bulk.frame(
+        f"SELECT (SELECT max(p.ts) FROM {power_readings.name} p "
+        f"WHERE p.station_id = s.id AND p.ts <= ?) AS newest FROM {stations.name} s",
+        [_ms(wall + FUTURE_TOLERANCE)],
+    )
+    per_station = (
+        sorted((int(v) for v in newest["newest"].to_list() if v is not None), reverse=True)
+        if newest.height
+        else []
+    )
+    witness = _from_ms(per_station[min(1, len(per_station) - 1)]) if per_station else None
+    reference = min(wall, witness) if witness is not None else wall
+    edge = reference - timedelta(days=retention_days)
+    before = datetime(edge.year, edge.month, edge.day, tzinfo=UTC)
+    return Cutoff(before=before, reference=reference, wall_clock=wall, newest_reading=witness)
+
+
+def days_to_archive(bulk: BulkConnection, before: datetime) -> Iterator[date]:
+    """UTC days holding readings stamped before `before`, oldest first.
+
+    Jumps from day to day with data by one seek per station (the first reading
+    at or after a moment), so a gap of years costs nothing.
+    """
+    sql = (
+        f"SELECT (SELECT min(p.ts) FROM {power_readings.name} p "
+        f"WHERE p.station_id = s.id AND p.ts >= ?) AS first FROM {stations.name} s"
+    )
+    limit = _ms(before)
+    after = -(2**62)
+    while True:
+        firsts = [int(v) for v in bulk.frame(sql, [after])["first"].to_list() if v is not None]
+        if not firsts or min(firsts) >= limit:
+            return
+        day_start = min(firsts) // DAY_MS * DAY_MS
+        yield _from_ms(day_start).date()
+        after = day_start + DAY_MS
+
+
+# --- paths and the manifest ---------------------------------------------------------------
+
+
+def partition_dir(archive_root: Path, day: date) -> Path:
+    """`archive/date=YYYY-MM-DD`; refuses anything that would resolve outside the archive."""
+    root = archive_root.resolve()
+    target = (root / f"date={day.isoformat()}").resolve()
+    if target.parent != root:
+        raise ArchiveError(f"archive partition {target} would be outside {root}")
+    return target
+
+
+def manifest_path(archive_root: Path) -> Path:
+    return archive_root.parent / MANIFEST_FILE
+
+
+def read_manifest(archive_root: Path) -> dict[str, dict[str, Any]]:
+    """Partition name (`date=…`) -> its entry; empty when nothing was archived yet."""
+    path = manifest_path(archive_root)
+    if not path.exists():
+        return {}
+    entries: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["partitions"]
+    return entries
+
+
+def _record(archive_root: Path, entry: PartitionEntry) -> None:
+    entries = read_manifest(archive_root)
+    entries[entry.partition] = asdict(entry)
+    body = {
+        "about": "powerwatch archive: one entry per partition (archive/<partition>/"
+        f"{ARCHIVE_FILE}); checksum as powerwatch.archive.content_checksum",
+        "partitions": dict(sorted(entries.items())),
+    }
+    path = manifest_path(archive_root)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    _fsync(tmp)
+    tmp.replace(path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+# --- the content checksum -----------------------------------------------------------------
+
+
+class ContentChecksum:
+    """sha256 over the archive's content, fed one station-day (one row group) at a time.
+
+    Stable across library versions (no polars/arrow hash): per group the station
+    name and row count, then per column the values as little-endian 64-bit
+    numbers and, for channels, a bitmap of which are null.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.rows = 0
+
+    def update(self, group: pl.DataFrame) -> None:
+        names = group["station"].unique()
+        if names.len() != 1:
+            raise ArchiveError(f"a row group must hold one station, found {names.len()}")
+        self._hash.update(f"{names[0]}\0{group.height}\0".encode())
+        self._hash.update(group["timestamp"].dt.epoch("ms").to_numpy().astype("<i8").tobytes())
+        for channel in CHANNELS:
+            column = group[channel.key]
+            self._hash.update(np.packbits(column.is_null().to_numpy()).tobytes())
+            self._hash.update(column.fill_null(0.0).to_numpy().astype("<f8").tobytes())
+        self.rows += group.height
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def content_checksum(path: Path) -> tuple[int, str]:
+    """(rows, checksum) of an archive file, read back one row group at a time."""
+    checksum = ContentChecksum()
+    parquet = pq.ParquetFile(path)
+    for i in range(parquet.num_row_groups):
+        checksum.update(_to_frame(parquet.read_row_group(i)))
+    return checksum.rows, checksum.hexdigest()
+
+
+def _to_frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.cast(ARCHIVE_SCHEMA)  # type: ignore[arg-type]
+
+
+# --- archiving one day --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionEntry:
+    """One manifest entry: what `archive/<partition>/readings.parquet` holds."""
+
+    partition: str
+    file: str
+    rows: int
+    stations: int
+    checksum: str
+    first: str  # ISO-8601 UTC, earliest reading
+    last: str
+    archived_at: str
+
+
+@dataclass
+class DayReport:
+    day: str
+    archived: int = 0  # rows deleted from the database
+    already_archived: int = 0  # rows found both in the database and the file (crash recovery)
+    file_rows: int = 0  # rows in the day's file afterwards
+    merged: bool = False  # the day had a file already (late data)
+    checksum: str = ""
+    seconds: float = 0.0
+
+
+def _station_rows(bulk: BulkConnection, station_id: int, name: str, day: date) -> pl.DataFrame:
+    start = _ms(datetime(day.year, day.month, day.day, tzinfo=UTC))
+    batches = list(bulk.batches(_SELECT_DAY, [station_id, start, start + DAY_MS]))
+    if not batches:
+        return pl.DataFrame(schema=ARCHIVE_SCHEMA)
+    frame = pl.from_arrow(pa.Table.from_batches(batches))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.select(
+        pl.lit(name, pl.String).alias("station"),
+        epoch_ms("ts").alias("timestamp"),
+        *(pl.col(c.column).cast(pl.Float64).alias(c.key) for c in CHANNELS),
+    )
+
+
+def _archived_groups(path: Path) -> dict[str, list[int]]:
+    """Station name -> row groups of an existing day file."""
+    if not path.exists():
+        return {}
+    parquet = pq.ParquetFile(path)
+    column = parquet.schema_arrow.get_field_index("station")
+    groups: dict[str, list[int]] = {}
+    for i in range(parquet.num_row_groups):
+        stats = parquet.metadata.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min != stats.max:
+            names = _to_frame(parquet.read_row_group(i))["station"].unique().to_list()
+        else:
+            names = [stats.min]
+        for name in names:
+            groups.setdefault(str(name), []).append(i)
+    return groups
+
+
+def _merge(archived: pl.DataFrame, stored: pl.DataFrame, day: date) -> tuple[pl.DataFrame, int]:
+    """old + new, one row per timestamp; returns it and how many stored rows were archived
+    already. A stored row that differs from its archived twin stops the day (nothing lost)."""
+    if archived.is_empty():
+        return stored, 0
+    twins = stored.join(archived, on="timestamp", how="inner", suffix="_archived")
+    if twins.height:
+        differ = twins.filter(
+            ~pl.all_horizontal(
+                pl.col(c.key).eq_missing(pl.col(f"{c.key}_archived")) for c in CHANNELS
+            )
+        )
+        if differ.height:
+            raise ArchiveError(
+                f"{day}: {differ.height} reading(s) of {differ['station'][0]} differ from their "
+                "archived copy; the day stays in the database for an operator to look at"
+            )
+    merged = pl.concat([archived, stored.join(archived, on="timestamp", how="anti")])
+    return merged.sort("timestamp"), twins.height
+
+
+def archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayReport:
+    """Archive one UTC day: write (merging an existing file), verify, rename, record, delete."""
+    started = time.perf_counter()
+    report = DayReport(day=day.isoformat())
+    folder = partition_dir(archive_root, day)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / ARCHIVE_FILE
+    tmp = folder / f".{ARCHIVE_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    start = _ms(datetime(day.year, day.month, day.day, tzinfo=UTC))
+    ids = dict(
+        bulk.rows(
+            f"SELECT name, id FROM {stations.name} s WHERE EXISTS (SELECT 1 FROM "
+            f"{power_readings.name} p WHERE p.station_id = s.id AND p.ts >= ? AND p.ts < ?)",
+            [start, start + DAY_MS],
+        )
+    )
+    old_groups = _archived_groups(final)
+    report.merged = bool(old_groups)
+    expected: dict[int, tuple[int, int]] = {}  # station id -> (rows, sum of ts) deleted
+    written = ContentChecksum()
+    bounds: list[datetime] = []
+    try:
+        old = pq.ParquetFile(final) if old_groups else None
+        with pq.ParquetWriter(
+            tmp, _ARROW_SCHEMA, compression="zstd", use_dictionary=["station"]
+        ) as writer:
+            for name in sorted(set(ids) | set(old_groups)):
+                stored = (
+                    _station_rows(bulk, int(ids[name]), name, day)
+                    if name in ids
+                    else pl.DataFrame(schema=ARCHIVE_SCHEMA)
+                )
+                if name in ids:
+                    ts = stored["timestamp"].dt.epoch("ms")
+                    expected[int(ids[name])] = (stored.height, int(ts.sum()))
+                archived = (
+                    pl.concat([_to_frame(old.read_row_group(i)) for i in old_groups[name]])
+                    if old is not None and name in old_groups
+                    else pl.DataFrame(schema=ARCHIVE_SCHEMA)
+                )
+                group, twins = _merge(archived.filter(pl.col("station") == name), stored, day)
+                report.already_archived += twins
+                if group.is_empty():
+                    continue
+                writer.write_table(
+                    group.to_arrow().cast(_ARROW_SCHEMA), row_group_size=group.height
+                )
+                written.update(group)
+                bounds += [group["timestamp"][0], group["timestamp"][-1]]  # sorted by time
+        _fsync(tmp)
+        rows, checksum = content_checksum(tmp)
+        if (rows, checksum) != (written.rows, written.hexdigest()):
+            raise ArchiveError(
+                f"{day}: the written file reads back as {rows} rows / {checksum[:12]}…, "
+                f"expected {written.rows} / {written.hexdigest()[:12]}…; nothing deleted"
+            )
+        tmp.replace(final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report.file_rows, report.checksum = written.rows, written.hexdigest()
+    _record(
+        archive_root,
+        PartitionEntry(
+            partition=folder.name,
+            file=f"{folder.name}/{ARCHIVE_FILE}",
+            rows=written.rows,
+            stations=len(set(ids) | set(old_groups)),
+            checksum=written.hexdigest(),
+            first=min(bounds).isoformat() if bounds else "",
+            last=max(bounds).isoformat() if bounds else "",
+            archived_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ),
+    )
+    report.archived = _delete_day(bulk, start, expected, day)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _delete_day(
+    bulk: BulkConnection, start: int, expected: dict[int, tuple[int, int]], day: date
+) -> int:
+    """Delete what was archived, in one transaction, if it is still exactly what was archived."""
+    where = f"FROM {power_readings.name} WHERE station_id = ? AND ts >= ? AND ts < ?"
+    with bulk.transaction(lock_tables=(power_readings.name,)):
+        for station_id, (rows, ts_sum) in expected.items():
+            params = [station_id, start, start + DAY_MS]
+            now_rows, now_sum = bulk.rows(f"SELECT count(*), sum(ts) {where}", params)[0]
+            if (int(now_rows), int(now_sum or 0)) != (rows, ts_sum):
+                raise ArchiveError(
+                    f"{day}: readings of station id {station_id} changed while archiving "
+                    f"({rows} archived, {now_rows} now); kept, the next run merges them"
+                )
+            bulk.execute(f"DELETE {where}", params)
+    return sum(rows for rows, _ in expected.values())
+
+
+# --- giving the space back ----------------------------------------------------------------
+
+
+@dataclass
+class Reclaimed:
+    method: str
+    pages: int = 0
+    seconds: float = 0.0
+
+
+def reclaim_space(
+    bulk: BulkConnection, *, step_pages: int = 2_048, pause: float = 0.01
+) -> Reclaimed:
+    """Give freed pages back after a delete without holding the write lock for long.
+
+    SQLite with `auto_vacuum=INCREMENTAL` (new databases; see db/engine.py):
+    `PRAGMA incremental_vacuum(N)` in steps of `step_pages` (8 MiB), each its own
+    short write transaction, with a pause between so a loader gets the lock; then
+    the WAL is truncated. A database created before that keeps its freed pages on
+    the freelist, where new readings reuse them (a one-off offline `VACUUM` converts it).
+    PostgreSQL: plain `VACUUM` (never blocks writers) makes the space reusable.
+    """
+    started = time.perf_counter()
+    if not bulk.sqlite:
+        bulk.conn.commit()
+        bulk.conn.adbc_connection.set_autocommit(True)
+        try:
+            bulk.execute(f"VACUUM {power_readings.name}")
+        finally:
+            bulk.conn.adbc_connection.set_autocommit(False)
+        return Reclaimed("postgresql vacuum", 0, time.perf_counter() - started)
+    if int(bulk.scalar("PRAGMA auto_vacuum")) != 2:
+        return Reclaimed("sqlite freelist (reused by new rows)", 0, time.perf_counter() - started)
+    pages = 0
+    while (free := int(bulk.scalar("PRAGMA freelist_count"))) > 0:
+        bulk.rows(f"PRAGMA incremental_vacuum({min(step_pages, free)})")
+        pages += free - int(bulk.scalar("PRAGMA freelist_count"))
+        time.sleep(pause)
+    bulk.rows("PRAGMA wal_checkpoint(TRUNCATE)")
+    return Reclaimed("sqlite incremental vacuum", pages, time.perf_counter() - started)
+
+
+def verify_archive(archive_root: Path) -> list[str]:
+    """Problems found comparing every archived file with its manifest entry (empty: all good)."""
+    problems = []
+    entries = read_manifest(archive_root)
+    for name, entry in entries.items():
+        path = archive_root / entry["file"]
+        if not path.exists():
+            problems.append(f"{name}: {entry['file']} is missing")
+            continue
+        rows, checksum = content_checksum(path)
+        if (rows, checksum) != (entry["rows"], entry["checksum"]):
+            problems.append(
+                f"{name}: {rows} rows / {checksum[:12]}… on disk, manifest says "
+                f"{entry['rows']} / {entry['checksum'][:12]}…"
+            )
+    for path in archive_root.glob(f"*/{ARCHIVE_FILE}"):
+        if path.parent.name not in entries:
+            problems.append(f"{path.parent.name}: not in the manifest")
+    return problems
+
+
+# --- a whole run ---------------------------------------------------------------------------
+
+
+@dataclass
+class ArchiveRun:
+    cutoff: Cutoff
+    days: list[DayReport]
+    failed: list[str]  # one line per day that stayed in the database, with the reason
+    reclaimed: Reclaimed | None
+
+
+def archive_readings(
+    bulk: BulkConnection, archive_root: Path, retention_days: int, now: datetime | None = None
+) -> ArchiveRun:
+    """Archive every whole day before the retention cut-off, then give the space back.
+
+    A day that cannot be archived safely is reported and skipped; the others go on.
+    (The `archive-readings` flow runs the same steps as Prefect tasks.)
+    """
+    cutoff = retention_cutoff(bulk, retention_days, now)
+    reports: list[DayReport] = []
+    failed: list[str] = []
+    for day in list(days_to_archive(bulk, cutoff.before)):
+        try:
+            reports.append(archive_day(bulk, archive_root, day))
+        except ArchiveError as exc:
+            failed.append(str(exc))
+    reclaimed = reclaim_space(bulk) if reports else None
+    return ArchiveRun(cutoff, reports, failed, reclaimed)

@@ -1,0 +1,320 @@
+"""The archive (powerwatch.archive) on both backends, without Prefect: what goes in comes
+back exactly, nothing is duplicated or lost on re-runs and late data, names stay inside."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from db import queries
+from db.engine import bulk_connection
+from db.load import begin_batch, finish_batch, store_readings
+from powerwatch import archive
+from powerwatch.errors import ArchiveError
+from powerwatch.loader import load_chunk
+from powerwatch.settings import get_settings
+from tests.conftest import T0, Database, make_readings, write_chunk
+
+STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
+README = Path(__file__).resolve().parents[1] / "README.md"
+DAY = timedelta(days=1)
+
+
+def _days(stations: list[str], days: int, seconds: int = 40, offset: int = 0) -> pl.DataFrame:
+    """`seconds` readings per station on each of `days` UTC days from T0 (at `offset` s)."""
+    return pl.concat(
+        make_readings(stations, seconds, T0 + k * DAY + timedelta(seconds=offset), 10.0 * k)
+        for k in range(days)
+    )
+
+
+def _load(frame: pl.DataFrame) -> None:
+    settings = get_settings()
+    name = f"{uuid.uuid4().hex}.parquet"
+    with bulk_connection() as bulk:
+        report = load_chunk(bulk, write_chunk(frame, settings.landing_dir, name), settings)
+    assert report.rejected == 0, report
+
+
+def _archive(now: datetime, retention_days: int = 0) -> archive.ArchiveRun:
+    settings = get_settings()
+    with bulk_connection() as bulk:
+        return archive.archive_readings(bulk, settings.archive_dir, retention_days, now)
+
+
+def _stored() -> pl.DataFrame:
+    with bulk_connection() as bulk:
+        return queries.readings(bulk)
+
+
+def _analyst_blocks() -> list[str]:
+    """The README's analyst code blocks, exactly as written there."""
+    section = README.read_text(encoding="utf-8").split("### Reading the archive", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def _analyst_read(database: Database, block: int) -> pl.DataFrame:
+    """Run README block `block` from the folder holding `data/`, as an analyst would."""
+    code = _analyst_blocks()[block]
+    namespace: dict[str, object] = {}
+    cwd = Path.cwd()
+    os.chdir(database.data_dir.parent)
+    try:
+        exec(code, namespace)
+        found = namespace["archive"]  # both are lazy: read while in that folder
+        frame = found.collect() if isinstance(found, pl.LazyFrame) else found.pl()  # type: ignore[attr-defined]
+    finally:
+        os.chdir(cwd)
+    return (
+        frame.with_columns(pl.col("timestamp").dt.convert_time_zone("UTC").dt.cast_time_unit("ms"))
+        .drop("date")
+        .sort("station", "timestamp")
+    )
+
+
+def test_archive_then_delete_then_read_back_equals_the_original(synced: Database) -> None:
+    original = _days(STATIONS, 3)
+    _load(original)
+
+    run = _archive(now=T0 + 2 * DAY + timedelta(hours=5), retention_days=1)
+
+    assert run.failed == []
+    assert run.cutoff.before == T0 + DAY
+    assert [d.day for d in run.days] == ["2026-11-01"]
+    old = original.filter(pl.col("timestamp") < T0 + DAY).sort("station", "timestamp")
+    assert run.days[0].archived == old.height
+    # Moved, not copied: the database keeps only what is younger than the cut-off.
+    assert _stored().equals(
+        original.filter(pl.col("timestamp") >= T0 + DAY).sort("station", "timestamp")
+    )
+    for block in (0, 1):  # polars, then DuckDB, exactly as the README says
+        assert _analyst_read(synced, block).equals(old)
+    entry = archive.read_manifest(get_settings().archive_dir)["date=2026-11-01"]
+    assert (entry["rows"], entry["stations"]) == (old.height, 3)
+    assert entry["first"].startswith("2026-11-01T00:00:00")
+    assert archive.verify_archive(get_settings().archive_dir) == []
+
+
+def test_rerun_archives_nothing_twice(synced: Database) -> None:
+    _load(_days(STATIONS, 3))
+    now = T0 + 2 * DAY + timedelta(hours=5)
+    _archive(now)
+    before = {p: p.read_bytes() for p in get_settings().archive_dir.rglob("*.parquet")}
+
+    again = _archive(now)
+
+    assert (again.days, again.failed) == ([], [])
+    assert {p: p.read_bytes() for p in get_settings().archive_dir.rglob("*.parquet")} == before
+
+
+def test_late_data_for_an_archived_day_is_merged_without_duplicates(synced: Database) -> None:
+    first = _days(["KhonKaen", "ChiangMai"], 2)
+    _load(first)
+    now = T0 + DAY + timedelta(hours=5)
+    _archive(now)
+    # Late: new seconds of an archived station, a station not yet in that day's file,
+    # and (as after a crash between rename and delete) rows that are archived already.
+    late = pl.concat(
+        [
+            make_readings(["KhonKaen"], 10, T0 + timedelta(hours=3)),
+            make_readings(["Songkhla"], 5, T0 + timedelta(hours=4)),
+            first.filter(pl.col("timestamp") < T0 + timedelta(seconds=5)),
+        ]
+    )
+    _load(late)
+
+    run = _archive(now)
+
+    assert run.failed == []
+    [day] = run.days
+    assert day.merged and day.already_archived == 10 and day.archived == 25
+    expected = pl.concat([first.filter(pl.col("timestamp") < T0 + DAY), late]).unique(
+        ["station", "timestamp"]
+    )
+    assert _analyst_read(synced, 0).equals(expected.sort("station", "timestamp"))
+    assert _stored().filter(pl.col("timestamp") < T0 + DAY).is_empty()
+    entry = archive.read_manifest(get_settings().archive_dir)["date=2026-11-01"]
+    assert (entry["rows"], entry["stations"]) == (expected.height, 3)
+    assert archive.verify_archive(get_settings().archive_dir) == []
+
+
+def test_a_reading_differing_from_its_archived_copy_stops_that_day(synced: Database) -> None:
+    first = _days(["KhonKaen"], 2)
+    _load(first)
+    now = T0 + DAY + timedelta(hours=5)
+    _archive(now)
+    file = get_settings().archive_dir / "date=2026-11-01" / archive.ARCHIVE_FILE
+    archived = file.read_bytes()
+    changed = first.head(1).with_columns(pl.col("activePower1") + 1)
+    _load(changed)
+
+    run = _archive(now)
+
+    assert run.days == [] and "differ from their archived copy" in run.failed[0]
+    assert file.read_bytes() == archived
+    assert _stored().filter(pl.col("timestamp") < T0 + DAY).height == 1  # kept
+
+
+def test_a_reading_arriving_during_the_archive_stops_the_delete(synced: Database) -> None:
+    _load(_days(["KhonKaen"], 1))
+    start = int(T0.timestamp() * 1000)
+    with bulk_connection() as bulk:
+        station_id = int(bulk.scalar("SELECT id FROM stations WHERE name = 'KhonKaen'"))
+        # What the archive saw is one row short of what the database holds now.
+        seen = (39, int(bulk.scalar("SELECT sum(ts) FROM power_readings")) - start)
+        with pytest.raises(ArchiveError, match="changed while archiving"):
+            archive._delete_day(bulk, start, {station_id: seen}, T0.date())
+    assert _stored().height == 40
+
+
+def _insert_station(name: str) -> None:
+    with bulk_connection() as bulk, bulk.transaction(lock_tables=("stations",)):
+        bulk.execute(
+            "INSERT INTO stations (name, uuid, ip_address, url, created_at, updated_at) "
+            "VALUES (?, ?, '127.0.0.1', 'ws://127.0.0.1/', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+            [name, str(uuid.uuid4())],
+        )
+
+
+def _store_unvalidated(frame: pl.DataFrame) -> None:
+    """Straight into the table, past the registry's name rule (as a hand-made row would be)."""
+    with bulk_connection() as bulk, bulk.transaction(lock_tables=("power_readings",)):
+        batch = begin_batch(bulk, kind="manual", reference="test", input_name="t", content_hash="x")
+        result = store_readings(bulk, frame, batch)
+        finish_batch(
+            bulk,
+            batch,
+            status="committed",
+            rows_in=frame.height,
+            result=result,
+            rejected_by_reason={},
+        )
+
+
+HOSTILE = ["..", "../../escape", "a/b", "date=1999-01-01", "%2e%2e%2f", "x\\y", "sp ace\u00e9"]
+
+
+def test_hostile_station_names_stay_inside_and_come_back_unchanged(
+    database: Database, tmp_path: Path
+) -> None:
+    for name in HOSTILE:
+        _insert_station(name)
+    original = _days(HOSTILE, 2, seconds=5)
+    _store_unvalidated(original)
+    outside_before = {p for p in tmp_path.rglob("*") if "archive" not in p.parts}
+
+    run = _archive(now=T0 + DAY + timedelta(hours=5))
+
+    assert run.failed == [] and run.days[0].archived == 5 * len(HOSTILE)
+    root = get_settings().archive_dir.resolve()
+    written = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert written == {"date=2026-11-01/readings.parquet"}
+    new_outside = {p for p in tmp_path.rglob("*") if "archive" not in p.parts} - outside_before
+    assert {p.name for p in new_outside if p.is_file()} <= {
+        archive.MANIFEST_FILE,
+        "powerwatch.db-wal",
+        "powerwatch.db-shm",
+    }
+    old = original.filter(pl.col("timestamp") < T0 + DAY).sort("station", "timestamp")
+    for block in (0, 1):
+        assert _analyst_read(database, block).equals(old)
+
+
+def test_partition_folder_cannot_leave_the_archive(tmp_path: Path) -> None:
+    folder = archive.partition_dir(tmp_path / "archive", T0.date())
+    assert folder == (tmp_path / "archive" / "date=2026-11-01").resolve()
+
+
+def test_a_file_being_written_is_invisible_to_the_analyst(synced: Database) -> None:
+    original = _days(STATIONS, 2, seconds=5)
+    _load(original)
+    _archive(now=T0 + DAY + timedelta(hours=5))
+    day = get_settings().archive_dir / "date=2026-11-01"
+    (day / f".{archive.ARCHIVE_FILE}.0123abcd.tmp").write_bytes(b"PAR1 half written")
+    (get_settings().archive_dir / "date=2026-11-02").mkdir()
+    (get_settings().archive_dir / "date=2026-11-02" / ".readings.parquet.tmp").write_bytes(b"")
+
+    for block in (0, 1):
+        assert _analyst_read(synced, block).height == 15
+
+
+# --- the cut-off ---------------------------------------------------------------------------
+
+
+def test_cutoff_counts_back_from_the_clock_in_whole_days(synced: Database) -> None:
+    _load(make_readings(STATIONS, 5, T0 - 40 * DAY))
+    _load(make_readings(STATIONS, 5, T0 + timedelta(hours=5)))
+    with bulk_connection() as bulk:
+        cut = archive.retention_cutoff(bulk, 30, now=T0 + timedelta(hours=7))
+        slow_clock = archive.retention_cutoff(bulk, 30, now=T0 - 20 * DAY)
+    assert cut.before == T0 - 30 * DAY
+    assert cut.reference == T0 + timedelta(hours=5, seconds=4)  # the newest reading
+    # A clock set back: readings "after" it are not trusted, and it archives less, never more.
+    assert slow_clock.before == T0 - 70 * DAY  # from the newest reading before it
+
+
+def test_one_reading_stamped_far_in_the_future_does_not_move_the_cutoff(
+    synced: Database,
+) -> None:
+    _load(_days(STATIONS, 1, seconds=5))
+    wall = T0 + 5 * DAY
+    _store_unvalidated(make_readings(["KhonKaen"], 1, T0 + 400 * DAY))  # a bad station clock
+    with bulk_connection() as bulk:
+        honest = archive.retention_cutoff(bulk, 1, now=wall)
+        clock_ahead = archive.retention_cutoff(bulk, 1, now=T0 + 500 * DAY)
+    assert honest.before <= T0  # data ends on T0: the witness holds the cut-off there
+    # A clock a year ahead (with the bogus reading now "in the past") is capped by what
+    # the other stations sent: nothing younger than T0 - 1 day can be archived.
+    assert clock_ahead.before == T0 - DAY
+    assert clock_ahead.reference < wall
+
+
+def test_a_clock_running_ahead_archives_nothing_the_stations_did_not_age(
+    synced: Database,
+) -> None:
+    _load(_days(STATIONS, 3, seconds=5))
+    run = _archive(now=datetime(2030, 1, 1, tzinfo=UTC), retention_days=1)
+    # Without the witness, 2030 - 1 day would have archived all three days.
+    assert [d.day for d in run.days] == ["2026-11-01"]
+    assert _stored().height == 30
+
+
+# --- space --------------------------------------------------------------------------------
+
+
+def test_freed_pages_are_given_back_on_sqlite(
+    sqlite_database: Database, registry_file: Path
+) -> None:
+    from db.engine import make_engine
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    engine = make_engine(sqlite_database.url)
+    sync_stations(engine, load_registry(registry_file))
+    engine.dispose()
+    _load(_days(STATIONS, 2, seconds=3_000))
+    with bulk_connection() as bulk:
+        assert bulk.scalar("PRAGMA auto_vacuum") == 2  # set for every new database
+        pages_before = int(bulk.scalar("PRAGMA page_count"))
+
+    run = _archive(now=T0 + DAY + timedelta(hours=5))
+
+    assert run.reclaimed is not None and run.reclaimed.pages > 0
+    with bulk_connection() as bulk:
+        assert bulk.scalar("PRAGMA freelist_count") == 0
+        assert int(bulk.scalar("PRAGMA page_count")) < pages_before * 0.7
+
+
+def test_days_to_archive_skips_empty_years(synced: Database) -> None:
+    _load(make_readings(["KhonKaen"], 2, datetime(2001, 3, 4, tzinfo=UTC)))
+    _load(make_readings(["ChiangMai"], 2, T0))
+    with bulk_connection() as bulk:
+        days = list(archive.days_to_archive(bulk, T0 + DAY))
+    assert [d.isoformat() for d in days] == ["2001-03-04", "2026-11-01"]
