@@ -30,7 +30,6 @@ OPEN_TIMEOUT: Final = 10.0  # a station that accepts TCP but never answers the h
 CLOSE_TIMEOUT: Final = 2.0
 BACKOFF_FIRST: Final = 0.5  # seconds before the first reconnect ...
 BACKOFF_CAP: Final = 30.0  # ... doubling up to this
-STABLE_AFTER: Final = 10.0  # a connection that lived this long resets the backoff
 
 
 @dataclass
@@ -133,7 +132,6 @@ class StationClient:
         attempt = 0
         state = self.state
         while not self.stopping:
-            started = time.monotonic()
             try:
                 async with connect(
                     state.url,
@@ -144,10 +142,10 @@ class StationClient:
                 ) as ws:
                     self.ws = ws
                     state.mark_connected()
-                    started = time.monotonic()
                     if self.stopping:  # stop() came during the handshake
                         await ws.close(1001, "capture stopping")
-                    await self._receive(ws)
+                    if await self._receive(ws):
+                        attempt = 0  # the station delivered: a drop is news, not a pattern
                     state.mark_lost(
                         _closed_reason(ws.close_code, ws.close_reason or ""), self.stopping
                     )
@@ -165,18 +163,19 @@ class StationClient:
                 self.ws = None
             if self.stopping:
                 break
-            if time.monotonic() - started >= STABLE_AFTER:
-                attempt = 0
             await self._sleep(_backoff(attempt))
             attempt += 1
 
-    async def _receive(self, ws: ClientConnection) -> None:
+    async def _receive(self, ws: ClientConnection) -> bool:
+        """Receive until the connection closes; say whether any frame arrived."""
         buffer = self.buffer
+        received = False
         raw, append_raw = buffer.raw, buffer.raw.append
         append_station, append_received = buffer.station.append, buffer.received_ms.append
         index, limit, hard_limit = self.index, buffer.limit, 2 * buffer.limit
         now_ns = time.time_ns
         async for message in ws:
+            received = True
             if type(message) is str and (
                 len(message) <= _ALWAYS_SMALL or len(message.encode()) <= MAX_FRAME
             ):
@@ -192,6 +191,7 @@ class StationClient:
                 buffer.reject(index, message, f"{OVERSIZED}: {len(message.encode())} bytes")
             else:
                 buffer.reject(index, message, f"{BINARY}: {len(message)} bytes")
+        return received
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
