@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from db.bulk import BulkConnection
+from db.rollups import mark_dirty
 from db.tables import (
     READING_VALUE_COLUMNS,
     data_sources,
@@ -189,6 +190,9 @@ def store_readings(bulk: BulkConnection, readings: pl.DataFrame, batch_id: int) 
         )
         bulk.ingest(power_readings.name, out.to_arrow())
         result.inserted += out.height
+        # Rollups: queue the station-hours just stored (one small append, same transaction);
+        # `db.rollups.refresh_rollups` recomputes them later. Covers every load path.
+        mark_dirty(bulk, out, batch_id)
 
     found = pl.concat(conflicts, how="diagonal_relaxed") if conflicts else pl.DataFrame()
     if found.height:

@@ -12,6 +12,8 @@ Physical design, chosen by measurement (docs/design.md, bench/):
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -102,4 +104,68 @@ reading_conflicts = Table(
     Column("stored_values", Text, nullable=False),  # JSON object, protocol keys
     Column("incoming_values", Text, nullable=False),
     Index("ix_reading_conflicts_station_ts", "station_id", "ts"),
+)
+
+# --- Rollups (db/rollups.py; docs/design.md "Rollups") --------------------------------
+# Hourly and daily rollups per station, kept forever: they stay when the archive deletes
+# the raw readings. Sums (not averages) are stored so that rollups merge exactly; the
+# `*_last` columns carry each meter's last value so the next interval's first delta can
+# be computed after the raw rows are gone.
+MUX_COLUMNS: tuple[str, ...] = tuple(c.column for c in CHANNELS if c.unit == "kWh")
+
+
+def rollup_columns() -> list[Column[Any]]:
+    """The columns shared by `rollup_hourly` and `rollup_daily` (also used by migration 0002)."""
+    columns: list[Column[Any]] = [
+        Column("station_id", Integer, ForeignKey("stations.id"), nullable=False),
+        Column("start_ts", BigInteger, nullable=False),  # epoch ms, UTC, start of hour/day
+        Column("samples", BigInteger, nullable=False),
+        Column("first_ts", BigInteger, nullable=False),
+        Column("last_ts", BigInteger, nullable=False),
+        Column("normal_interval_ms", Double),  # median inter-reading interval
+    ]
+    for name in READING_VALUE_COLUMNS:
+        columns += [
+            Column(f"{name}_count", BigInteger, nullable=False),  # non-null values
+            Column(f"{name}_sum", Double),
+            Column(f"{name}_min", Double),
+            Column(f"{name}_max", Double),
+        ]
+    for name in MUX_COLUMNS:
+        columns += [
+            Column(f"{name}_kwh", Double, nullable=False),  # sum of normal deltas, never < 0
+            Column(f"{name}_resets", Integer, nullable=False),  # deltas < 0 (not counted)
+            Column(f"{name}_gaps", Integer, nullable=False),  # deltas across missing data
+            Column(f"{name}_last", Double),  # last non-null value in the interval
+            Column(f"{name}_last_ts", BigInteger),
+        ]
+    return columns
+
+
+rollup_hourly = Table(
+    "rollup_hourly",
+    metadata,
+    *rollup_columns(),
+    PrimaryKeyConstraint("station_id", "start_ts", name="pk_rollup_hourly"),
+    sqlite_with_rowid=False,
+)
+
+rollup_daily = Table(
+    "rollup_daily",
+    metadata,
+    *rollup_columns(),
+    PrimaryKeyConstraint("station_id", "start_ts", name="pk_rollup_daily"),
+    sqlite_with_rowid=False,
+)
+
+# The work queue of the rollups: one row per (station, hour, batch) a load slice stored
+# readings in, appended inside the load transaction; `refresh_rollups` consumes it.
+rollup_dirty = Table(
+    "rollup_dirty",
+    metadata,
+    Column("station_id", Integer, nullable=False),
+    Column("hour_ts", BigInteger, nullable=False),  # epoch ms, UTC, start of the hour
+    Column("batch_id", Integer, nullable=False),
+    Column("readings", BigInteger, nullable=False),  # readings that batch stored in the hour
+    Index("ix_rollup_dirty_station_hour", "station_id", "hour_ts"),
 )

@@ -1,0 +1,637 @@
+"""Hourly and daily rollups per station, kept forever; maintained incrementally.
+
+Why they exist: the archive moves readings older than the retention out of
+`power_readings`; the rollups stay, so history remains queryable.
+
+How they stay correct and cheap (docs/design.md, "Rollups"):
+- The load path (`db.load.store_readings`, shared by chunk loads, capture and
+  the legacy migration) appends one *mark* per (station, hour, batch) it stored
+  readings in to `rollup_dirty`: one Arrow append per slice, nothing else.
+- `refresh_rollups` consumes the marks in batches, one write transaction each:
+  a marked hour whose raw rows are all present is *recomputed* from them (so
+  late and out-of-order readings give exactly what one in-order load gives);
+  an hour whose raw rows were partly archived (fewer rows than the rollup
+  already counts plus the marks) has its new readings *merged* in instead.
+  The hour of the first reading after each marked hour is recomputed too,
+  because a late reading changes the delta into that reading. Then the days
+  of every changed hour are rebuilt from their hours.
+- Everything is set-based: the work set is staged into a temporary table and
+  joined with the readings' key; deltas, classes and aggregates are polars
+  expressions. No Python object per reading.
+
+Meter deltas, per kWh meter: consecutive non-null values of one station in time
+order; a delta belongs to the interval of its later reading and is
+- a *gap* when the time between the two readings exceeds the hour's gap
+  threshold (or the meter has no value in the previous hour while the station
+  has earlier readings): not counted;
+- a *reset* when the meter went backwards (reset or replacement): not counted;
+- *normal* otherwise: counted. So consumption is never negative and never
+  spans missing data.
+The gap threshold of an hour is `GAP_FACTOR` x its normal interval (the lower
+median of its inter-reading intervals, or the previous hour's if smaller),
+clamped to [GAP_MIN_MS, GAP_MAX_MS].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Literal
+
+import polars as pl
+
+from db.bulk import BulkConnection
+from db.tables import (
+    MUX_COLUMNS,
+    READING_VALUE_COLUMNS,
+    power_readings,
+    rollup_daily,
+    rollup_dirty,
+    rollup_hourly,
+    stations,
+)
+from schemas.channels import CHANNELS
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+GAP_FACTOR = 5  # a delta spanning more than 5 normal intervals straddles missing data
+GAP_MIN_MS = 60_000  # ...but never less than a minute (jittery fast stations)
+GAP_MAX_MS = 900_000  # ...nor more than 15 min; must stay <= HOUR_MS (see _predecessors)
+REFRESH_BATCH_HOURS = 2_000  # dirty station-hours per refresh transaction (bounded memory)
+# Refresh serialises with writers of readings (loads, archive) via power_readings' lock.
+LOCK_TABLES = (power_readings.name, rollup_dirty.name, rollup_hourly.name, rollup_daily.name)
+
+NORMAL, RESET, GAP = 0, 1, 2
+KEY = ["station_id", "hour_ts"]
+Interval = Literal["hour", "day"]
+
+
+def _rollup_schema() -> dict[str, pl.DataType]:
+    schema: dict[str, pl.DataType] = {}
+    for column in rollup_hourly.columns:
+        if column.name == "station_id" or column.name.endswith(("_resets", "_gaps")):
+            schema[column.name] = pl.Int32()
+        elif column.name.endswith(("_ts", "_count")) or column.name == "samples":
+            schema[column.name] = pl.Int64()
+        else:
+            schema[column.name] = pl.Float64()
+    return schema
+
+
+ROLLUP_SCHEMA = _rollup_schema()
+
+
+# --- the load path's hook ----------------------------------------------------------------
+
+
+def mark_dirty(bulk: BulkConnection, stored: pl.DataFrame, batch_id: int) -> None:
+    """Queue the station-hours of readings just stored (`station_id`, `ts`): one append.
+
+    Called by `store_readings` inside the load transaction, so a mark commits
+    exactly when its readings do.
+    """
+    if stored.is_empty():
+        return
+    marks = (
+        stored.group_by("station_id", (pl.col("ts") // HOUR_MS * HOUR_MS).alias("hour_ts"))
+        .agg(pl.len().cast(pl.Int64).alias("readings"))
+        .select(
+            pl.col("station_id").cast(pl.Int32),
+            pl.col("hour_ts").cast(pl.Int64),
+            pl.lit(batch_id, pl.Int32).alias("batch_id"),
+            "readings",
+        )
+    )
+    bulk.ingest(rollup_dirty.name, marks.to_arrow())
+
+
+# --- refresh -----------------------------------------------------------------------------
+
+
+@dataclass
+class RefreshResult:
+    marks: int = 0  # queued station-hours consumed
+    recomputed: int = 0  # station-hours recomputed from their raw readings
+    merged: int = 0  # station-hours whose raw rows were archived: new readings merged in
+    days: int = 0  # station-days rebuilt from their hours
+
+    def __iadd__(self, other: RefreshResult) -> RefreshResult:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
+def refresh_rollups(
+    bulk: BulkConnection, *, batch_hours: int = REFRESH_BATCH_HOURS
+) -> RefreshResult:
+    """Bring the rollups up to date: every queued hour, one write transaction per batch.
+
+    Safe to run at any time and concurrently with loads (they serialise on the
+    readings' write lock); a crash loses nothing (the marks go with the commit).
+    """
+    total = RefreshResult()
+    while True:
+        with bulk.transaction(lock_tables=LOCK_TABLES):
+            done = refresh_batch(bulk, batch_hours)
+        if not done.marks:
+            return total
+        total += done
+
+
+def refresh_pending(
+    bulk: BulkConnection, *, batch_hours: int = REFRESH_BATCH_HOURS
+) -> RefreshResult:
+    """Refresh every queued hour inside the caller's open write transaction.
+
+    For the archive: call this in the transaction that deletes raw readings,
+    before the DELETE, so no hour is still waiting for rows that are about to go.
+    """
+    total = RefreshResult()
+    while True:
+        done = refresh_batch(bulk, batch_hours)
+        if not done.marks:
+            return total
+        total += done
+
+
+@contextmanager
+def _staged(bulk: BulkConnection, name: str, frame: pl.DataFrame) -> Iterator[None]:
+    bulk.ingest(name, frame.to_arrow(), temporary=True)
+    try:
+        yield
+    finally:
+        bulk.execute(f"DROP TABLE {name}")
+
+
+def _frame(bulk: BulkConnection, sql: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """A query's result with the given dtypes whatever the driver inferred (or if empty)."""
+    frame = bulk.frame(sql)
+    if frame.is_empty():
+        return pl.DataFrame(schema=schema)
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
+
+
+def refresh_batch(bulk: BulkConnection, limit: int) -> RefreshResult:
+    """One batch of up to `limit` queued station-hours; call inside a write transaction."""
+    keys = _frame(
+        bulk,
+        f"SELECT DISTINCT station_id, hour_ts FROM {rollup_dirty.name} "
+        f"ORDER BY station_id, hour_ts LIMIT {int(limit)}",
+        {"station_id": pl.Int32(), "hour_ts": pl.Int64()},
+    )
+    if keys.is_empty():
+        return RefreshResult()
+    with _staged(bulk, "pw_rollup_keys", keys):
+        following = _frame(
+            bulk,
+            f"SELECT k.station_id, (SELECT min(p.ts) FROM {power_readings.name} p "
+            f"WHERE p.station_id = k.station_id AND p.ts >= k.hour_ts + {HOUR_MS}) AS next_ts "
+            "FROM pw_rollup_keys k",
+            {"station_id": pl.Int32(), "next_ts": pl.Int64()},
+        )
+    followers = following.drop_nulls("next_ts").select(
+        "station_id", (pl.col("next_ts") // HOUR_MS * HOUR_MS).alias("hour_ts")
+    )
+    work = pl.concat([keys, followers]).unique().sort(KEY)
+    with _staged(bulk, "pw_rollup_work", work):
+        marks = _frame(
+            bulk,
+            "SELECT d.station_id, d.hour_ts, d.batch_id, "
+            "CAST(sum(d.readings) AS BIGINT) AS readings "
+            f"FROM {rollup_dirty.name} d JOIN pw_rollup_work w "
+            "ON w.station_id = d.station_id AND w.hour_ts = d.hour_ts "
+            "GROUP BY d.station_id, d.hour_ts, d.batch_id",
+            {
+                "station_id": pl.Int32(),
+                "hour_ts": pl.Int64(),
+                "batch_id": pl.Int32(),
+                "readings": pl.Int64(),
+            },
+        )
+        raw = _frame(
+            bulk,
+            f"SELECT p.station_id, w.hour_ts, p.ts, p.batch_id, "
+            f"{', '.join(f'p.{c}' for c in READING_VALUE_COLUMNS)} "
+            f"FROM pw_rollup_work w JOIN {power_readings.name} p ON p.station_id = w.station_id "
+            f"AND p.ts >= w.hour_ts AND p.ts < w.hour_ts + {HOUR_MS} ORDER BY p.station_id, p.ts",
+            {
+                "station_id": pl.Int32(),
+                "hour_ts": pl.Int64(),
+                "ts": pl.Int64(),
+                "batch_id": pl.Int32(),
+                **{c: pl.Float64() for c in READING_VALUE_COLUMNS},
+            },
+        )
+        stored = _frame(
+            bulk,
+            f"SELECT DISTINCT r.* FROM pw_rollup_work w JOIN {rollup_hourly.name} r "
+            "ON r.station_id = w.station_id "
+            f"AND (r.start_ts = w.hour_ts OR r.start_ts = w.hour_ts - {HOUR_MS})",
+            ROLLUP_SCHEMA,
+        ).rename({"start_ts": "hour_ts"})
+        earlier = _frame(
+            bulk,
+            "SELECT w.station_id, w.hour_ts, CASE WHEN EXISTS (SELECT 1 FROM "
+            f"{power_readings.name} p WHERE p.station_id = w.station_id AND p.ts < w.hour_ts) "
+            f"OR EXISTS (SELECT 1 FROM {rollup_hourly.name} r WHERE r.station_id = w.station_id "
+            "AND r.start_ts < w.hour_ts) THEN 1 ELSE 0 END AS earlier FROM pw_rollup_work w",
+            {"station_id": pl.Int32(), "hour_ts": pl.Int64(), "earlier": pl.Int32()},
+        )
+    hours, recomputed, merged = compute_hours(work, marks, raw, stored, earlier)
+    if not hours.is_empty():
+        _replace(bulk, rollup_hourly.name, hours)
+        days = _rebuild_days(bulk, hours.select("station_id", "start_ts"))
+    else:
+        days = 0
+    with _staged(bulk, "pw_rollup_marks", marks.select(*KEY, "batch_id")):
+        # Exactly the marks read above: a mark committed meanwhile (by a writer that
+        # does not take the readings' lock) stays queued for the next refresh.
+        bulk.execute(
+            f"DELETE FROM {rollup_dirty.name} WHERE EXISTS (SELECT 1 FROM pw_rollup_marks m "
+            f"WHERE m.station_id = {rollup_dirty.name}.station_id "
+            f"AND m.hour_ts = {rollup_dirty.name}.hour_ts "
+            f"AND m.batch_id = {rollup_dirty.name}.batch_id)"
+        )
+    consumed = marks.select(KEY).unique().height
+    return RefreshResult(marks=consumed, recomputed=recomputed, merged=merged, days=days)
+
+
+def _replace(bulk: BulkConnection, table: str, frame: pl.DataFrame) -> None:
+    """Delete the rows of `table` with the frame's keys, then append the frame."""
+    with _staged(bulk, "pw_rollup_replace", frame.select("station_id", "start_ts")):
+        bulk.execute(
+            f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM pw_rollup_replace k "
+            f"WHERE k.station_id = {table}.station_id AND k.start_ts = {table}.start_ts)"
+        )
+    bulk.ingest(table, frame.select(pl.col(n).cast(t) for n, t in ROLLUP_SCHEMA.items()).to_arrow())
+
+
+def _rebuild_days(bulk: BulkConnection, hours: pl.DataFrame) -> int:
+    """Rebuild the days of the given station-hours from all of those days' hours."""
+    days = hours.select("station_id", (pl.col("start_ts") // DAY_MS * DAY_MS).alias("day_ts"))
+    days = days.unique()
+    with _staged(bulk, "pw_rollup_days", days):
+        stored = _frame(
+            bulk,
+            f"SELECT r.* FROM pw_rollup_days d JOIN {rollup_hourly.name} r "
+            "ON r.station_id = d.station_id "
+            f"AND r.start_ts >= d.day_ts AND r.start_ts < d.day_ts + {DAY_MS}",
+            ROLLUP_SCHEMA,
+        )
+    daily = (
+        stored.with_columns((pl.col("start_ts") // DAY_MS * DAY_MS).alias("day_ts"))
+        .sort("station_id", "start_ts")
+        .group_by("station_id", "day_ts")
+        .agg(_combine(pl.col("normal_interval_ms").quantile(0.5, "lower")))
+        .rename({"day_ts": "start_ts"})
+    )
+    _replace(bulk, rollup_daily.name, daily)
+    return daily.height
+
+
+# --- the computation (pure polars, testable without a database) ---------------------------
+
+
+def _stats() -> list[pl.Expr]:
+    """Channel statistics of raw readings (rows sorted by time within each group)."""
+    aggs = [
+        pl.len().cast(pl.Int64).alias("samples"),
+        pl.col("ts").min().alias("first_ts"),
+        pl.col("ts").max().alias("last_ts"),
+    ]
+    for c in READING_VALUE_COLUMNS:
+        aggs += [
+            pl.col(c).count().cast(pl.Int64).alias(f"{c}_count"),
+            pl.col(c).sum().alias(f"{c}_sum"),
+            pl.col(c).min().alias(f"{c}_min"),
+            pl.col(c).max().alias(f"{c}_max"),
+        ]
+    for m in MUX_COLUMNS:
+        aggs += [
+            pl.col(m).drop_nulls().last().alias(f"{m}_last"),
+            pl.col("ts").filter(pl.col(m).is_not_null()).max().alias(f"{m}_last_ts"),
+        ]
+    return aggs
+
+
+def _combine(normal_interval: pl.Expr) -> list[pl.Expr]:
+    """Rollup rows -> one rollup row: sums add, extremes combine, the latest value wins."""
+    aggs = [
+        pl.col("samples").sum(),
+        pl.col("first_ts").min(),
+        pl.col("last_ts").max(),
+        normal_interval.alias("normal_interval_ms"),
+    ]
+    for c in READING_VALUE_COLUMNS:
+        aggs += [
+            pl.col(f"{c}_count").sum(),
+            pl.col(f"{c}_sum").sum(),
+            pl.col(f"{c}_min").min(),
+            pl.col(f"{c}_max").max(),
+        ]
+    for m in MUX_COLUMNS:
+        last_ts = pl.col(f"{m}_last_ts")
+        aggs += [
+            pl.col(f"{m}_kwh").sum(),
+            pl.col(f"{m}_resets").sum(),
+            pl.col(f"{m}_gaps").sum(),
+            pl.col(f"{m}_last").filter(last_ts == last_ts.max()).first(),
+            last_ts.max(),
+        ]
+    return aggs
+
+
+def gap_threshold(normal_interval_ms: pl.Expr) -> pl.Expr:
+    """Deltas spanning more than this straddle missing data (unknown interval: the maximum)."""
+    return (normal_interval_ms * GAP_FACTOR).clip(GAP_MIN_MS, GAP_MAX_MS).fill_null(GAP_MAX_MS)
+
+
+def compute_hours(
+    work: pl.DataFrame,
+    marks: pl.DataFrame,
+    raw: pl.DataFrame,
+    stored: pl.DataFrame,
+    earlier: pl.DataFrame,
+) -> tuple[pl.DataFrame, int, int]:
+    """New rollup rows for the work hours -> (rows keyed `start_ts`, recomputed, merged).
+
+    `raw`: the readings of every work hour (sorted by station and time);
+    `stored`: the stored rollups of the work hours and of the hours before them;
+    `marks`: queued (hour, batch, readings); `earlier`: whether a station has
+    anything before the hour. An hour is recomputed when all the rows its
+    rollup counted are still there (raw >= stored + queued), merged otherwise.
+    """
+    counts = raw.group_by(KEY).agg(pl.len().cast(pl.Int64).alias("raw"))
+    queued = marks.group_by(KEY).agg(pl.col("readings").sum().alias("queued"))
+    decided = (
+        work.join(counts, on=KEY, how="left")
+        .join(queued, on=KEY, how="left")
+        .join(stored.select(*KEY, "samples"), on=KEY, how="left")
+        .with_columns(pl.col("raw", "queued", "samples").fill_null(0))
+    )
+    complete = decided.filter(
+        (pl.col("raw") > 0) & (pl.col("raw") >= pl.col("samples") + pl.col("queued"))
+    ).select(KEY)
+    partial = decided.filter(
+        (pl.col("raw") < pl.col("samples") + pl.col("queued")) & (pl.col("queued") > 0)
+    ).select(KEY)
+    recomputed = _recompute(complete, raw, stored, earlier)
+    merged = _merge(partial, marks, raw, stored)
+    parts = [f for f in (recomputed, merged) if not f.is_empty()]
+    if not parts:
+        return pl.DataFrame(schema=ROLLUP_SCHEMA), 0, 0
+    hours = pl.concat(parts, how="diagonal_relaxed").rename({"hour_ts": "start_ts"})
+    return hours, recomputed.height, merged.height
+
+
+def _merge(
+    partial: pl.DataFrame, marks: pl.DataFrame, raw: pl.DataFrame, stored: pl.DataFrame
+) -> pl.DataFrame:
+    """Hours whose raw rows were archived: add the queued batches' readings to the rollup.
+
+    Their meter deltas are not counted: the archived neighbours' delta already
+    covers the meter's movement across them when it was normal, and when it was
+    a gap nothing may be invented.
+    """
+    new = (
+        raw.join(partial, on=KEY, how="semi")
+        .join(marks.select(*KEY, "batch_id"), on=[*KEY, "batch_id"], how="semi")
+        .sort("station_id", "ts")
+    )
+    if new.is_empty():
+        return pl.DataFrame()
+    added = (
+        new.group_by(KEY, maintain_order=True)
+        .agg(_stats())
+        .with_columns(
+            *(pl.lit(0.0).alias(f"{m}_kwh") for m in MUX_COLUMNS),
+            *(
+                pl.lit(0, pl.Int32).alias(f"{m}_{k}")
+                for m in MUX_COLUMNS
+                for k in ("resets", "gaps")
+            ),
+        )
+    )
+    before = stored.join(partial, on=KEY, how="semi")
+    return (
+        pl.concat([before, added], how="diagonal_relaxed")
+        .group_by(KEY, maintain_order=True)
+        .agg(_combine(pl.col("normal_interval_ms").drop_nulls().first()))
+    )
+
+
+def _predecessors(complete: pl.DataFrame, raw: pl.DataFrame, stored: pl.DataFrame) -> pl.DataFrame:
+    """Per complete hour, the last reading of the hour before: from the raw rows when that
+    hour is in the work set, from its stored rollup (which survives the archive) otherwise;
+    the later of the two wins. Only the previous hour is looked at: a predecessor further
+    back is more than GAP_MAX_MS away, a gap whatever its value."""
+    previous = raw.group_by(KEY).agg(
+        pl.col("ts").max().alias("last_ts"),
+        *(pl.col(m).drop_nulls().last().alias(f"{m}_last") for m in MUX_COLUMNS),
+        *(
+            pl.col("ts").filter(pl.col(m).is_not_null()).max().alias(f"{m}_last_ts")
+            for m in MUX_COLUMNS
+        ),
+    )
+    columns = ["last_ts", *(f"{m}_last{s}" for m in MUX_COLUMNS for s in ("", "_ts"))]
+    candidates = pl.concat(
+        [previous.select(*KEY, *columns), stored.select(*KEY, *columns)], how="vertical_relaxed"
+    ).with_columns(pl.col("hour_ts") + HOUR_MS)
+    candidates = candidates.join(complete, on=KEY, how="semi")
+    best = [pl.col("last_ts").max().alias("prev_ts")]
+    for m in MUX_COLUMNS:
+        ts = pl.col(f"{m}_last_ts")
+        best += [
+            pl.col(f"{m}_last").filter(ts == ts.max()).first().alias(f"{m}_prev"),
+            ts.max().alias(f"{m}_prev_ts"),
+        ]
+    return candidates.group_by(KEY).agg(best)
+
+
+def _recompute(
+    complete: pl.DataFrame, raw: pl.DataFrame, stored: pl.DataFrame, earlier: pl.DataFrame
+) -> pl.DataFrame:
+    """Rollups of hours whose raw readings are all present, with classified meter deltas."""
+    rows = raw.join(complete, on=KEY, how="semi")
+    if rows.is_empty():
+        return pl.DataFrame()
+    pred = _predecessors(complete, raw, stored)
+    stats = rows.group_by(KEY, maintain_order=True).agg(_stats())
+
+    # Normal interval: lower median of the intervals ending in the hour.
+    times = pl.concat(
+        [
+            pred.select(*KEY, pl.col("prev_ts").alias("ts")).drop_nulls("ts"),
+            rows.select(*KEY, "ts"),
+        ]
+    ).sort(*KEY, "ts")
+    normal = (
+        times.with_columns(pl.col("ts").diff().over(KEY).alias("dt"))
+        .group_by(KEY)
+        .agg(
+            pl.col("dt")
+            .drop_nulls()
+            .cast(pl.Float64)
+            .quantile(0.5, "lower")
+            .alias("normal_interval_ms")
+        )
+    )
+    # The threshold also looks at the previous hour's normal interval: an hour with a
+    # single interval (a reading after a long silence) cannot vouch for itself.
+    before = pl.concat(
+        [
+            normal,
+            stored.join(normal, on=KEY, how="anti").select(*KEY, "normal_interval_ms"),
+        ]
+    ).select(
+        "station_id",
+        (pl.col("hour_ts") + HOUR_MS).alias("hour_ts"),
+        pl.col("normal_interval_ms").alias("prev_normal_ms"),
+    )
+    limits = (
+        complete.join(normal, on=KEY, how="left")
+        .join(before, on=KEY, how="left")
+        .join(earlier, on=KEY, how="left")
+        .select(
+            *KEY,
+            gap_threshold(pl.min_horizontal("normal_interval_ms", "prev_normal_ms")).alias(
+                "threshold"
+            ),
+            (pl.col("earlier").fill_null(0) == 1).alias("earlier"),
+        )
+    )
+    deltas = _meter_deltas(rows, pred, limits)
+    return (
+        stats.join(normal, on=KEY, how="left")
+        .join(deltas, on=KEY, how="left")
+        .with_columns(
+            *(pl.col(f"{m}_kwh").fill_null(0.0) for m in MUX_COLUMNS),
+            *(pl.col(f"{m}_{k}").fill_null(0) for m in MUX_COLUMNS for k in ("resets", "gaps")),
+        )
+    )
+
+
+def _meter_deltas(rows: pl.DataFrame, pred: pl.DataFrame, limits: pl.DataFrame) -> pl.DataFrame:
+    """Per hour and meter: consumption of normal deltas, counts of resets and gaps."""
+    parts = []
+    for m in MUX_COLUMNS:
+        parts.append(
+            rows.select(
+                *KEY,
+                "ts",
+                pl.lit(m).alias("meter"),
+                pl.col(m).alias("value"),
+                pl.lit(False).alias("is_pred"),
+            )
+        )
+        parts.append(
+            pred.select(
+                *KEY,
+                pl.col(f"{m}_prev_ts").alias("ts"),
+                pl.lit(m).alias("meter"),
+                pl.col(f"{m}_prev").alias("value"),
+                pl.lit(True).alias("is_pred"),
+            )
+        )
+    series = pl.concat(parts).drop_nulls(["ts", "value"]).sort(*KEY, "meter", "ts")
+    group = [*KEY, "meter"]
+    dt = pl.col("ts").diff().over(group)
+    dv = pl.col("value").diff().over(group)
+    classified = series.join(limits, on=KEY, how="left").with_columns(
+        dv.alias("dv"),
+        pl.when(pl.col("is_pred"))
+        .then(None)
+        .when(dt.is_null())
+        .then(pl.when(pl.col("earlier")).then(GAP).otherwise(None))
+        .when(dt > pl.col("threshold"))
+        .then(GAP)
+        .when(dv < 0)
+        .then(RESET)
+        .otherwise(NORMAL)
+        .alias("kind"),
+    )
+    aggs = []
+    for m in MUX_COLUMNS:
+        mine = pl.col("meter") == m
+        aggs += [
+            pl.col("dv").filter(mine & (pl.col("kind") == NORMAL)).sum().alias(f"{m}_kwh"),
+            (mine & (pl.col("kind") == RESET)).sum().cast(pl.Int32).alias(f"{m}_resets"),
+            (mine & (pl.col("kind") == GAP)).sum().cast(pl.Int32).alias(f"{m}_gaps"),
+        ]
+    return classified.group_by(KEY).agg(aggs)
+
+
+# --- queries -------------------------------------------------------------------------------
+
+
+def rollups(
+    bulk: BulkConnection,
+    interval: Interval = "hour",
+    *,
+    station: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> pl.DataFrame:
+    """Stored rollups, ordered by station then time: per channel avg/min/max/count, per
+    meter consumption (kWh) with its resets and gaps. `start` inclusive, `end` exclusive,
+    both matched against the interval's start."""
+    from db.queries import epoch_ms
+
+    table = rollup_hourly if interval == "hour" else rollup_daily
+    sql = [
+        f"SELECT s.name AS station, r.* FROM {table.name} r "
+        f"JOIN {stations.name} s ON s.id = r.station_id WHERE 1 = 1"
+    ]
+    params: list[object] = []
+    if station is not None:
+        sql.append("AND s.name = ?")
+        params.append(station)
+    if start is not None:
+        sql.append("AND r.start_ts >= ?")
+        params.append(int(start.timestamp() * 1000))
+    if end is not None:
+        sql.append("AND r.start_ts < ?")
+        params.append(int(end.timestamp() * 1000))
+    sql.append("ORDER BY s.name, r.start_ts")
+    frame = bulk.frame(" ".join(sql), params)
+    if frame.is_empty():
+        frame = pl.DataFrame(schema={"station": pl.String(), **ROLLUP_SCHEMA})
+    frame = frame.select(
+        pl.col("station").cast(pl.String),
+        *(pl.col(n).cast(t) for n, t in ROLLUP_SCHEMA.items()),
+    )
+    columns: list[pl.Expr] = [
+        pl.col("station"),
+        epoch_ms("start_ts").alias("start"),
+        pl.col("samples"),
+        epoch_ms("first_ts").alias("first"),
+        epoch_ms("last_ts").alias("last"),
+        (pl.col("normal_interval_ms") / 1000).alias("normal_interval_s"),
+    ]
+    for c in CHANNELS:
+        n = pl.col(f"{c.column}_count")
+        columns += [
+            (pl.col(f"{c.column}_sum") / pl.when(n > 0).then(n)).alias(f"{c.key}_avg"),
+            pl.col(f"{c.column}_min").alias(f"{c.key}_min"),
+            pl.col(f"{c.column}_max").alias(f"{c.key}_max"),
+            n.alias(f"{c.key}_count"),
+        ]
+    for c in CHANNELS:
+        if c.column in MUX_COLUMNS:
+            columns += [
+                pl.col(f"{c.column}_kwh").alias(f"{c.key}_kwh"),
+                pl.col(f"{c.column}_resets").alias(f"{c.key}_resets"),
+                pl.col(f"{c.column}_gaps").alias(f"{c.key}_gaps"),
+            ]
+    return frame.select(columns)
+
+
+def pending_hours(bulk: BulkConnection) -> int:
+    """Station-hours queued for the next refresh (rollups of them may be behind)."""
+    return int(
+        bulk.scalar(
+            f"SELECT count(*) FROM (SELECT DISTINCT station_id, hour_ts FROM {rollup_dirty.name}) q"
+        )
+    )

@@ -1,0 +1,234 @@
+"""Rollups on SQLite and PostgreSQL: meter resets, gaps, late and out-of-order data,
+rollups surviving the deletion (archiving) of their raw rows, the schema migration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import polars as pl
+import pytest
+import sqlalchemy
+from polars.testing import assert_frame_equal
+
+from db import migrate
+from db.engine import bulk_connection, make_engine
+from db.rollups import RefreshResult, pending_hours, refresh_rollups, rollups
+from powerwatch import landing
+from powerwatch.loader import load_chunk
+from powerwatch.settings import get_settings
+from schemas.channels import CHANNEL_KEYS, TIMESTAMP_DTYPE
+from tests.conftest import T0, Database, write_chunk
+
+HOUR = 3600
+
+
+def readings(
+    station: str, seconds: Sequence[float], mux: Sequence[float] | None = None
+) -> pl.DataFrame:
+    """One station's readings at T0 + each second; meters follow `mux` (default: 0.01 kWh/s
+    from 1000), active power = the second, so every statistic is easy to predict."""
+    values = mux if mux is not None else [1000.0 + 0.01 * s for s in seconds]
+    frame = pl.DataFrame(
+        {
+            "station": [station] * len(seconds),
+            "timestamp": [T0 + timedelta(seconds=s) for s in seconds],
+            "second": [float(s) for s in seconds],
+            "meter": values,
+        }
+    ).with_columns(pl.col("timestamp").cast(TIMESTAMP_DTYPE))
+    return frame.select(
+        "station",
+        "timestamp",
+        *(
+            (pl.col("meter") if key.startswith("mux") else pl.col("second")).alias(key)
+            for key in CHANNEL_KEYS
+        ),
+    )
+
+
+_chunks = iter(range(10**6))
+
+
+def load(db: Database, frame: pl.DataFrame) -> None:
+    """Through the real load path (landing chunk -> load_chunk -> store_readings)."""
+    write_chunk(frame, db.data_dir / "landing", f"chunk-{next(_chunks):06d}.parquet")
+    settings = get_settings()
+    with bulk_connection() as bulk:
+        for chunk in landing.list_chunks(settings.landing_dir):
+            load_chunk(bulk, chunk, settings)
+
+
+def refresh() -> RefreshResult:
+    with bulk_connection() as bulk:
+        return refresh_rollups(bulk)
+
+
+def hourly(station: str, interval: str = "hour") -> pl.DataFrame:
+    with bulk_connection() as bulk:
+        return rollups(bulk, "hour" if interval == "hour" else "day", station=station)
+
+
+def test_consumption_across_a_meter_reset(synced: Database) -> None:
+    seconds = list(range(1200))
+    mux = [1000.0 + 0.01 * s if s < 600 else 0.5 + 0.01 * (s - 600) for s in seconds]
+    load(synced, readings("KhonKaen", seconds, mux))
+    refresh()
+    [hour] = hourly("KhonKaen").to_dicts()
+    # 599 normal deltas before the reset, the reset itself not counted, 599 after it.
+    assert hour["muxPower1_kwh"] == pytest.approx(11.98)
+    assert (hour["muxPower1_resets"], hour["muxPower1_gaps"]) == (1, 0)
+    assert hour["samples"] == 1200
+    assert hour["activePower1_avg"] == pytest.approx(599.5)
+    assert (hour["activePower1_min"], hour["activePower1_max"]) == (0.0, 1199.0)
+
+
+def test_consumption_is_not_invented_across_a_gap(synced: Database) -> None:
+    seconds = [*range(600), *range(1200, 1800)]  # ten minutes missing at 1 Hz
+    load(synced, readings("KhonKaen", seconds))
+    refresh()
+    [hour] = hourly("KhonKaen").to_dicts()
+    assert hour["muxPower4_kwh"] == pytest.approx(2 * 5.99)  # the 6.01 kWh across the gap: no
+    assert (hour["muxPower4_resets"], hour["muxPower4_gaps"]) == (0, 1)
+    assert hour["normal_interval_s"] == 1.0
+
+
+def test_deltas_across_the_hour_boundary_and_days_from_hours(synced: Database) -> None:
+    load(synced, readings("KhonKaen", list(range(3000, 2 * HOUR + 600))))
+    refresh()
+    hours = hourly("KhonKaen")
+    # Each delta belongs to the hour of its later reading: nothing lost at the boundaries.
+    assert hours["muxPower2_kwh"].to_list() == pytest.approx([5.99, 36.0, 6.0])
+    assert hours["muxPower2_gaps"].to_list() == [0, 0, 0]
+    [day] = hourly("KhonKaen", "day").to_dicts()
+    assert day["muxPower2_kwh"] == pytest.approx(47.99)
+    assert day["samples"] == hours["samples"].sum() == 2 * HOUR + 600 - 3000
+    assert day["activePower3_max"] == 2 * HOUR + 599
+
+
+def _scenario() -> pl.DataFrame:
+    """Three hours with a reset, a gap and readings on both sides of hour boundaries."""
+    seconds = [s for s in range(0, 3 * HOUR, 2) if not 5000 <= s < 5600]
+    mux = [1000.0 + 0.01 * s if s < 8000 else 3.0 + 0.01 * (s - 8000) for s in seconds]
+    return readings("X", seconds, mux)
+
+
+def _as(frame: pl.DataFrame, station: str) -> pl.DataFrame:
+    return frame.with_columns(pl.lit(station).alias("station"))
+
+
+def test_late_and_out_of_order_loads_give_the_in_order_rollups(synced: Database) -> None:
+    data = _scenario()
+    load(synced, _as(data, "KhonKaen"))  # reference: everything at once, in order
+    refresh()
+    # The same readings for ChiangMai: the last hour first, then the first, then the middle
+    # hour's odd readings, then (late) its even ones, shuffled; refreshing in between.
+    late = _as(data, "ChiangMai").with_row_index("i")
+    hour_of = pl.col("timestamp").dt.hour()
+    pieces = [
+        late.filter(hour_of == 2),
+        late.filter(hour_of == 0),
+        late.filter((hour_of == 1) & (pl.col("i") % 2 == 1)),
+        late.filter((hour_of == 1) & (pl.col("i") % 2 == 0)).sample(fraction=1.0, seed=1),
+    ]
+    for piece in pieces:
+        load(synced, piece.drop("i"))
+        refresh()
+    expected = hourly("KhonKaen").drop("station")
+    assert expected["muxPower1_resets"].sum() == 1 and expected["muxPower1_gaps"].sum() == 1
+    assert_frame_equal(hourly("ChiangMai").drop("station"), expected, check_exact=False)
+    assert_frame_equal(
+        hourly("ChiangMai", "day").drop("station"),
+        hourly("KhonKaen", "day").drop("station"),
+        check_exact=False,
+    )
+
+
+def _delete_raw(station: str, before_seconds: int) -> None:
+    """What the archive does after exporting: delete the raw readings."""
+    engine = make_engine()
+    with engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "DELETE FROM power_readings WHERE ts < :ts AND station_id = "
+                "(SELECT id FROM stations WHERE name = :name)"
+            ),
+            {"ts": int(T0.timestamp() * 1000) + before_seconds * 1000, "name": station},
+        )
+    engine.dispose()
+
+
+def test_rollups_survive_archiving_and_take_late_data_afterwards(synced: Database) -> None:
+    data = _scenario()
+    # Late readings between the stored ones (meters interpolated), in hours 0 and 2.
+    extra = readings("X", [100.5, 101.5, 2 * HOUR + 0.5, 2 * HOUR + 7.5]).with_columns(
+        pl.lit(99_999.0).alias("activePower1")
+    )
+    load(synced, _as(data, "KhonKaen"))
+    refresh()
+    before = hourly("KhonKaen")
+    _delete_raw("KhonKaen", 2 * HOUR)  # hours 0 and 1 archived
+    assert refresh().marks == 0
+    assert_frame_equal(hourly("KhonKaen"), before)
+
+    load(synced, _as(extra, "KhonKaen"))
+    result = refresh()
+    assert (result.merged, result.recomputed) == (1, 1)  # hour 0 merged, hour 2 recomputed
+    # Reference: the same readings, never archived.
+    load(synced, _as(pl.concat([data, extra]), "ChiangMai"))
+    refresh()
+    after = hourly("KhonKaen")
+    assert after["samples"].to_list() == [
+        before["samples"][0] + 2,
+        before["samples"][1],
+        before["samples"][2] + 2,
+    ]
+    assert after["activePower1_max"].to_list()[0] == 99_999.0
+    assert_frame_equal(
+        after.drop("station"), hourly("ChiangMai").drop("station"), check_exact=False
+    )
+    assert_frame_equal(
+        hourly("KhonKaen", "day").drop("station"),
+        hourly("ChiangMai", "day").drop("station"),
+        check_exact=False,
+    )
+
+
+def test_pending_hours_until_refreshed(synced: Database) -> None:
+    load(synced, readings("KhonKaen", list(range(0, 2 * HOUR, 10))))
+    with bulk_connection() as bulk:
+        assert pending_hours(bulk) == 2
+        assert rollups(bulk, "hour").is_empty()
+    assert refresh() == RefreshResult(marks=2, recomputed=2, merged=0, days=1)
+    with bulk_connection() as bulk:
+        assert pending_hours(bulk) == 0
+
+
+def test_refresh_in_small_batches_gives_the_same_rollups(synced: Database) -> None:
+    data = _scenario()
+    load(synced, _as(data, "KhonKaen"))
+    load(synced, _as(data, "ChiangMai"))
+    with bulk_connection() as bulk:
+        result = refresh_rollups(bulk, batch_hours=1)
+    assert result.marks == 6
+    assert_frame_equal(
+        hourly("ChiangMai").drop("station"), hourly("KhonKaen").drop("station"), check_exact=False
+    )
+
+
+def test_migration_queues_existing_readings_and_downgrades(synced: Database) -> None:
+    load(synced, readings("KhonKaen", list(range(0, 2 * HOUR, 5))))
+    refresh()
+    expected = hourly("KhonKaen")
+    engine = make_engine()
+    migrate.downgrade(engine, "0001")
+    with engine.connect() as conn:
+        tables = set(sqlalchemy.inspect(conn).get_table_names())
+    assert not {"rollup_hourly", "rollup_daily", "rollup_dirty"} & tables
+    assert "power_readings" in tables
+    migrate.upgrade(engine)
+    engine.dispose()
+    with bulk_connection() as bulk:
+        assert pending_hours(bulk) == 2  # the readings already stored are queued
+    refresh()
+    assert_frame_equal(hourly("KhonKaen"), expected)
