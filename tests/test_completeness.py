@@ -1,0 +1,92 @@
+"""Completeness per station-day on SQLite and PostgreSQL, from the database and the archive."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from db.completeness import completeness
+from db.engine import bulk_connection
+from powerwatch.errors import UnknownStationError
+from tests.conftest import T0, Database
+from tests.test_rollups import load, readings, refresh
+
+DAY = date(2026, 11, 1)  # T0's day
+LATER = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def _day_with_holes() -> pl.DataFrame:
+    """Every 10 s from 00:05, a 30-minute outage at 06:00, a 50 s hiccup (shorter than the
+    gap threshold of max(5 x 10 s, 60 s)) at 12:00, silent after 23:50."""
+    seconds = [
+        s
+        for s in range(300, 23 * 3600 + 50 * 60 + 1, 10)
+        if not 6 * 3600 < s < 6 * 3600 + 1800 and not 12 * 3600 < s < 12 * 3600 + 50
+    ]
+    return readings("KhonKaen", seconds)
+
+
+def test_received_expected_and_missing_ranges(synced: Database) -> None:
+    frame = _day_with_holes()
+    load(synced, frame)
+    with bulk_connection() as bulk:
+        result = completeness(bulk, "KhonKaen", DAY, now=LATER)
+    assert result.received == frame.height
+    assert result.normal_interval_s == 10.0
+    assert result.expected == 8640
+    assert result.ratio == pytest.approx(frame.height / 8640)
+    assert result.missing.rows() == [
+        (_at(0), _at(300), 300.0),  # before the station's first reading
+        (_at(6 * 3600), _at(6 * 3600 + 1800), 1800.0),
+        (_at(23 * 3600 + 3000), _at(86400), 600.0),  # nothing after 23:50
+    ]
+
+
+def test_gap_over_midnight_is_clipped_to_the_day(synced: Database) -> None:
+    # Readings every 10 s until 23:55 the day before, then from 00:10.
+    load(synced, readings("KhonKaen", [*range(-3600, -300, 10), *range(600, 1200, 10)]))
+    with bulk_connection() as bulk:
+        result = completeness(bulk, "KhonKaen", DAY, now=_at(1200))
+        before = completeness(bulk, "KhonKaen", DAY - timedelta(days=1), now=_at(1200))
+    assert result.missing.rows() == [(_at(0), _at(600), 600.0)]
+    assert result.expected == 120  # the day so far: 20 minutes at 10 s
+    assert before.missing.rows()[-1] == (_at(-310), _at(0), 310.0)
+
+
+def test_a_day_without_readings_uses_the_stations_known_rate(synced: Database) -> None:
+    load(synced, readings("KhonKaen", list(range(-86400, 0, 30))))
+    refresh()  # the daily rollup knows the station's normal interval
+    with bulk_connection() as bulk:
+        result = completeness(bulk, "KhonKaen", DAY, now=LATER)
+    assert (result.received, result.expected, result.normal_interval_s) == (0, 2880, 30.0)
+    assert result.missing.rows() == [(_at(0), _at(86400), 86400.0)]
+
+
+def test_archived_readings_still_count(synced: Database) -> None:
+    frame = _day_with_holes()
+    load(synced, frame)
+    with bulk_connection() as bulk:
+        expected = completeness(bulk, "KhonKaen", DAY, now=LATER)
+    # What the archive does: write the readings as hive-partitioned Parquet, then delete.
+    archive = synced.data_dir / "archive"
+    folder = archive / "station=KhonKaen" / "day=2026-11-01"
+    folder.mkdir(parents=True)
+    frame.drop("station").write_parquet(folder / "part-0.parquet")
+    with bulk_connection() as bulk:
+        bulk.execute("DELETE FROM power_readings")
+        gone = completeness(bulk, "KhonKaen", DAY, now=LATER)
+        archived = completeness(bulk, "KhonKaen", DAY, archive_dir=archive, now=LATER)
+    assert gone.received == 0
+    assert archived.summary() == expected.summary()
+    assert archived.missing.equals(expected.missing)
+
+
+def test_unknown_station_is_refused(synced: Database) -> None:
+    with bulk_connection() as bulk, pytest.raises(UnknownStationError, match="Nowhere"):
+        completeness(bulk, "Nowhere", DAY)
