@@ -1,0 +1,220 @@
+"""Backups (powerwatch.backup): consistent while a real loader process writes, verified
+before they count, rotated, restored only when safe, drilled."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from db.engine import bulk_connection
+from powerwatch import backup
+from powerwatch.errors import BackupError, InputError, RestoreRefused
+from powerwatch.loader import load_chunk
+from powerwatch.settings import get_settings
+from tests.conftest import T0, Database, make_readings, write_chunk
+
+STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
+NOW = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
+
+# Loads every chunk in landing/ one by one (a real second process, as in production).
+LOADER = """
+import sys
+from db.engine import bulk_connection
+from powerwatch import landing
+from powerwatch.loader import load_chunk
+from powerwatch.settings import get_settings
+settings = get_settings()
+with bulk_connection() as bulk:
+    for chunk in landing.list_chunks(settings.landing_dir):
+        load_chunk(bulk, chunk, settings)
+"""
+
+
+def _load(seconds: int, start: datetime = T0) -> None:
+    settings = get_settings()
+    chunk = write_chunk(make_readings(STATIONS, seconds, start), settings.landing_dir, "x.parquet")
+    with bulk_connection() as bulk:
+        load_chunk(bulk, chunk, settings)
+
+
+def _counts(path: Path) -> dict[str, object]:
+    with closing(sqlite3.connect(path)) as conn:
+        return {
+            "readings": conn.execute("SELECT count(*) FROM power_readings").fetchone()[0],
+            "ledger": conn.execute(
+                "SELECT coalesce(sum(inserted), 0) FROM load_batches WHERE status = 'committed'"
+            ).fetchone()[0],
+            "integrity": conn.execute("PRAGMA integrity_check").fetchone()[0],
+        }
+
+
+@pytest.fixture
+def sqlite_synced(sqlite_database: Database, registry_file: Path) -> Database:
+    """SQLite only: the online backup API and file restore are SQLite's (PostgreSQL: below)."""
+    from db.engine import make_engine
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    engine = make_engine(sqlite_database.url)
+    sync_stations(engine, load_registry(registry_file))
+    engine.dispose()
+    return sqlite_database
+
+
+def _db_path(db: Database) -> Path:
+    return Path(db.url.removeprefix("sqlite:///"))
+
+
+@pytest.mark.slow
+def test_backup_during_a_concurrent_load_restores_consistent(
+    sqlite_synced: Database, tmp_path: Path
+) -> None:
+    settings = get_settings()
+    for i in range(40):
+        start = T0 + timedelta(seconds=i * 3_000)
+        write_chunk(make_readings(STATIONS, 3_000, start), settings.landing_dir, f"c{i:03}.parquet")
+    loader = subprocess.Popen([sys.executable, "-c", LOADER])
+    try:
+        while not settings.loaded_dir.is_dir() or len(list(settings.loaded_dir.iterdir())) < 3:
+            assert loader.poll() is None, "the loader finished before the backup started"
+            time.sleep(0.05)
+        loaded_before = len(list(settings.loaded_dir.iterdir()))
+        path, manifest = backup.backup_database(sqlite_synced.url, settings.backups_dir)
+        loaded_after = len(list(settings.loaded_dir.iterdir()))
+    finally:
+        assert loader.wait(timeout=120) == 0
+    # The backup really overlapped the loads ...
+    assert loaded_after > loaded_before or loader.returncode is None
+    assert 0 < manifest.rows["power_readings"] < 40 * 3_000 * 3
+
+    restored = tmp_path / "restored.db"
+    backup.restore_database(path, f"sqlite:///{restored}")
+
+    # ... and is one consistent snapshot: every committed batch's rows, nothing half.
+    counts = _counts(restored)
+    assert counts["integrity"] == "ok"
+    assert counts["readings"] == counts["ledger"] == manifest.rows["power_readings"]
+    assert counts["readings"] % (3_000 * 3) == 0
+
+
+def test_backup_is_compressed_with_a_manifest_and_name_order_is_time_order(
+    sqlite_synced: Database,
+) -> None:
+    _load(2_000)
+    folder = get_settings().backups_dir
+    first, manifest = backup.backup_database(sqlite_synced.url, folder, now=NOW)
+    second, _ = backup.backup_database(sqlite_synced.url, folder, now=NOW + timedelta(minutes=1))
+
+    assert first.name == "powerwatch-20261120T123000000000Z.db.zst"
+    assert backup.list_backups(folder) == [second, first]
+    assert manifest.integrity_check == "ok" and manifest.rows["power_readings"] == 6_000
+    assert manifest.bytes < manifest.raw_bytes
+    assert manifest.sha256 == backup.file_sha256(first)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [first.name, f"{first.name}.json", second.name, f"{second.name}.json"]
+    )
+
+
+def test_restore_refuses_a_live_database_unless_forced(sqlite_synced: Database) -> None:
+    _load(100)
+    path, _ = backup.backup_database(sqlite_synced.url, get_settings().backups_dir, now=NOW)
+    _load(50, T0 + timedelta(hours=1))  # the live database moves on
+    live = _db_path(sqlite_synced)
+
+    with pytest.raises(RestoreRefused, match="--force"):
+        backup.restore_database(path, sqlite_synced.url)
+    assert _counts(live)["readings"] == 450
+    assert [p.name for p in live.parent.iterdir() if ".restore-" in p.name] == []
+
+    backup.restore_database(path, sqlite_synced.url, force=True)
+
+    assert _counts(live) == {"readings": 300, "ledger": 300, "integrity": "ok"}
+    with bulk_connection() as bulk:  # and the engine's connections see the restored data
+        assert bulk.scalar("SELECT count(*) FROM power_readings") == 300
+
+
+def test_a_damaged_or_unrecorded_backup_is_not_restored(
+    sqlite_synced: Database, tmp_path: Path
+) -> None:
+    _load(100)
+    folder = get_settings().backups_dir
+    path, _ = backup.backup_database(sqlite_synced.url, folder, now=NOW)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    target = tmp_path / "new.db"
+
+    with pytest.raises(BackupError, match="checksum differs"):
+        backup.restore_database(path, f"sqlite:///{target}")
+    assert not target.exists()
+
+    backup.manifest_of(path).unlink()
+    assert backup.list_backups(folder) == []
+    with pytest.raises(BackupError, match="no manifest"):
+        backup.restore_database(path, f"sqlite:///{target}")
+    with pytest.raises(InputError, match="no such backup"):
+        backup.restore_database(folder / "nope.db.zst", f"sqlite:///{target}")
+
+
+def test_rotation_keeps_the_newest_per_hour_and_per_day(sqlite_synced: Database) -> None:
+    _load(10)
+    folder = get_settings().backups_dir
+    moments = [NOW - timedelta(minutes=20 * i) for i in range(9)]  # 3 hours, 3 per hour
+    moments += [NOW - timedelta(days=d, hours=3) for d in (1, 2, 3, 4)]
+    for moment in moments:
+        backup.backup_database(sqlite_synced.url, folder, now=moment)
+
+    removed = backup.rotate_backups(folder, keep_hourly=2, keep_daily=3)
+
+    kept = {backup.backup_time(p) for p in backup.list_backups(folder)}
+    assert kept == {
+        NOW,  # newest of 12:xx (hourly and daily for 11-20)
+        NOW - timedelta(minutes=40),  # newest of 11:xx
+        NOW - timedelta(days=1, hours=3),  # newest of 11-19
+        NOW - timedelta(days=2, hours=3),  # newest of 11-18
+    }
+    assert len(removed) == len(moments) - 4
+    assert {p.name for p in folder.iterdir()} == {
+        n for p in backup.list_backups(folder) for n in (p.name, f"{p.name}.json")
+    }
+
+
+def test_restore_drill_restores_the_newest_to_a_temporary_path(sqlite_synced: Database) -> None:
+    folder = get_settings().backups_dir
+    with pytest.raises(BackupError, match="no verified backup"):
+        backup.restore_drill(folder)
+    _load(100)
+    backup.backup_database(sqlite_synced.url, folder, now=NOW - timedelta(hours=1))
+    _load(10, T0 + timedelta(hours=1))
+    newest, _ = backup.backup_database(sqlite_synced.url, folder, now=NOW)
+
+    report = backup.restore_drill(folder, now=NOW + timedelta(hours=2))
+
+    assert (report.backup, report.age_hours) == (newest.name, 2.0)
+    assert report.rows["power_readings"] == 330
+    assert "row counts match" in report.check
+    assert _counts(_db_path(sqlite_synced))["readings"] == 330  # the live database untouched
+
+
+def test_postgresql_backup_is_a_verified_pg_dump(synced: Database) -> None:
+    if synced.backend != "postgresql":
+        pytest.skip("pg_dump (the SQLite backups are the tests above)")
+    _load(100)
+    folder = get_settings().backups_dir
+
+    path, manifest = backup.backup_database(synced.url, folder, now=NOW)
+
+    assert path.name.endswith(".pgdump") and manifest.kind == "postgresql"
+    assert manifest.rows["power_readings"] == 300
+    assert manifest.integrity_check.startswith("pg_restore --list ok")
+    assert backup.verify_backup(path).sha256 == manifest.sha256
+    assert backup.restore_drill(folder).backup == path.name
+    with pytest.raises(InputError, match="pg_restore --clean"):
+        backup.restore_database(path, synced.url)
