@@ -1,27 +1,39 @@
 """Legacy log files (spec/legacy-logs.md): format detection and parsing, no database.
 
-`detect_format(path)` gives "T", "J", "C" or None (not a recognised log format).
+`detect_format(path)` gives "T", "J", "C" or None (not a recognised log format;
+`why_not_detected(path)` says why).
 `iter_batches(path, fmt, tz=...)` yields `ParsedBatch`es: `readings` (the
 `LANDING_COLUMNS` plus `line`, for `schemas.reading.split_valid`), `rejected`
 (`line`, `raw`, `reason`: lines that are readings but do not parse), and the
 counts, with `lines == non_data + readings.height + rejected.height`.
 """
 
-from powerwatch.legacy.formats import FORMATS, Format, LegacyLogError, detect_format
+from powerwatch.legacy.formats import (
+    FORMATS,
+    Format,
+    LegacyLogError,
+    detect_format,
+    why_not_detected,
+)
 from powerwatch.legacy.parsers import (
+    DEFAULT_TZ,
     READING_COLUMNS,
     REJECTED_COLUMNS,
     ParsedBatch,
+    check_time_zone,
     iter_batches,
 )
 
 __all__ = [
+    "DEFAULT_TZ",
     "FORMATS",
     "READING_COLUMNS",
     "REJECTED_COLUMNS",
     "Format",
     "LegacyLogError",
     "ParsedBatch",
+    "check_time_zone",
     "detect_format",
     "iter_batches",
+    "why_not_detected",
 ]

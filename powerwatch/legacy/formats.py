@@ -84,6 +84,20 @@ def detect_format(path: Path) -> Format | None:
     return None
 
 
+def why_not_detected(path: Path) -> str:
+    """The reason `detect_format(path)` gave None, in words for an operator."""
+    try:
+        with open_binary(path) as handle:
+            sample = handle.read(SAMPLE_BYTES)
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"cannot be read: {exc}"
+    if b"\x00" in sample:
+        return "binary content, not a log of format T, J or C"
+    if not sample.removeprefix(UTF8_BOM).strip():
+        return "empty file, nothing to import"
+    return f"no line of format T, J or C in its first {SAMPLE_LINES} lines"
+
+
 def _line_format(line: str) -> Format | None:
     if not line:
         return None

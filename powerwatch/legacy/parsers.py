@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -39,6 +39,7 @@ from schemas.reading import (
     TIMESTAMP_DTYPE,
 )
 
+DEFAULT_TZ: Final = "Asia/Bangkok"  # where the old monitor ran: format T's local time
 LINE: Final = "line"
 RAW: Final = "raw"
 READING_COLUMNS: Final[dict[str, pl.DataType]] = {**LANDING_COLUMNS, LINE: pl.Int64()}
@@ -88,10 +89,17 @@ class ParsedBatch:
     non_data: int
     readings: pl.DataFrame  # READING_COLUMNS: LANDING_COLUMNS + line
     rejected: pl.DataFrame  # REJECTED_COLUMNS: line, raw, reason
+    # The block's own lines (line, raw, problem): lets a caller quote a line that a
+    # later rule (validation, the registry) rejects, without keeping `raw` per reading.
+    block: pl.DataFrame = field(default_factory=pl.DataFrame, repr=False)
+
+    def raw_lines(self, numbers: pl.Series) -> pl.Series:
+        """The text of the given line numbers of this batch (in the order given)."""
+        return self.block[RAW].gather(numbers.cast(pl.Int64) - self.first_line)
 
 
 def iter_batches(
-    path: Path, fmt: Format, *, tz: str = "Asia/Bangkok", batch_lines: int = 500_000
+    path: Path, fmt: Format, *, tz: str = DEFAULT_TZ, batch_lines: int = 500_000
 ) -> Iterator[ParsedBatch]:
     """Parse `path` as format `fmt`, `batch_lines` lines at a time, in bounded memory.
 
@@ -101,10 +109,7 @@ def iter_batches(
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown legacy format {fmt!r}")
-    try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise InputError(f"unknown time zone {tz!r}") from exc
+    check_time_zone(tz)
     if batch_lines < 1:
         raise InputError("batch_lines must be at least 1")
     blocks = iter_line_blocks(path, batch_lines)
@@ -113,6 +118,14 @@ def iter_batches(
     if fmt == "J":
         return (parse_json_block(block) for block in blocks)
     return _iter_csv(path.name, blocks)
+
+
+def check_time_zone(tz: str) -> None:
+    """Raise `InputError` unless `tz` is an IANA zone name (e.g. Asia/Bangkok)."""
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise InputError(f"unknown time zone {tz!r}") from exc
 
 
 def _iter_csv(name: str, blocks: Iterator[pl.DataFrame]) -> Iterator[ParsedBatch]:
@@ -170,6 +183,7 @@ def _finish(
         non_data=block.height - parsed.height,
         readings=good.cast(READING_COLUMNS),  # type: ignore[arg-type]
         rejected=bad.select([pl.col(n).cast(t) for n, t in REJECTED_COLUMNS.items()]),
+        block=block,
     )
 
 

@@ -1,0 +1,75 @@
+"""Flow `migrate-logs`: legacy log files and folders into the database, one task per file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import State, flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.states import Completed, Failed
+
+from db.engine import make_engine
+from db.migrate import require_current
+from powerwatch.legacy import DEFAULT_TZ, check_time_zone
+from powerwatch.migration import discover, failed_report
+from powerwatch.migration_report import FileReport, MigrationReport
+from powerwatch.settings import get_settings
+from tasks.migrate import import_file_task
+
+
+@flow(name="migrate-logs", flow_run_name="migrate-logs", log_prints=True)
+def migrate_logs(paths: list[str], tz: str = DEFAULT_TZ, force: bool = False) -> State:
+    """Runbook: check the schema and the zone, find the files, import each in turn (a
+    failing file never stops the others), publish the report, fail if any file failed."""
+    settings = get_settings()
+    require_current(make_engine(settings.database_url))
+    check_time_zone(tz)
+    files = discover(Path(p) for p in paths)
+    report = MigrationReport()
+    for path in files:
+        # One file at a time: each import holds the database's write lock, and its
+        # parsing already keeps both cores busy.
+        state = import_file_task(path, tz, force, return_state=True)
+        report.files.append(state.result() if state.is_completed() else _failed(path, state))
+    publish(report)
+    for f in report.failed:
+        get_run_logger().error("%s: %s", f.path, f.error)
+    summary = (
+        f"{len(files)} file(s): {len(files) - len(report.failed)} imported or skipped, "
+        f"{len(report.failed)} failed"
+    )
+    if report.failed:
+        # Failed, but still carrying the report: the CLI prints it, the UI shows red.
+        return Failed(message=summary, data=report)
+    return Completed(message=summary, data=report)
+
+
+def publish(report: MigrationReport) -> None:
+    """The report as the run's artifacts: the table of files and the markdown summary."""
+    create_table_artifact(
+        key="migrate-logs",
+        table=report.rows(),
+        description="Per file: lines = non-data + inserted + duplicates + rejected",
+    )
+    create_markdown_artifact(
+        key="migrate-logs-summary",
+        markdown=report.markdown(),
+        description="Totals, failures, unknown stations, first rejected lines quoted",
+    )
+
+
+def _failed(path: Path, state: State[Any]) -> FileReport:
+    error = state.result(raise_on_failure=False)
+    reason = str(error) if isinstance(error, BaseException) else state.message or "failed"
+    return failed_report(path, reason, attempts=_attempts(state))
+
+
+def _attempts(state: State[Any]) -> int:
+    """How often the task ran (its retries included), as the server recorded it."""
+    task_run_id = state.state_details.task_run_id
+    if task_run_id is None:
+        return 1
+    with get_client(sync_client=True) as client:
+        return max(client.read_task_run(task_run_id).run_count, 1)

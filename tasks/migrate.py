@@ -1,0 +1,59 @@
+"""Import one legacy log file as one Prefect task (one task per file, never per line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime.task_run import get_run_count
+from prefect.tasks import exponential_backoff
+
+from db.engine import bulk_connection
+from powerwatch.migration import import_file
+from powerwatch.migration_report import FileReport
+from powerwatch.settings import get_settings
+from tasks.retry import retry_when_database_unavailable
+
+PROGRESS_EVERY_LINES = 5_000_000
+
+
+@task(
+    task_run_name="import {path.name}",
+    retries=4,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_when_database_unavailable,
+    cache_policy=NO_CACHE,
+)
+def import_file_task(path: Path, tz: str, force: bool) -> FileReport:
+    """Import one file in one transaction. Only a busy or unreachable database is retried
+    (with backoff and jitter; nothing of the file is stored before the commit); a file
+    that is not a log fails at once with its reason."""
+    logger = get_run_logger()
+    logged = 0
+
+    def progress(report: FileReport) -> None:
+        nonlocal logged
+        if report.lines - logged >= PROGRESS_EVERY_LINES:
+            logged = report.lines
+            logger.info(
+                "%s: %s lines read, %s inserted",
+                path.name,
+                f"{report.lines:,}",
+                f"{report.inserted:,}",
+            )
+
+    with bulk_connection(get_settings().database_url) as bulk:
+        report = import_file(bulk, path, tz=tz, force=force, progress=progress)
+    report.attempts = get_run_count()
+    logger.info(
+        "%s: %s (%s lines, %s inserted, %s duplicates, %s rejected)",
+        path.name,
+        report.status,
+        f"{report.lines:,}",
+        f"{report.inserted:,}",
+        f"{report.duplicates:,}",
+        f"{report.rejected:,}",
+    )
+    return report
