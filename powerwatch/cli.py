@@ -198,6 +198,37 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_logs(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from powerwatch.legacy import DEFAULT_TZ, check_time_zone
+    from powerwatch.migration import discover
+    from powerwatch.migration_report import MigrationReport
+    from powerwatch.output import write_table
+
+    tz = args.tz or DEFAULT_TZ
+    check_time_zone(tz)  # bad input is refused before anything starts (exit 2)
+    discover(args.paths)
+    from flows.migrate_logs import migrate_logs
+
+    state = migrate_logs(
+        paths=[str(p) for p in args.paths], tz=tz, force=args.force, return_state=True
+    )
+    report = state.result(raise_on_failure=False)
+    if isinstance(report, PowerwatchError):
+        raise report
+    if not isinstance(report, MigrationReport):
+        print(f"powerwatch: migrate-logs failed: {state.message}", file=sys.stderr)
+        return 1
+    write_table(pl.DataFrame(report.rows()))
+    if args.report is not None:
+        report.write_json(args.report)
+    if not state.is_completed():
+        print(f"powerwatch: migrate-logs: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(_args: argparse.Namespace) -> int:
     from powerwatch.demo import run_demo
     from powerwatch.settings import get_settings
@@ -273,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--flush-seconds", type=_positive_float, help="default: settings")
     cap.add_argument("--flush-rows", type=_positive_int, help="default: settings")
     cap.set_defaults(handler=cmd_capture)
+    mig = commands.add_parser(
+        "migrate-logs",
+        help="import legacy log files or folders (formats T, J, C; plain or gzip); "
+        "e.g. powerwatch migrate-logs old-logs/ --report migration.json",
+    )
+    mig.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    mig.add_argument("--tz", help="zone of format T's local times (default Asia/Bangkok)")
+    mig.add_argument("--force", action="store_true", help="re-import files imported before")
+    mig.add_argument("--report", type=Path, metavar="FILE", help="also write the report as JSON")
+    mig.set_defaults(handler=cmd_migrate_logs)
     return parser
 
 
