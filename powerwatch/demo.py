@@ -1,109 +1,147 @@
-"""`powerwatch demo`: the whole system on one machine, on the embedded defaults.
+"""`powerwatch demo`: the whole system on one machine, on the embedded defaults, until Ctrl-C.
 
-Today: create the database, register the demo stations, land a chunk of the
-last five minutes of readings, run the `load-chunks` flow, print the latest
-reading of every station.
+Runbook (each step is what an operator would do by hand on a site):
+1. `powerwatch db upgrade` on the configured database (SQLite `data/powerwatch.db`);
+2. the simulator: five stations with faults on 127.0.0.1, writing `stations.yaml`;
+3. `powerwatch stations sync`;
+4. a Prefect server on 127.0.0.1 (its own SQLite under `data/prefect/`), the work pool,
+   the zombie-run automation, every deployment of prefect.yaml, and a worker;
+5. one capture run and one load run started at once, so the UI has runs to show before
+   the schedules' first ticks.
+Ctrl-C (or SIGTERM) stops the worker, the server and the simulator, in that order; the
+data stays in `data/` for the next start.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
 
-import polars as pl
-
-from powerwatch.registry import Station, load_registry, write_registry
+from powerwatch.errors import JobError
 from powerwatch.settings import Settings
-from schemas.channels import ACTIVE_CHANNELS, MUX_CHANNELS
+from powerwatch.stack import LocalStack, offline_environment
 
-DEMO_STATIONS = [
-    Station(
-        "KhonKaen",
-        "237db9a3-0311-4ba5-a431-7182045adce9",
-        "127.0.0.1",
-        "northeast",
-        "ws://127.0.0.1:19100/",
-    ),
-    Station(
-        "ChiangMai",
-        "a3b4f9db-5a66-4019-aebb-6c47f99e1f95",
-        "127.0.0.1",
-        "north",
-        "ws://127.0.0.1:19101/",
-    ),
-    Station(
-        "Songkhla",
-        "01d79e66-46cb-49b9-a8d9-1b110132253f",
-        "127.0.0.1",
-        "south",
-        "ws://127.0.0.1:19102/",
-    ),
-    Station(
-        "Phuket",
-        "8200e417-09cd-4b20-aa1b-ea0fd469ba2e",
-        "127.0.0.1",
-        "south",
-        "ws://127.0.0.1:19103/",
-    ),
-    Station(
-        "UdonThani",
-        "025d1f2b-48be-49f0-a3cd-93bd444b967d",
-        "127.0.0.1",
-        "northeast",
-        "ws://127.0.0.1:19104/",
-    ),
-]
+DEMO_STATIONS = 5
+DEMO_RATE_HZ = 1.0
+DEMO_FIRST_PORT = 19100
+# Started once at start-up; afterwards their schedules take over.
+KICK_OFF = ("capture-stations/overlapping-windows", "load-chunks/every-minute")
 
 
-def demo_chunk(stations: list[str], seconds: int, end: datetime) -> pl.DataFrame:
-    """Plausible readings: outputs around 1.5-2.5 kW with noise, meters that only grow."""
-    start = end - timedelta(seconds=seconds)
-    frame = pl.DataFrame(
-        {
-            "station": [s for _ in range(seconds) for s in stations],
-            "timestamp": [start + timedelta(seconds=i) for i in range(seconds) for _ in stations],
-        }
-    ).with_columns(pl.col("timestamp").dt.cast_time_unit("ms").dt.convert_time_zone("UTC"))
-    n = frame.height
-    tick = pl.int_range(0, n, eager=True).cast(pl.Float64)
-    station_no = pl.Series([float(i) for _ in range(seconds) for i in range(len(stations))])
-    columns = {
-        c.key: (1500.0 + 250.0 * station_no + (tick * (7 + k) % 97) - 48).round(2)
-        if k < 3
-        else pl.Series([0.0] * n)
-        for k, c in enumerate(ACTIVE_CHANNELS)
+def absolute_environment(settings: Settings) -> dict[str, str]:
+    """The settings as absolute paths, so the worker's flow runs see the same files as we do."""
+    url = settings.database_url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        url = "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
+    return {
+        "POWERWATCH_DATABASE_URL": url,
+        "POWERWATCH_DATA_DIR": str(settings.data_dir.resolve()),
+        "POWERWATCH_STATIONS": str(settings.stations.resolve()),
     }
-    columns |= {
-        c.key: (
-            783_700.43 + 1000.0 * station_no + k * 784_000.0 + tick / len(stations) * 0.0005
-        ).round(2)
-        for k, c in enumerate(MUX_CHANNELS)
-    }
-    return frame.with_columns(**columns)
+
+
+def start_simulator(settings: Settings, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The stations, as a child process that writes the registry when its servers listen."""
+    command = [
+        sys.executable,
+        "-m",
+        "powerwatch.cli",
+        "simulate",
+        "--count",
+        str(DEMO_STATIONS),
+        "--rate",
+        str(DEMO_RATE_HZ),
+        "--port",
+        str(DEMO_FIRST_PORT),
+        "--faults",
+    ]
+    log = settings.data_dir.resolve() / "simulator.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    before = settings.stations.stat().st_mtime_ns if settings.stations.exists() else 0
+    with open(log, "ab") as out:
+        child = subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise JobError(f"the simulator exited ({child.returncode}); see {log}")
+        if settings.stations.exists() and settings.stations.stat().st_mtime_ns > before:
+            return child
+        time.sleep(0.2)
+    child.terminate()
+    raise JobError(f"the simulator did not write {settings.stations} within 60 s; see {log}")
 
 
 def run_demo(settings: Settings) -> int:
-    from db.engine import bulk_connection, make_engine
-    from db.migrate import upgrade
-    from db.queries import latest
-    from db.stations import sync_stations
-    from flows.load_chunks import load_chunks
-    from powerwatch.landing import chunk_name, write_atomically
-    from powerwatch.output import write_table
+    import os
 
+    from db.engine import make_engine
+    from db.migrate import upgrade
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    env = absolute_environment(settings)
+    os.environ.update(env)
+    child_env = dict(os.environ) | offline_environment() | env
     engine = make_engine(settings.database_url)
     upgrade(engine)
-    if not settings.stations.exists():
-        write_registry(settings.stations, DEMO_STATIONS)
-        print(f"wrote the demo registry to {settings.stations}")
-    registry = load_registry(settings.stations)
-    print(f"stations: {sync_stations(engine, registry)}")
-    chunk = write_atomically(
-        demo_chunk([s.name for s in registry], 300, datetime.now(UTC)),
-        settings.landing_dir / chunk_name("demo"),
-    )
-    print(f"landed {chunk}")
-    state = load_chunks(return_state=True)
-    print(f"load-chunks: {state.type.value}")
-    with bulk_connection(settings.database_url) as bulk:
-        write_table(latest(bulk))
-    return 0 if state.is_completed() else 1
+    print(f"database: {env['POWERWATCH_DATABASE_URL']}")
+
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    simulator = start_simulator(settings, child_env)
+    stack = LocalStack(home=settings.data_dir.resolve() / "prefect", port=settings.prefect_port)
+    stack.env = env
+    try:
+        registry = load_registry(settings.stations)
+        print(f"stations: {sync_stations(engine, registry)} ({settings.stations})")
+        print("starting the Prefect server on 127.0.0.1 ...", flush=True)
+        stack.start_server()
+        print("deploying prefect.yaml, starting a worker ...", flush=True)
+        stack.prepare()
+        stack.start_worker()
+        for deployment in KICK_OFF:
+            stack.run_prefect("deployment", "run", deployment)
+        print(
+            f"\npowerwatch is running. Prefect UI: {stack.ui_url}\n"
+            f"  data: {env['POWERWATCH_DATA_DIR']}   logs: {stack.home}/*.log\n"
+            "  migrate the legacy logs: PREFECT_API_URL="
+            f"{stack.api_url} .venv/bin/prefect deployment run "
+            "migrate-logs/by-hand --param paths='[\"../shared/samples/legacy-logs\"]'\n"
+            "  newest readings: .venv/bin/powerwatch latest\n"
+            "Ctrl-C stops everything (the data stays).",
+            flush=True,
+        )
+        while not stop.wait(2.0):
+            dead = [name for name, alive in stack.alive().items() if not alive]
+            if dead or simulator.poll() is not None:
+                print(f"stopped unexpectedly: {dead or ['simulator']}", file=sys.stderr)
+                return 1
+        print("\nstopping: worker, server, simulator ...", flush=True)
+        return 0
+    finally:
+        stack.stop()
+        if simulator.poll() is None:
+            simulator.send_signal(signal.SIGTERM)
+            try:
+                simulator.wait(15)
+            except subprocess.TimeoutExpired:
+                simulator.kill()
+        engine.dispose()

@@ -1,0 +1,247 @@
+"""End to end, as a site runs it: `prefect server start`, `prefect deploy --all` from
+prefect.yaml, a process worker, and operators' `prefect deployment run ...` commands.
+
+The stack is `powerwatch.stack.LocalStack`, the same code `powerwatch demo` runs. One
+site on the embedded defaults (SQLite for powerwatch and for the Prefect server), one
+on PostgreSQL for both (the scale-out layout of docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+
+from powerwatch.stack import PROJECT_ROOT, LocalStack
+from tests.conftest import _PG_SKIP, PG_BASE, SAMPLES, make_readings, write_chunk
+
+pytestmark = pytest.mark.slow
+
+MIGRATE = "migrate-logs/by-hand"
+LOAD = "load-chunks/every-minute"
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SCREENSHOT = PROJECT_ROOT / "docs" / "ui-migrate-logs-run.png"
+
+
+@dataclass
+class Site:
+    stack: LocalStack
+    database_url: str
+    data_dir: Path
+
+    def run_deployment(self, name: str, *params: str) -> str:
+        """`prefect deployment run NAME --param k=v ...`; the new flow run's id."""
+        args = ["deployment", "run", name]
+        for param in params:
+            args += ["--param", param]
+        out = self.stack.run_prefect(*args)
+        found = UUID_PATTERN.findall(out)
+        assert found, out
+        return str(found[-1])
+
+    def wait(self, flow_run_id: str, timeout: float = 240) -> Any:
+        """The flow run once it reached a final state (a `prefect.client.schemas.FlowRun`)."""
+        with self.client() as client:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                run = client.read_flow_run(uuid.UUID(flow_run_id))
+                if run.state is not None and run.state.is_final():
+                    return run
+                time.sleep(2)
+        raise AssertionError(f"flow run {flow_run_id} not final within {timeout} s")
+
+    @contextmanager
+    def client(self) -> Iterator[Any]:
+        """A Prefect client of this site's server (the test process has no PREFECT_API_URL)."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings({PREFECT_API_URL: self.stack.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            yield client
+
+    def readings(self) -> int:
+        from db.engine import make_engine
+
+        engine = make_engine(self.database_url)
+        with engine.connect() as conn:
+            count = conn.execute(sqlalchemy.text("SELECT count(*) FROM power_readings")).scalar()
+        engine.dispose()
+        return int(count or 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _site(root: Path, database_url: str, server_database_url: str | None = None) -> Iterator[Site]:
+    from db.engine import make_engine
+    from db.migrate import upgrade
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    registry = root / "stations.yaml"
+    shutil.copy(SAMPLES / "stations.yaml", registry)
+    engine = make_engine(database_url)
+    upgrade(engine)
+    sync_stations(engine, load_registry(registry))
+    engine.dispose()
+    env = {
+        "POWERWATCH_DATABASE_URL": database_url,
+        "POWERWATCH_DATA_DIR": str(root / "data"),
+        "POWERWATCH_STATIONS": str(registry),
+    }
+    stack = LocalStack(
+        home=root / "prefect",
+        port=_free_port(),
+        env=env,
+        server_database_url=server_database_url,
+        scheduler_loop_seconds=5,
+    )
+    with stack:
+        stack.start_server()
+        stack.prepare()
+        stack.start_worker()
+        yield Site(stack, database_url, root / "data")
+
+
+@pytest.fixture(scope="module")
+def sqlite_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("site")
+    yield from _site(root, f"sqlite:///{root / 'powerwatch.db'}")
+
+
+@pytest.fixture(scope="module")
+def postgres_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    if _PG_SKIP:
+        pytest.skip(_PG_SKIP)
+    import psycopg
+
+    suffix = uuid.uuid4().hex[:10]
+    schema, prefect_db = f"e2e_{suffix}", f"prefect_{suffix}"
+    admin_url = PG_BASE.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE DATABASE {prefect_db}")
+    server_url = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield from _site(
+            tmp_path_factory.mktemp("pg-site"),
+            f"{admin_url}?options=-csearch_path%3D{schema}",
+            f"{server_url}/{prefect_db}",
+        )
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            conn.execute(f"DROP DATABASE IF EXISTS {prefect_db} WITH (FORCE)")
+
+
+def _migrate_samples(site: Site) -> Any:
+    run_id = site.run_deployment(MIGRATE, f'paths=["{SAMPLES / "legacy-logs"}"]')
+    run = site.wait(run_id)
+    assert run.state.is_completed(), run.state.message
+    return run
+
+
+def _artifacts(site: Site, flow_run_id: uuid.UUID) -> list[Any]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with site.client() as client:
+        found: list[Any] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return found
+
+
+def test_operator_runs_migrate_logs_on_the_samples(sqlite_site: Site) -> None:
+    run = _migrate_samples(sqlite_site)
+    assert sqlite_site.readings() > 0
+    kinds = {a.type for a in _artifacts(sqlite_site, run.id)}
+    assert {"table", "markdown"} <= kinds, kinds
+    # A second run of the same files: everything is skipped, nothing changes.
+    before = sqlite_site.readings()
+    _migrate_samples(sqlite_site)
+    assert sqlite_site.readings() == before
+
+
+def test_a_failing_file_fails_the_migration_run(sqlite_site: Site, tmp_path: Path) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "core.bin").write_bytes(bytes(range(256)) * 64)
+    run_id = sqlite_site.run_deployment(MIGRATE, f'paths=["{folder}"]')
+    run = sqlite_site.wait(run_id)
+    assert run.state.is_failed(), run.state
+
+
+def test_the_scheduled_load_picks_up_a_landed_chunk(sqlite_site: Site) -> None:
+    landing = sqlite_site.data_dir / "landing"
+    chunk = write_chunk(make_readings(["KhonKaen", "Phuket"], 30), landing, "e2e-manual.parquet")
+    before = sqlite_site.readings()
+    deadline = time.monotonic() + 200  # one 60 s schedule tick, scheduler and worker polls
+    while chunk.exists() and time.monotonic() < deadline:
+        time.sleep(3)
+    assert not chunk.exists(), "no scheduled load-chunks run took the chunk"
+    assert (sqlite_site.data_dir / "loaded" / chunk.name).exists()
+    assert sqlite_site.readings() == before + 60
+    with sqlite_site.client() as client:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["every-minute"]))
+        )
+    assert any(r.state is not None and r.state.is_completed() for r in runs)
+
+
+def test_the_ui_renders_a_completed_migration_run(sqlite_site: Site) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium here (Debian package `chromium`; `make test` installs it as root)")
+    run = _migrate_samples(sqlite_site)
+    url = f"{sqlite_site.stack.ui_url}/runs/flow-run/{run.id}"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1440,1000",
+        "--virtual-time-budget=15000",
+        f"--user-data-dir={sqlite_site.stack.home / 'chromium'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
+    assert run.name in dom.stdout, "the run page did not render the run's name"
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    shot = subprocess.run(
+        [chromium, *flags, f"--screenshot={SCREENSHOT}", url],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.returncode == 0 and SCREENSHOT.stat().st_size > 20_000
+
+
+@pytest.mark.postgres
+def test_scale_out_layout_on_postgresql(postgres_site: Site) -> None:
+    """Prefect server and powerwatch both on the PostgreSQL server: the operator's path works."""
+    run = _migrate_samples(postgres_site)
+    assert postgres_site.readings() > 0
+    assert _artifacts(postgres_site, run.id)
