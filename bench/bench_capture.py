@@ -1,0 +1,360 @@
+"""Capture benchmark: 1,000 stations x 10 Hz into one capture process; received -> queryable.
+
+    python -m bench.bench_capture            # the full run (~4 minutes)
+    python -m bench.bench_capture --quick    # 100 stations, a smoke run
+
+Three processes, so each one's figures are its own: the simulator (stations), the
+capture (its CPU time and peak RSS are read by `getrusage` inside it), and this one,
+which loads the landed chunks on the deployment's schedule (every 60 s) and measures
+each reading's way from `received_at` to the commit that made it queryable.
+
+Baseline, same run, same stations and rate: a capture that decodes every message into
+a Python dict as it arrives (the per-message design the issue rules out).
+Lost readings: the stations send every 1/rate s without faults, so every missing step
+in a station's stored timestamps is a reading that did not arrive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from bench.report import table, update_section
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CAPTURE = """
+import asyncio, json, resource, sys, time
+from pathlib import Path
+from powerwatch.capture import Capture
+from powerwatch.registry import load_registry
+def peak_kb():  # VmHWM: this process's own peak (ru_maxrss would count the parent's pages)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+registry, data, duration, flush_s, flush_rows = sys.argv[1:6]
+capture = Capture(load_registry(Path(registry)), Path(data) / "landing", Path(data) / "dead-letter",
+                  flush_seconds=float(flush_s), flush_rows=int(flush_rows))
+before = resource.getrusage(resource.RUSAGE_SELF)
+started = time.monotonic()
+report = asyncio.run(capture.run(float(duration)))
+wall = time.monotonic() - started
+after = resource.getrusage(resource.RUSAGE_SELF)
+cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+print(json.dumps({"cpu": cpu, "wall": wall, "rss_kb": peak_kb(), "frames": report.frames,
+                  "readings": report.readings, "chunks": len(report.chunks),
+                  "gaps": sum(s.gaps for s in report.stations),
+                  "connected": sum(s.connects > 0 for s in report.stations)}))
+"""
+
+NAIVE = """
+import asyncio, json, resource, sys, time, orjson
+from pathlib import Path
+from websockets.asyncio.client import connect
+from powerwatch.registry import load_registry
+def peak_kb():  # VmHWM: this process's own peak (ru_maxrss would count the parent's pages)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+registry, duration = sys.argv[1], float(sys.argv[2])
+rows = []
+async def one(url):
+    async with connect(url, compression=None) as ws:
+        async for message in ws:
+            rows.append(orjson.loads(message))
+async def main():
+    tasks = [asyncio.create_task(one(s.url)) for s in load_registry(Path(registry))]
+    await asyncio.sleep(duration)
+    for t in tasks: t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+before = resource.getrusage(resource.RUSAGE_SELF)
+started = time.monotonic()
+asyncio.run(main())
+wall = time.monotonic() - started
+after = resource.getrusage(resource.RUSAGE_SELF)
+cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+print(json.dumps({"cpu": cpu, "wall": wall, "rss_kb": peak_kb(), "frames": len(rows)}))
+"""
+
+
+@dataclass
+class Plan:
+    stations: int = 1_000
+    rate: float = 10.0
+    seconds: float = 125.0  # two scheduled loads (60 s, 120 s), then the rest at the end
+    load_every: float = 60.0  # the load-chunks deployment's interval
+    flush_seconds: float = 10.0  # the capture deployment's default
+    flush_rows: int = 50_000
+    baseline_seconds: float = 20.0
+    ramp: tuple[float, ...] = (20.0, 30.0)  # Hz per station, 20 s each
+    ramp_seconds: float = 20.0
+
+
+QUICK = Plan(
+    stations=100, seconds=25.0, load_every=10.0, baseline_seconds=8.0, ramp=(), ramp_seconds=0
+)
+
+
+def _env(work: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "POWERWATCH_DATABASE_URL": f"sqlite:///{work / 'bench.db'}",
+        "POWERWATCH_DATA_DIR": str(work / "data"),
+        "POWERWATCH_STATIONS": str(work / "stations.yaml"),
+    }
+
+
+def _start_simulator(work: Path, stations: int, rate: float) -> subprocess.Popen[bytes]:
+    registry = work / "stations.yaml"
+    registry.unlink(missing_ok=True)
+    code = (
+        "from pathlib import Path; from powerwatch.simulator import simulate; "
+        f"simulate({stations}, {rate}, 0, False, Path({str(registry)!r}), seed=1)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], env=_env(work))
+    deadline = time.monotonic() + 60
+    while not registry.exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("the simulator did not start")
+        time.sleep(0.1)
+    time.sleep(1.0)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _child(code: str, *args: object, work: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=_env(work),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _result(process: subprocess.Popen[str]) -> dict[str, float]:
+    out, _ = process.communicate(timeout=600)
+    if process.returncode:
+        raise RuntimeError(f"benchmark child failed ({process.returncode})")
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _load_pending(work: Path) -> list[tuple[Path, float]]:
+    """Load every landed chunk now (as one scheduled load-chunks run): (chunk, committed at)."""
+    from db.engine import bulk_connection
+    from powerwatch import landing
+    from powerwatch.loader import load_chunk
+    from powerwatch.settings import get_settings
+
+    settings = get_settings()
+    done = []
+    for chunk in landing.list_chunks(settings.landing_dir):
+        with bulk_connection(settings.database_url) as bulk:
+            load_chunk(bulk, chunk, settings)
+        done.append((settings.loaded_dir / chunk.name, time.time()))
+    return done
+
+
+def _missing(work: Path, rate: float) -> tuple[int, int]:
+    """(stored readings, missing steps in every station's timestamps)."""
+    from db.engine import bulk_connection
+    from db.queries import readings
+    from powerwatch.settings import get_settings
+
+    with bulk_connection(get_settings().database_url) as bulk:
+        stored = readings(bulk).select("station", pl.col("timestamp").dt.epoch("ms"))
+    period = 1000 / rate
+    steps = (
+        stored.sort("station", "timestamp")
+        .with_columns(pl.col("timestamp").diff().over("station").alias("gap"))
+        .select(((pl.col("gap") / period).round() - 1).clip(lower_bound=0).sum())
+        .item()
+    )
+    return stored.height, int(steps or 0)
+
+
+def _prepare(work: Path) -> None:
+    os.environ.update(_env(work))
+    from db.engine import make_engine
+    from db.migrate import upgrade
+
+    upgrade(make_engine())
+
+
+def _sync(work: Path) -> None:
+    from db.engine import make_engine
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    sync_stations(make_engine(), load_registry(work / "stations.yaml"))
+
+
+def main_run(plan: Plan, work: Path) -> dict[str, float]:
+    _prepare(work)
+    sim = _start_simulator(work, plan.stations, plan.rate)
+    try:
+        _sync(work)
+        capture = _child(
+            CAPTURE,
+            work / "stations.yaml",
+            work / "data",
+            plan.seconds,
+            plan.flush_seconds,
+            plan.flush_rows,
+            work=work,
+        )
+        started = time.monotonic()
+        loaded: list[tuple[Path, float]] = []
+        on_schedule = 0
+        while capture.poll() is None:
+            next_load = started + plan.load_every * (on_schedule + 1)
+            while capture.poll() is None and time.monotonic() < next_load:
+                time.sleep(0.2)
+            if capture.poll() is None:
+                loaded += _load_pending(work)
+                on_schedule = len(loaded)
+        result = _result(capture)
+    finally:
+        _stop(sim)
+    scheduled = loaded[:on_schedule]
+    loaded += _load_pending(work)
+    latencies = pl.concat(
+        [
+            pl.read_parquet(path, columns=["received_at"]).select(
+                (pl.lit(at * 1000) - pl.col("received_at").dt.epoch("ms")).alias("ms")
+            )
+            for path, at in scheduled
+        ]
+        or [pl.DataFrame({"ms": []}, schema={"ms": pl.Float64})]
+    )["ms"]
+    stored, missing = _missing(work, plan.rate)
+    result.update(
+        stored=stored,
+        missing=missing,
+        p50=float(latencies.quantile(0.5) or 0) / 1000,
+        p99=float(latencies.quantile(0.99) or 0) / 1000,
+        latency_n=latencies.len(),
+    )
+    return result
+
+
+def side_run(plan: Plan, work: Path, rate: float, seconds: float, naive: bool) -> dict[str, float]:
+    """A shorter run at `rate` Hz per station: the ramp (our capture) or the baseline."""
+    sim = _start_simulator(work, plan.stations, rate)
+    try:
+        if naive:
+            return _result(_child(NAIVE, work / "stations.yaml", seconds, work=work))
+        data = work / f"ramp-{rate:g}"
+        return _result(
+            _child(
+                CAPTURE,
+                work / "stations.yaml",
+                data,
+                seconds,
+                plan.flush_seconds,
+                plan.flush_rows,
+                work=work,
+            )
+        )
+    finally:
+        _stop(sim)
+
+
+def _ramp_lost(result: dict[str, float], stations: int, rate: float) -> float:
+    """Share of the frames the stations were due to send that the capture did not receive."""
+    due = stations * rate * result["wall"]
+    return max(0.0, 1 - result["frames"] / due)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else Plan()
+    with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
+        work = Path(tmp)
+        main_result = main_run(plan, work)
+        baseline = side_run(plan, work, plan.rate, plan.baseline_seconds, naive=True)
+        ramp = [
+            (rate, side_run(plan, work, rate, plan.ramp_seconds, naive=False)) for rate in plan.ramp
+        ]
+    cpu = 100 * main_result["cpu"] / main_result["wall"]
+    base_cpu = 100 * baseline["cpu"] / baseline["wall"]
+    frames_s = main_result["frames"] / main_result["wall"]
+    rows = [
+        (
+            f"capture, {plan.stations:,} stations x {plan.rate:g} Hz, {main_result['wall']:.0f} s",
+            f"{cpu:.1f} % of one core",
+            f"{main_result['rss_kb'] / 1024:.0f} MB peak RSS",
+            f"{frames_s:,.0f} frames/s received; {main_result['stored']:,.0f} stored, "
+            f"{main_result['missing']:,.0f} missing in sequence, {main_result['gaps']:.0f} "
+            f"connection gaps, {main_result['chunks']:.0f} chunks; "
+            "targets <= 40 %, <= 300 MB, 0 lost",
+        ),
+        (
+            "baseline: orjson.loads per message into dicts",
+            f"{base_cpu:.1f} % of one core",
+            f"{baseline['rss_kb'] / 1024:.0f} MB peak RSS",
+            f"{baseline['frames'] / baseline['wall']:,.0f} frames/s over {baseline['wall']:.0f} s; "
+            f"capture uses {cpu / base_cpu:.2f}x its CPU per second",
+        ),
+    ]
+    sustained = plan.stations * plan.rate if main_result["missing"] == 0 else 0.0
+    for rate, result in ramp:
+        lost = _ramp_lost(result, plan.stations, rate)
+        ramp_cpu = 100 * result["cpu"] / result["wall"]
+        kept_up = lost < 0.01 and ramp_cpu < 100
+        if kept_up:
+            sustained = max(sustained, result["frames"] / result["wall"])
+        rows.append(
+            (
+                f"ramp: {plan.stations:,} x {rate:g} Hz for {result['wall']:.0f} s",
+                f"{ramp_cpu:.1f} % of one core",
+                f"{result['rss_kb'] / 1024:.0f} MB peak RSS",
+                f"{result['frames'] / result['wall']:,.0f} frames/s received "
+                f"({100 * lost:.1f} % short of the schedule; the simulator shares the 2 cores)",
+            )
+        )
+    rows.append(
+        (
+            "received -> queryable (default 10 s flush, load every 60 s)",
+            f"p50 {main_result['p50']:.1f} s",
+            f"p99 {main_result['p99']:.1f} s",
+            f"{main_result['latency_n']:,.0f} readings loaded by the scheduled loads",
+        )
+    )
+    markdown = "\n".join(
+        [
+            f"## Capture: {plan.stations:,} stations x {plan.rate:g} Hz, received -> queryable "
+            "(`bench/bench_capture.py`)",
+            "",
+            "Simulator, capture and loader in three processes; the capture's CPU time and peak "
+            "RSS come from `getrusage` inside it (the capture runner, without Prefect's own "
+            "start-up). Highest rate sustained (no loss, < 1 core): "
+            f"**{sustained:,.0f} readings/s**.",
+            "",
+            table(rows, ("what", "CPU", "memory", "notes")),
+        ]
+    )
+    if not args.quick:
+        update_section("bench-capture", markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
