@@ -21,9 +21,8 @@ from pathlib import Path
 import polars as pl
 
 from db.bulk import BulkConnection
-from db.rollups import DAY_MS, gap_threshold
-from db.tables import power_readings, rollup_daily, stations
-from powerwatch.errors import UnknownStationError
+from db.rollups import DAY_MS, gap_threshold, require_station_id
+from db.tables import power_readings, rollup_daily
 from schemas.channels import TIMESTAMP_DTYPE
 
 _TS = {"ts": pl.Int64()}
@@ -64,16 +63,14 @@ def completeness(
     now: datetime | None = None,
 ) -> Completeness:
     """Completeness of one station-day (UTC). A day still running counts up to `now`."""
-    station_id = bulk.scalar(f"SELECT id FROM {stations.name} WHERE name = ?", [station])
-    if station_id is None:
-        raise UnknownStationError(f"unknown station: {station!r}")
+    sid = require_station_id(bulk, station)
     start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
     end = start + DAY_MS
     moment = now if now is not None else datetime.now(UTC)
     until = max(start, min(end, int(moment.timestamp() * 1000)))
-    stamps = _timestamps(bulk, int(station_id), station, start, end, archive_dir)
+    stamps = _timestamps(bulk, sid, station, start, end, archive_dir)
     inside = stamps.filter(pl.col("ts").is_between(start, end, closed="left"))
-    normal = _normal_interval(bulk, int(station_id), inside["ts"], start)
+    normal = _normal_interval(bulk, sid, inside["ts"], start)
     threshold = pl.select(gap_threshold(pl.lit(normal, pl.Float64))).item()
     before = stamps.filter(pl.col("ts") < start)["ts"].max()
     after = stamps.filter(pl.col("ts") >= end)["ts"].min()

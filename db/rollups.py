@@ -52,6 +52,7 @@ from db.tables import (
     rollup_hourly,
     stations,
 )
+from powerwatch.errors import UnknownStationError
 from schemas.channels import CHANNELS
 
 HOUR_MS = 3_600_000
@@ -566,6 +567,14 @@ def _meter_deltas(rows: pl.DataFrame, pred: pl.DataFrame, limits: pl.DataFrame) 
 # --- queries -------------------------------------------------------------------------------
 
 
+def require_station_id(bulk: BulkConnection, station: str) -> int:
+    """The id of a registered station; an unknown name is bad input."""
+    found = bulk.scalar(f"SELECT id FROM {stations.name} WHERE name = ?", [station])
+    if found is None:
+        raise UnknownStationError(f"unknown station: {station!r}")
+    return int(found)
+
+
 def rollups(
     bulk: BulkConnection,
     interval: Interval = "hour",
@@ -586,8 +595,8 @@ def rollups(
     ]
     params: list[object] = []
     if station is not None:
-        sql.append("AND s.name = ?")
-        params.append(station)
+        sql.append("AND r.station_id = ?")
+        params.append(require_station_id(bulk, station))
     if start is not None:
         sql.append("AND r.start_ts >= ?")
         params.append(int(start.timestamp() * 1000))

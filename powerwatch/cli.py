@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -138,6 +138,69 @@ def cmd_latest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from exc
+
+
+def cmd_rollups(args: argparse.Namespace) -> int:
+    """Stored hourly/daily rollups; e.g. powerwatch rollups --station KhonKaen --interval day"""
+    import polars as pl
+
+    from db.rollups import pending_hours, rollups
+    from powerwatch.output import CSV_TIME_FORMAT, write_table
+
+    with _query_connection() as bulk:
+        frame = rollups(bulk, args.interval, station=args.station, start=args.start, end=args.end)
+        pending = pending_hours(bulk)
+    times = pl.col(pl.Datetime).dt.strftime(CSV_TIME_FORMAT)
+    if args.format == "csv":
+        sys.stdout.write(frame.with_columns(times).write_csv(null_value=""))
+    elif args.format == "json":
+        sys.stdout.write(frame.with_columns(times).write_ndjson() if frame.height else "")
+    else:  # for people: averages and consumption, narrow enough to read; csv/json: all
+        write_table(
+            frame.select(
+                pl.col("station", "start", "samples"),
+                *(pl.col(f"activePower{i}_avg").round(1).alias(f"P{i} W") for i in range(1, 7)),
+                *(pl.col(f"muxPower{i}_kwh").round(3).alias(f"mux{i} kWh") for i in range(1, 5)),
+                pl.sum_horizontal(pl.col(r"^muxPower\d_resets$")).alias("resets"),
+                pl.sum_horizontal(pl.col(r"^muxPower\d_gaps$")).alias("gaps"),
+            ),
+            sys.stdout,
+        )
+    if pending:
+        print(
+            f"powerwatch: note: {pending} station-hour(s) wait for `powerwatch refresh-rollups`",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_completeness(args: argparse.Namespace) -> int:
+    """Readings received vs expected on one day, with the missing ranges."""
+    import json
+
+    import polars as pl
+
+    from db.completeness import completeness
+    from powerwatch.output import CSV_TIME_FORMAT, write_table
+    from powerwatch.settings import get_settings
+
+    archive = get_settings().data_dir / "archive"
+    with _query_connection() as bulk:
+        result = completeness(bulk, args.station, args.day, archive_dir=archive)
+    missing = result.missing.with_columns(pl.col("start", "end").dt.strftime(CSV_TIME_FORMAT))
+    if args.format == "json":
+        print(json.dumps(result.summary() | {"missing": missing.to_dicts()}))
+    else:
+        write_table(pl.DataFrame([result.summary()]), sys.stdout)
+        write_table(missing, sys.stdout)
+    return 0
+
+
 # --- job commands (Prefect flows) -----------------------------------------------------
 
 
@@ -229,6 +292,16 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
+    from flows.refresh_rollups import refresh_rollups
+
+    state = refresh_rollups(return_state=True)
+    if not state.is_completed():
+        print(f"powerwatch: refresh-rollups failed: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(_args: argparse.Namespace) -> int:
     from powerwatch.demo import run_demo
     from powerwatch.settings import get_settings
@@ -277,9 +350,35 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--station")
     lt.set_defaults(handler=cmd_latest)
 
+    ru = commands.add_parser(
+        "rollups",
+        help="hourly/daily rollups (avg/min/max, kWh consumed, resets, gaps); "
+        "e.g. powerwatch rollups --station KhonKaen --interval day --format csv",
+    )
+    ru.add_argument("--station")
+    ru.add_argument("--interval", choices=("hour", "day"), default="hour")
+    ru.add_argument("--start", type=_moment, help="ISO-8601, inclusive (no zone = UTC)")
+    ru.add_argument("--end", type=_moment, help="ISO-8601, exclusive (no zone = UTC)")
+    ru.add_argument("--format", choices=("csv", "json", "table"), default="table")
+    ru.set_defaults(handler=cmd_rollups)
+
+    co = commands.add_parser(
+        "completeness",
+        help="readings received vs expected on a UTC day, with the missing ranges; "
+        "e.g. powerwatch completeness --station KhonKaen --day 2024-03-01",
+    )
+    co.add_argument("--station", required=True)
+    co.add_argument("--day", type=_day, required=True, help="YYYY-MM-DD (UTC)")
+    co.add_argument("--format", choices=("json", "table"), default="table")
+    co.set_defaults(handler=cmd_completeness)
+
     commands.add_parser(
         "load", help="validate and load every landed chunk, quarantine bad rows"
     ).set_defaults(handler=cmd_load)
+    commands.add_parser(
+        "refresh-rollups",
+        help="bring the rollups up to date now (also scheduled); e.g. powerwatch refresh-rollups",
+    ).set_defaults(handler=cmd_refresh_rollups)
     commands.add_parser("demo", help="the whole system on one machine").set_defaults(
         handler=cmd_demo
     )

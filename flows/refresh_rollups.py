@@ -1,0 +1,31 @@
+"""Flow `refresh-rollups`: bring the hourly and daily rollups up to date with the readings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from db.engine import make_engine
+from db.migrate import require_current
+from db.rollups import RefreshResult
+from powerwatch.settings import get_settings
+from tasks.rollups import refresh_rollups_task
+
+
+@flow(name="refresh-rollups", flow_run_name="refresh-rollups", log_prints=True)
+def refresh_rollups() -> RefreshResult:
+    """Runbook: check the schema, refresh what loads have queued, publish what changed."""
+    require_current(make_engine(get_settings().database_url))
+    result = refresh_rollups_task()
+    create_table_artifact(
+        key="refresh-rollups",
+        table=[asdict(result)],
+        description=f"{result.marks} queued station-hour(s) refreshed",
+    )
+    print(
+        f"{result.marks} queued station-hour(s): {result.recomputed} recomputed, "
+        f"{result.merged} merged into archived hours, {result.days} day(s) rebuilt"
+    )
+    return result
