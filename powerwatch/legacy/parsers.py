@@ -10,17 +10,23 @@ Every line of a block is counted exactly once: non-data, reading or rejected.
 
 from __future__ import annotations
 
-import re
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-import orjson
 import polars as pl
 
 from powerwatch.errors import InputError
+from powerwatch.jsonlines import (
+    LINE,
+    RAW,
+    JsonShape,
+    decode_json_lines,
+)
+from powerwatch.jsonlines import quoted as _quoted
+from powerwatch.jsonlines import utc_timestamp as _utc_timestamp
 from powerwatch.legacy.formats import (
     FORMATS,
     SAMPLE_LINES,
@@ -36,12 +42,9 @@ from schemas.reading import (
     LANDING_COLUMNS,
     MUX_CHANNELS,
     REASON,
-    TIMESTAMP_DTYPE,
 )
 
 DEFAULT_TZ: Final = "Asia/Bangkok"  # where the old monitor ran: format T's local time
-LINE: Final = "line"
-RAW: Final = "raw"
 READING_COLUMNS: Final[dict[str, pl.DataType]] = {**LANDING_COLUMNS, LINE: pl.Int64()}
 REJECTED_COLUMNS: Final[dict[str, pl.DataType]] = {
     LINE: pl.Int64(),
@@ -49,8 +52,6 @@ REJECTED_COLUMNS: Final[dict[str, pl.DataType]] = {
     REASON: pl.String(),
 }
 
-MALFORMED_JSON: Final = "malformed JSON"
-NOT_AN_OBJECT: Final = "not a JSON object"
 MISSING_STATION: Final = "missing station"
 MISSING_TIMESTAMP: Final = "missing timestamp"
 MISSING_READINGS: Final = "missing readings"
@@ -71,13 +72,7 @@ T_MARKER: Final = "Active Power"
 T_NO_VALUE: Final = "N/A"
 T_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S%.f"
 
-_ISO_FORMAT: Final = "%Y-%m-%dT%H:%M:%S%.f%#z"
 _ISO_NAIVE_FORMAT: Final = "%Y-%m-%dT%H:%M:%S%.f"
-_EPOCH_MS: Final = r"^-?\d{1,15}$"
-_JSON_PIECE: Final = 4096  # lines polars decodes at once (larger pieces decode slower)
-_JSON_SPLIT: Final = 16  # a refused piece is retried in this many parts ...
-_JSON_LINE_BY_LINE: Final = 256  # ... down to this size, then decoded line by line
-_QUOTE_LIMIT: Final = 60
 
 
 @dataclass(frozen=True)
@@ -187,11 +182,6 @@ def _finish(
     )
 
 
-def _quoted(value: pl.Expr) -> pl.Expr:
-    """A value for a reason text: quoted, cut to a readable length."""
-    return pl.concat_str(pl.lit("'"), value.str.slice(0, _QUOTE_LIMIT), pl.lit("'"))
-
-
 def _problem_check() -> Check:
     """The reader's verdict on the line's bytes (not UTF-8, too long)."""
     return pl.col("problem").is_not_null(), pl.col("problem")
@@ -199,18 +189,6 @@ def _problem_check() -> Check:
 
 def _station_check(station: pl.Expr) -> Check:
     return station.is_null() | (station == ""), pl.lit(MISSING_STATION)
-
-
-def _utc_timestamp(text: pl.Expr) -> pl.Expr:
-    """ISO-8601 with `Z` or an offset, or integer epoch milliseconds -> ms UTC; else null."""
-    text = text.str.strip_chars()
-    epoch = pl.when(text.str.contains(_EPOCH_MS)).then(
-        pl.from_epoch(text.cast(pl.Int64, strict=False), time_unit="ms").dt.replace_time_zone("UTC")
-    )
-    iso = text.str.replace(" ", "T", literal=True, n=1).str.to_datetime(
-        _ISO_FORMAT, strict=False, time_unit="ms", time_zone="UTC"
-    )
-    return pl.coalesce(epoch, iso).cast(TIMESTAMP_DTYPE)
 
 
 def _timestamp_checks(text: pl.Expr, parsed: pl.Expr) -> list[Check]:
@@ -345,61 +323,13 @@ def parse_text_block(block: pl.DataFrame, tz: str) -> ParsedBatch:
 
 # --------------------------------------------------------------------------- format J
 
-_CHANNELS_STRUCT: Final = pl.Struct({key: pl.Float64 for key in CHANNEL_KEYS})
-_J_STRUCT: Final = pl.Struct(
-    {"station": pl.String, "timestamp": pl.String, "readings": _CHANNELS_STRUCT}
-)
-_J_DECODED: Final[dict[str, pl.DataType]] = {
-    "station": pl.String(),
-    "timestamp": pl.String(),
-    "has_readings": pl.Boolean(),
-    **{key: pl.Float64() for key in CHANNEL_KEYS},
-    "json_error": pl.String(),  # the line is not usable at all
-    "value_reason": pl.String(),  # some values are not numbers
-    "by_polars": pl.Boolean(),
-}
-_CHANNEL_ALTERNATIVES: Final = "|".join(CHANNEL_KEYS)
-
-
-def _common_ending(words: list[str]) -> str:
-    ending = words[0]
-    for word in words[1:]:
-        while not word.endswith(ending):
-            ending = ending[1:]
-    return ending
-
-
-# A channel given a string value: polars would refuse the whole piece, so such
-# lines go straight to the per-line decoder (which says which value is wrong).
-# Only a pre-filter (the per-piece fallback keeps the result exact), so it is
-# kept cheap: the ending the channel keys share ("Power" + digits), not all ten.
-_CHANNEL_STEM: Final = _common_ending([key.rstrip("0123456789") for key in CHANNEL_KEYS])
-_CHANNEL_STRING: Final = rf'{re.escape(_CHANNEL_STEM)}[0-9]+"[ \t]*:[ \t]*"'
-# polars decodes JSON true/false as 1.0/0.0 into a Float64 field: find them in the text.
-_CHANNEL_BOOL: Final = rf'"(?:{_CHANNEL_ALTERNATIVES})"\s*:\s*(?:true|false)'
-_CHANNEL_BOOL_KEY: Final = r'^"(\w+)"\s*:\s*'
+J_SHAPE: Final = JsonShape(strings=("station",), channels="readings")
 
 
 def parse_json_block(block: pl.DataFrame) -> ParsedBatch:
     """Format J: every non-blank line is one JSON reading; blank lines are non-data."""
     candidates = block.filter(pl.col(RAW).str.strip_chars() != "")
-    fields = _decode_json(candidates)
-    has_bool = pl.col(RAW).str.contains("true", literal=True) | pl.col(RAW).str.contains(
-        "false", literal=True
-    )
-    flagged = fields.filter(pl.col("by_polars") & has_bool)
-    if flagged.height:
-        hits = flagged.select(
-            LINE,
-            pl.col(RAW)
-            .str.extract_all(_CHANNEL_BOOL)
-            .list.eval(pl.element().str.replace(_CHANNEL_BOOL_KEY, "${1} is not a number: "))
-            .list.join("; ")
-            .alias("_bools"),
-        ).filter(pl.col("_bools") != "")
-        fields = fields.join(hits, on=LINE, how="left", maintain_order="left").with_columns(
-            pl.coalesce(pl.col("value_reason"), pl.col("_bools")).alias("value_reason")
-        )
+    fields = decode_json_lines(candidates, J_SHAPE)
     parsed = fields.rename({"timestamp": "_ts"}).with_columns(
         _utc_timestamp(pl.col("_ts")).alias("timestamp")
     )
@@ -415,109 +345,6 @@ def parse_json_block(block: pl.DataFrame) -> ParsedBatch:
         pl.coalesce(pl.col("problem"), pl.col("json_error")),
     )
     return _finish(block, parsed, checks, fatal)
-
-
-def _decode_json(candidates: pl.DataFrame) -> pl.DataFrame:
-    """`candidates` (line, raw, problem) with the decoded fields (`_J_DECODED`) added.
-
-    polars decodes pieces of lines at once; a line it would refuse, known in
-    advance (not braces at both ends, a channel with a string value) or found
-    when a piece fails, is decoded on its own to tell what is wrong with it.
-    """
-    raw = pl.col(RAW)
-    suspect = ~(raw.str.starts_with("{") & raw.str.ends_with("}")) | raw.str.contains(
-        _CHANNEL_STRING
-    )
-    odd_rows = candidates.select(suspect).to_series()
-    plain = candidates.filter(~odd_rows)
-    odd = candidates.filter(odd_rows)
-    decoded = pl.concat(
-        [
-            _decode_piece(plain.slice(start, _JSON_PIECE))
-            for start in range(0, plain.height, _JSON_PIECE)
-        ]
-        or [plain.hstack(pl.DataFrame(schema=_J_DECODED))]
-    )
-    if odd.height == 0:
-        return decoded
-    # both parts are in line order: merging keeps it without a sort
-    return decoded.merge_sorted(odd.hstack(_decode_lines(odd[RAW].to_list())), key=LINE)
-
-
-def _decode_piece(piece: pl.DataFrame) -> pl.DataFrame:
-    try:
-        decoded = piece[RAW].str.json_decode(_J_STRUCT)
-    except pl.exceptions.PolarsError:
-        if piece.height <= _JSON_LINE_BY_LINE:
-            return piece.hstack(_decode_lines(piece[RAW].to_list()))
-        part = -(-piece.height // _JSON_SPLIT)  # narrow down to the refused lines
-        return pl.concat(
-            [_decode_piece(piece.slice(start, part)) for start in range(0, piece.height, part)]
-        )
-    readings = pl.col("readings")
-    fields = (
-        decoded.struct.unnest()
-        .select(
-            "station",
-            "timestamp",
-            readings.is_not_null().alias("has_readings"),
-            *[readings.struct.field(key) for key in CHANNEL_KEYS],
-            pl.lit(None, pl.String).alias("json_error"),
-            pl.lit(None, pl.String).alias("value_reason"),
-            pl.lit(True).alias("by_polars"),
-        )
-        .cast(_J_DECODED)  # type: ignore[arg-type]
-    )
-    return piece.hstack(fields)
-
-
-def _decode_lines(lines: list[str | None]) -> pl.DataFrame:
-    """The per-line decoder, for lines polars refuses: exact reasons for each."""
-    rows = [_decode_line(line or "") for line in lines]
-    return pl.DataFrame(rows, schema=_J_DECODED, orient="row")
-
-
-def _decode_line(line: str) -> tuple[object, ...]:
-    nothing = (None,) * len(CHANNEL_KEYS)
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return (None, None, False, *nothing, MALFORMED_JSON, None, False)
-    if not isinstance(value, dict):
-        return (None, None, False, *nothing, NOT_AN_OBJECT, None, False)
-    reasons: list[str] = []
-    station = value.get("station")
-    if station is not None and not isinstance(station, str):
-        reasons.append(f"station is not a string: {_json(station)}")
-        station = None
-    timestamp = value.get("timestamp")
-    if isinstance(timestamp, bool) or not isinstance(timestamp, str | int | float | None):
-        reasons.append(f"timestamp is not a string or a number: {_json(timestamp)}")
-        timestamp = None
-    elif isinstance(timestamp, float):
-        timestamp = str(int(timestamp)) if timestamp.is_integer() else str(timestamp)
-    elif isinstance(timestamp, int):
-        timestamp = str(timestamp)
-    readings = value.get("readings")
-    if readings is not None and not isinstance(readings, dict):
-        reasons.append(f"readings is not an object: {_json(readings)}")
-    channels = readings if isinstance(readings, dict) else {}
-    numbers: list[float | None] = []
-    for key in CHANNEL_KEYS:
-        item = channels.get(key)
-        if item is None:
-            numbers.append(None)
-        elif isinstance(item, int | float) and not isinstance(item, bool):
-            numbers.append(float(item))
-        else:
-            reasons.append(f"{key} is not a number: {_json(item)}")
-            numbers.append(None)
-    value_reason = "; ".join(reasons) if reasons else None
-    return (station, timestamp, readings is not None, *numbers, None, value_reason, False)
-
-
-def _json(value: object) -> str:
-    return orjson.dumps(value).decode()[:_QUOTE_LIMIT]
 
 
 # --------------------------------------------------------------------------- format C
