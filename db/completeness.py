@@ -132,9 +132,12 @@ def _timestamps(
         # One day either side is plenty: a neighbour further away is a gap all the same.
         lo = datetime.fromtimestamp((start - DAY_MS) / 1000, UTC)
         hi = datetime.fromtimestamp((end + DAY_MS) / 1000, UTC)
+        scan = pl.scan_parquet(archive_dir / "**" / "*.parquet", hive_partitioning=True)
+        if isinstance(scan.collect_schema().get("date"), pl.Date):
+            # The archive's day partitions (`date=YYYY-MM-DD`): open only the days around.
+            scan = scan.filter(pl.col("date").is_between(lo.date(), hi.date()))
         archived = (
-            pl.scan_parquet(archive_dir / "**" / "*.parquet", hive_partitioning=True)
-            .filter(
+            scan.filter(
                 (pl.col("station") == station)
                 & (pl.col("timestamp").cast(TIMESTAMP_DTYPE) >= lo)
                 & (pl.col("timestamp").cast(TIMESTAMP_DTYPE) < hi)

@@ -73,11 +73,13 @@ def test_archived_readings_still_count(synced: Database) -> None:
     load(synced, frame)
     with bulk_connection() as bulk:
         expected = completeness(bulk, "KhonKaen", DAY, now=LATER)
-    # What the archive does: write the readings as hive-partitioned Parquet, then delete.
+    # What the archive does: write the readings as hive-partitioned Parquet (its layout:
+    # one file per UTC day), then delete them from the database.
     archive = synced.data_dir / "archive"
-    folder = archive / "station=KhonKaen" / "day=2026-11-01"
-    folder.mkdir(parents=True)
-    frame.drop("station").write_parquet(folder / "part-0.parquet")
+    for day, rows in frame.group_by(pl.col("timestamp").dt.date().alias("day")):
+        folder = archive / f"date={day[0]}"
+        folder.mkdir(parents=True)
+        rows.write_parquet(folder / "readings.parquet")
     with bulk_connection() as bulk:
         bulk.execute("DELETE FROM power_readings")
         gone = completeness(bulk, "KhonKaen", DAY, now=LATER)
