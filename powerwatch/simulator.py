@@ -48,12 +48,23 @@ import polars as pl
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from powerwatch.capture.frames import (
+    BAD_TIMESTAMP,
+    BINARY,
+    INVALID_VALUE,
+    MALFORMED,
+    MAX_FRAME,
+    OVERSIZED,
+    STATION_MISMATCH,
+    UNKNOWN_TYPE,
+)
 from powerwatch.errors import InputError
 from powerwatch.registry import Station, write_registry
 from schemas.reading import ACTIVE_CHANNELS, CHANNEL_KEYS, MUX_CHANNELS, TIMESTAMP_DTYPE
 
 __all__ = [
     "FRAME_FAULTS",
+    "MAX_FRAME",
     "REASONS",
     "RECORD_SCHEMA",
     "FaultPlan",
@@ -69,23 +80,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HOST: Final = "127.0.0.1"
-MAX_FRAME: Final = 64 * 1024  # protocol limit for one frame, bytes
 BLOCK: Final = 16  # seqs generated (and cached) together per station
 METER_EPOCH: Final = 1_700_000_000  # meters grow from here (seconds since 1970)
 LOCAL_OFFSET_S: Final = 7 * 3600  # stations' local time (daily curve), UTC+7
 SCENES: Final = ("north", "northeast", "central", "east", "west", "south")
 
-# Reason classes of rejected frames (what the capture side must reject them for).
-MALFORMED: Final = "malformed frame"
-UNKNOWN_TYPE: Final = "unknown type"
-STATION_MISMATCH: Final = "station mismatch"
+# Reason classes of rejected frames (what the capture side must reject them for): the
+# protocol's are the capture's own constants, these three are split_valid's rule labels.
 OUT_OF_RANGE: Final = "out of range"
-INVALID_VALUE: Final = "invalid value"  # NaN/Infinity, strings, booleans
 FUTURE: Final = "timestamp in the future"
 ANCIENT: Final = "timestamp before 2000-01-01"
-BAD_TIMESTAMP: Final = "bad timestamp"
-BINARY: Final = "binary frame"
-OVERSIZED: Final = "oversized frame"
 REASONS: Final = (
     MALFORMED, UNKNOWN_TYPE, STATION_MISMATCH, OUT_OF_RANGE, INVALID_VALUE,
     FUTURE, ANCIENT, BAD_TIMESTAMP, BINARY, OVERSIZED,
