@@ -13,9 +13,8 @@ How it stays fast: inside the write lock we read each station's newest stored
 timestamp (one index seek per station). Live data is almost always newer than
 that, and such rows cannot collide with anything: they are appended straight
 from Arrow, in key order. Only rows at or before a station's newest stored
-timestamp ("candidates") are compared with stored rows: hours they cover
-densely are read back whole and compared in polars, sparse ones are looked up
-key by key inside the database.
+timestamp ("candidates") are compared with stored rows, by key lookups inside
+the database (in key order, so the B-tree is walked, not hopped).
 """
 
 from __future__ import annotations
@@ -178,7 +177,7 @@ def store_readings(bulk: BulkConnection, readings: pl.DataFrame, batch_id: int) 
     candidates = first.filter(pl.col("newest").is_not_null() & (pl.col("ts") <= pl.col("newest")))
     to_insert = fresh
     if not candidates.is_empty():
-        verdict = _classify_against_stored(bulk, candidates)
+        verdict = _classify_by_lookup(bulk, candidates)
         result.duplicates += verdict.duplicates
         conflicts.append(verdict.conflicts)
         to_insert = pl.concat([fresh, candidates.join(verdict.new, on="_order", how="semi")])
@@ -224,80 +223,20 @@ class _Verdict:
     duplicates: int  # equal to a stored reading
     conflicts: pl.DataFrame  # candidates + `*_stored` values, where the values differ
 
-    def __iadd__(self, other: _Verdict) -> _Verdict:
-        self.new = pl.concat([self.new, other.new])
-        self.duplicates += other.duplicates
-        self.conflicts = pl.concat([self.conflicts, other.conflicts], how="diagonal_relaxed")
-        return self
 
 
 NEW, SAME, DIFFERENT = 0, 1, 2
-HOUR_MS = 3_600_000
-DENSE_PER_HOUR = 600  # candidates per station-hour above which the hour is read whole
 _STORED = {c: f"{c}_stored" for c in READING_VALUE_COLUMNS}
 
 
-def _classify_against_stored(bulk: BulkConnection, candidates: pl.DataFrame) -> _Verdict:
-    """Sort candidates into new / duplicate / conflict against the stored rows.
-
-    Candidates are grouped by station and hour. A dense hour (a re-sent chunk,
-    overlapping rotated logs) is read back whole and compared in polars: at
-    least one candidate per 6 s, so even at a 10 Hz station it reads at most a
-    few times as many rows as it checks. Sparse candidates (a few old readings
-    scattered over a long history) are looked up key by key in the database.
-    """
-    hours = candidates.with_columns((pl.col("ts") // HOUR_MS).alias("_hour"))
-    ranges = (
-        hours.group_by("station_id", "_hour")
-        .agg(pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi"), pl.len().alias("n"))
-        .with_columns((pl.col("n") >= DENSE_PER_HOUR).alias("dense"))
-    )
-    by_density = hours.join(
-        ranges.select("station_id", "_hour", "dense"), on=["station_id", "_hour"]
-    )
-    dense = by_density.filter("dense").drop("_hour", "dense")
-    sparse = by_density.filter(~pl.col("dense")).drop("_hour", "dense")
-    verdict = _Verdict(pl.DataFrame(schema={"_order": pl.UInt32}), 0, pl.DataFrame())
-    if dense.height:
-        stored = _read_ranges(bulk, ranges.filter("dense").select("station_id", "lo", "hi"))
-        verdict += _classify_in_memory(dense, stored)
-    if sparse.height:
-        verdict += _classify_by_lookup(bulk, sparse)
-    return verdict
-
-
-def _read_ranges(bulk: BulkConnection, ranges: pl.DataFrame) -> pl.DataFrame:
-    bulk.ingest("pw_ranges", ranges.to_arrow(), temporary=True)
-    try:
-        stored = bulk.frame(
-            "SELECT p.station_id, p.ts, "
-            + ", ".join(f"p.{c} AS {s}" for c, s in _STORED.items())
-            + f" FROM pw_ranges r JOIN {power_readings.name} p "
-            "ON p.station_id = r.station_id AND p.ts BETWEEN r.lo AND r.hi"
-        )
-    finally:
-        bulk.execute("DROP TABLE pw_ranges")
-    schema: dict[str, pl.DataType] = {"station_id": pl.Int32(), "ts": pl.Int64()} | {
-        name: pl.Float64() for name in _STORED.values()
-    }
-    return pl.DataFrame(schema=schema) if stored.is_empty() else stored.cast(schema)  # type: ignore[arg-type]
-
-
-def _classify_in_memory(candidates: pl.DataFrame, stored: pl.DataFrame) -> _Verdict:
-    matched = candidates.join(
-        stored.with_columns(pl.lit(True).alias("_found")), on=list(KEY), how="left"
-    )
-    found = matched["_found"].fill_null(False)
-    same = matched.select(_same_values()).to_series() & found
-    return _Verdict(
-        new=matched.filter(~found).select(pl.col("_order").cast(pl.UInt32)),
-        duplicates=int(same.sum()),
-        conflicts=matched.filter(found & ~same).drop("_found"),
-    )
-
-
 def _classify_by_lookup(bulk: BulkConnection, candidates: pl.DataFrame) -> _Verdict:
-    """One pass of key lookups inside the database; only the exceptions travel back."""
+    """Sort candidates into new / duplicate / conflict: one pass of key lookups inside the
+    database, only the exceptions travel back.
+
+    Measured against reading the candidates' time ranges back and comparing in polars
+    (bench_load's re-load of 1 M duplicates): the lookups were 2.5x faster, because
+    SQLite returns rows through ADBC far slower than it probes its own B-tree.
+    """
     same = " AND ".join(
         f"s.{c} {'IS' if bulk.sqlite else 'IS NOT DISTINCT FROM'} p.{c}"
         for c in READING_VALUE_COLUMNS

@@ -213,13 +213,7 @@ def test_empty_chunk_loads_nothing(synced: Database, rows: int) -> None:
     assert (report.status, report.rows_in, report.inserted) == ("loaded", 0, 0)
 
 
-@pytest.mark.parametrize("dense_per_hour", [1, 10**9], ids=["read-whole-hours", "key-lookups"])
-def test_both_comparison_strategies_classify_alike(
-    synced: Database, monkeypatch: pytest.MonkeyPatch, dense_per_hour: int
-) -> None:
-    import db.load
-
-    monkeypatch.setattr(db.load, "DENSE_PER_HOUR", dense_per_hour)
+def test_older_readings_are_classified_against_the_stored_ones(synced: Database) -> None:
     stored = make_readings(STATIONS, 30).with_columns(
         pl.when(pl.col("station") == "Songkhla")
         .then(None)
