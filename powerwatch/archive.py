@@ -499,3 +499,33 @@ def archive_readings(
             failed.append(str(exc))
     reclaimed = reclaim_space(bulk) if reports else None
     return ArchiveRun(cutoff, reports, failed, reclaimed)
+
+
+def summary_rows(run: ArchiveRun) -> list[dict[str, object]]:
+    """One row per day plus a total: the Prefect artifact's and the CLI's table."""
+    rows: list[dict[str, object]] = [
+        {
+            "day": d.day,
+            "archived": d.archived,
+            "file rows": d.file_rows,
+            "merged": d.merged,
+            "already archived": d.already_archived,
+            "checksum": d.checksum[:16],
+            "rows/s": round(d.archived / d.seconds) if d.seconds else None,
+        }
+        for d in run.days
+    ]
+    seconds = sum(d.seconds for d in run.days)
+    archived = sum(d.archived for d in run.days)
+    rows.append(
+        {
+            "day": f"TOTAL ({len(run.days)} days, {len(run.failed)} kept)",
+            "archived": archived,
+            "file rows": sum(d.file_rows for d in run.days),
+            "merged": sum(d.merged for d in run.days),
+            "already archived": sum(d.already_archived for d in run.days),
+            "checksum": "",
+            "rows/s": round(archived / seconds) if seconds else None,
+        }
+    )
+    return rows

@@ -309,6 +309,56 @@ def cmd_demo(_args: argparse.Namespace) -> int:
     return run_demo(get_settings())
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from flows.archive_readings import archive_readings
+    from powerwatch.archive import ArchiveRun, summary_rows
+    from powerwatch.output import write_table
+
+    state = archive_readings(older_than_days=args.older_than, return_state=True)
+    run = state.result(raise_on_failure=False)
+    if isinstance(run, ArchiveRun):
+        print(
+            f"cut-off {run.cutoff.before:%Y-%m-%d} (retention counted back from "
+            f"{run.cutoff.reference:%Y-%m-%d %H:%M} UTC)"
+        )
+        write_table(pl.DataFrame(summary_rows(run)), sys.stdout)  # the stdout of now
+    if not state.is_completed():
+        print(f"powerwatch: archive failed: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_backup(_args: argparse.Namespace) -> int:
+    from flows.backup_database import backup_database
+    from powerwatch.settings import get_settings
+
+    state = backup_database(return_state=True)
+    if not state.is_completed():
+        print(f"powerwatch: backup failed: {state.message}", file=sys.stderr)
+        return 1
+    manifest = state.result()
+    print(
+        f"{get_settings().backups_dir / manifest.file}: {manifest.bytes:,} bytes, "
+        f"{manifest.rows.get('power_readings', 0):,} readings, {manifest.integrity_check}"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    # An operator's action on the database itself: no Prefect (it may be what is broken).
+    from powerwatch.backup import restore_database
+    from powerwatch.settings import get_settings
+
+    report = restore_database(args.file, get_settings().database_url, force=args.force)
+    print(
+        f"{report.target}: restored from {report.backup} "
+        f"({report.rows.get('power_readings', 0):,} readings, checked)"
+    )
+    return 0
+
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -413,6 +463,24 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--force", action="store_true", help="re-import files imported before")
     mig.add_argument("--report", type=Path, metavar="FILE", help="also write the report as JSON")
     mig.set_defaults(handler=cmd_migrate_logs)
+    arc = commands.add_parser(
+        "archive",
+        help="move readings older than the retention into data/archive/ (Parquet); "
+        "e.g. powerwatch archive --older-than 90",
+    )
+    arc.add_argument("--older-than", type=_positive_int, metavar="DAYS", help="default: settings")
+    arc.set_defaults(handler=cmd_archive)
+    commands.add_parser(
+        "backup", help="a verified, compressed online backup into data/backups/, then rotate"
+    ).set_defaults(handler=cmd_backup)
+    rst = commands.add_parser(
+        "restore",
+        help="verify a backup and restore it into the configured database; "
+        "e.g. powerwatch restore data/backups/powerwatch-20261125T210000000000Z.db.zst --force",
+    )
+    rst.add_argument("file", type=Path, metavar="FILE")
+    rst.add_argument("--force", action="store_true", help="overwrite an existing database")
+    rst.set_defaults(handler=cmd_restore)
     return parser
 
 

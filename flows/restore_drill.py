@@ -1,0 +1,39 @@
+"""Flow `restore-drill`: prove the newest backup restores, on a schedule."""
+
+from __future__ import annotations
+
+from prefect import State, flow
+from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, Failed
+
+from tasks.backup import restore_drill_task
+
+
+@flow(name="restore-drill", flow_run_name="restore-drill", log_prints=True)
+def restore_drill() -> State:
+    """Runbook: restore the newest backup to a temporary path, check it, publish the result;
+    a failed drill fails the run (red in the UI) with the reason."""
+    state = restore_drill_task(return_state=True)
+    if not state.is_completed():
+        create_table_artifact(
+            key="restore-drill",
+            table=[{"result": "FAILED", "reason": state.message or ""}],
+            description="restore drill failed",
+        )
+        return Failed(message=f"restore drill failed: {state.message}")
+    report = state.result()
+    create_table_artifact(
+        key="restore-drill",
+        table=[
+            {
+                "result": "ok",
+                "backup": report.backup,
+                "age (h)": report.age_hours,
+                "readings": report.rows.get("power_readings"),
+                "check": report.check,
+                "seconds": report.seconds,
+            }
+        ],
+        description=f"restore drill ok: {report.backup}",
+    )
+    return Completed(message=f"restore drill ok: {report.backup}", data=report)

@@ -1,0 +1,51 @@
+"""Archive tasks: plan the run, one task per UTC day (never per row), give space back."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from db.engine import bulk_connection
+from powerwatch import archive
+from powerwatch.settings import get_settings
+from tasks.retry import retry_when_database_unavailable
+
+
+@task(task_run_name="plan archive older than {retention_days} days", cache_policy=NO_CACHE)
+def plan_archive_task(retention_days: int) -> tuple[archive.Cutoff, list[date]]:
+    """The cut-off (clock witnessed by the data) and the days before it that hold readings."""
+    with bulk_connection(get_settings().database_url) as bulk:
+        cutoff = archive.retention_cutoff(bulk, retention_days)
+        return cutoff, list(archive.days_to_archive(bulk, cutoff.before))
+
+
+@task(
+    task_run_name="archive {day}",
+    retries=5,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_when_database_unavailable,
+    cache_policy=NO_CACHE,
+)
+def archive_day_task(day: date) -> archive.DayReport:
+    """Write, verify and record one day's file, then delete its rows in one transaction.
+    A busy database is retried; the steps are safe to repeat (a re-run merges)."""
+    settings = get_settings()
+    with bulk_connection(settings.database_url) as bulk:
+        return archive.archive_day(bulk, settings.archive_dir, day)
+
+
+@task(
+    task_run_name="reclaim space",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_when_database_unavailable,
+    cache_policy=NO_CACHE,
+)
+def reclaim_space_task() -> archive.Reclaimed:
+    """Freed pages back in small steps, so loads are never blocked for long."""
+    with bulk_connection(get_settings().database_url) as bulk:
+        return archive.reclaim_space(bulk)

@@ -1,0 +1,40 @@
+"""Backup tasks: take one verified backup, rotate, drill a restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from powerwatch import backup
+from powerwatch.settings import get_settings
+from tasks.retry import retry_when_database_unavailable
+
+
+@task(
+    task_run_name="backup database",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_when_database_unavailable,
+    cache_policy=NO_CACHE,
+)
+def backup_database_task() -> tuple[Path, backup.Manifest]:
+    """One online backup; it counts only once its checks passed and its manifest exists."""
+    settings = get_settings()
+    return backup.backup_database(settings.database_url, settings.backups_dir)
+
+
+@task(task_run_name="rotate backups", cache_policy=NO_CACHE)
+def rotate_backups_task() -> list[str]:
+    settings = get_settings()
+    return backup.rotate_backups(
+        settings.backups_dir, settings.backup_keep_hourly, settings.backup_keep_daily
+    )
+
+
+@task(task_run_name="restore drill", cache_policy=NO_CACHE)
+def restore_drill_task() -> backup.DrillReport:
+    """Restore the newest backup to a temporary path and check it."""
+    return backup.restore_drill(get_settings().backups_dir)

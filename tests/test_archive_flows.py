@@ -1,0 +1,123 @@
+"""The archive and backup flows on a real (temporary) Prefect server, and their CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.testing.utilities import prefect_test_harness
+
+from db.engine import bulk_connection
+from flows.archive_readings import archive_readings
+from flows.backup_database import backup_database
+from flows.restore_drill import restore_drill
+from powerwatch import archive, backup
+from powerwatch.cli import main
+from powerwatch.loader import load_chunk
+from powerwatch.settings import get_settings
+from tests.conftest import T0, Database, make_readings, write_chunk
+
+STATIONS = ["KhonKaen", "ChiangMai"]
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+async def _artifact(key: str) -> list[dict[str, object]]:
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+    )
+
+    async with get_client() as client:
+        [found] = await client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key]))
+        )
+    data = found.data
+    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+
+
+def _load_days(days: int) -> pl.DataFrame:
+    settings = get_settings()
+    frame = pl.concat(make_readings(STATIONS, 20, T0 + timedelta(days=k)) for k in range(days))
+    with bulk_connection() as bulk:
+        load_chunk(bulk, write_chunk(frame, settings.landing_dir, "days.parquet"), settings)
+    return frame
+
+
+@pytest.mark.slow
+def test_archive_flow_archives_day_by_day_and_publishes_the_table(
+    prefect_server: None, synced: Database
+) -> None:
+    _load_days(3)
+
+    state = archive_readings(older_than_days=1, return_state=True)
+
+    assert state.is_completed(), state.message
+    run = state.result()
+    assert isinstance(run, archive.ArchiveRun)
+    assert [d.day for d in run.days] == ["2026-11-01"] and run.days[0].archived == 40
+    rows = asyncio.run(_artifact("archive-readings"))
+    assert rows[0]["day"] == "2026-11-01" and rows[-1]["archived"] == 40
+    assert archive.verify_archive(get_settings().archive_dir) == []
+
+
+@pytest.mark.slow
+def test_cli_archive_backup_drill_and_guarded_restore(
+    prefect_server: None, synced: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _load_days(3)
+    assert main(["archive", "--older-than", "1"]) == 0
+    assert "2026-11-01" in capsys.readouterr().out
+    if synced.backend == "postgresql":
+        assert main(["backup"]) == 0
+        assert restore_drill(return_state=True).is_completed()
+        return
+
+    assert main(["backup"]) == 0
+    [made] = backup.list_backups(get_settings().backups_dir)
+    assert str(made) in capsys.readouterr().out
+    assert asyncio.run(_artifact("backup-database"))[0]["file"] == made.name
+
+    drill = restore_drill(return_state=True)
+    assert drill.is_completed(), drill.message
+    assert asyncio.run(_artifact("restore-drill"))[0]["result"] == "ok"
+
+    assert main(["restore", str(made)]) == 2  # the live database is there
+    assert "--force" in capsys.readouterr().err
+    assert main(["restore", str(made), "--force"]) == 0
+    with bulk_connection() as bulk:
+        assert bulk.scalar("SELECT count(*) FROM power_readings") == 80  # 2 of 3 days
+
+
+@pytest.mark.slow
+def test_drill_without_any_backup_fails_visibly(
+    prefect_server: None, sqlite_database: Database
+) -> None:
+    state = restore_drill(return_state=True)
+
+    assert state.is_failed() and "no verified backup" in (state.message or "")
+    assert asyncio.run(_artifact("restore-drill"))[0]["result"] == "FAILED"
+
+
+@pytest.mark.slow
+def test_backup_flow_rotates(
+    prefect_server: None, sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POWERWATCH_BACKUP_KEEP_HOURLY", "1")
+    monkeypatch.setenv("POWERWATCH_BACKUP_KEEP_DAILY", "1")
+    folder: Path = get_settings().backups_dir
+    backup.backup_database(sqlite_database.url, folder, now=T0)  # an old one
+
+    manifest = backup_database()
+
+    assert [p.name for p in backup.list_backups(folder)] == [manifest.file]
