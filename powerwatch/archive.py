@@ -256,6 +256,7 @@ class DayReport:
     merged: bool = False  # the day had a file already (late data)
     checksum: str = ""
     seconds: float = 0.0
+    delete_seconds: float = 0.0  # the delete transaction: how long writers waited at most
 
 
 def _station_rows(bulk: BulkConnection, station_id: int, name: str, day: date) -> pl.DataFrame:
@@ -384,7 +385,9 @@ def archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepor
             archived_at=datetime.now(UTC).isoformat(timespec="seconds"),
         ),
     )
+    deleting = time.perf_counter()
     report.archived = _delete_day(bulk, start, expected, day)
+    report.delete_seconds = time.perf_counter() - deleting
     report.seconds = time.perf_counter() - started
     return report
 

@@ -1,0 +1,339 @@
+"""Archive and backup benchmark: archive throughput and memory, archive layout query
+times, and an online backup of a ~1 GB database while a loader keeps loading.
+
+    python -m bench.bench_archive            # 10 M readings (~1 GB database), a few minutes
+    python -m bench.bench_archive --quick    # a smoke run on small data
+
+One database is built with the load's own bulk path (`db.load.store_readings`,
+no chunk files), then, in this order:
+1. load throughput of a loader *process* alone (the baseline), then the same loader
+   again while `backup_database` runs: backup time, and load rows/s during it as a
+   ratio to the baseline;
+2. `archive_readings` over all of it in a fresh process: readings/s including
+   write, read-back verification and the checked delete; peak RSS (VmHWM);
+3. analysts' queries on the archive (one station over the whole range, all
+   stations over one day) against the same rows laid out `station=/month=`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+
+from bench.bench_load import fresh_database
+from bench.data import EPOCH, readings
+from bench.report import table, update_section
+
+
+@dataclass
+class Sizes:
+    stations: int = 100
+    seconds: int = 100_000  # 100 x 100,000 = 10 M readings over two UTC days
+    loader_chunks: int = 12  # chunks of the concurrent-load measurement
+    loader_seconds: int = 2_000  # per chunk: 100 x 2,000 = 200 k readings
+    query_repeats: int = 5
+
+
+QUICK = Sizes(stations=20, seconds=20_000, loader_chunks=4, loader_seconds=500, query_repeats=2)
+SLICE = 1_000_000
+
+# Loads every chunk of landing/ in a loop; prints "<monotonic end> <rows>" per chunk.
+LOADER = """
+import time
+from db.engine import bulk_connection
+from powerwatch import landing
+from powerwatch.loader import load_chunk
+from powerwatch.settings import get_settings
+s = get_settings()
+with bulk_connection() as bulk:
+    for chunk in landing.list_chunks(s.landing_dir):
+        started = time.monotonic()
+        rows = load_chunk(bulk, chunk, s).inserted
+        print(started, time.monotonic(), rows, flush=True)
+"""
+
+# Archives everything older than the last day in this fresh process; its own peak RSS.
+ARCHIVER = """
+import json, re, sys, time
+from datetime import datetime
+from pathlib import Path
+def hwm():
+    return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+from db.engine import bulk_connection
+from powerwatch.archive import archive_day, archive_readings
+from powerwatch.settings import get_settings
+import polars, pyarrow.parquet
+floor = hwm()
+s = get_settings()
+now = datetime.fromisoformat(sys.argv[1])
+with bulk_connection() as bulk:
+    started = time.perf_counter()
+    run = archive_readings(bulk, s.archive_dir, 0, now)
+    seconds = time.perf_counter() - started
+print(json.dumps({
+    "floor_kb": floor, "peak_kb": hwm(), "seconds": seconds, "failed": run.failed,
+    "archived": sum(d.archived for d in run.days),
+    "days": [(d.day, d.archived, d.seconds, d.delete_seconds) for d in run.days],
+    "reclaim_seconds": run.reclaimed.seconds if run.reclaimed else 0.0,
+    "reclaim_pages": run.reclaimed.pages if run.reclaimed else 0,
+}))
+"""
+
+
+def build(root: Path, sizes: Sizes) -> tuple[Path, int]:
+    """The database: every station once per second, stored through the load's bulk path."""
+    from db.engine import bulk_connection
+    from db.load import begin_batch, finish_batch, store_readings
+
+    db = fresh_database(root, "archive", sizes.stations)
+    frame = readings(sizes.stations, sizes.seconds)
+    # One reading per station on the day after: the day the cut-off lands in stays.
+    tail = readings(sizes.stations, 1, start_second=((sizes.seconds // 86_400) + 1) * 86_400)
+    frame = pl.concat([frame, tail])
+    with bulk_connection() as bulk:
+        for i in range(0, frame.height, SLICE):
+            part = frame.slice(i, SLICE)
+            with bulk.transaction(lock_tables=("power_readings",)):
+                batch = begin_batch(
+                    bulk, kind="manual", reference="bench", input_name=f"b{i}", content_hash=""
+                )
+                result = store_readings(bulk, part, batch)
+                finish_batch(
+                    bulk,
+                    batch,
+                    status="committed",
+                    rows_in=part.height,
+                    result=result,
+                    rejected_by_reason={},
+                )
+        bulk.rows("PRAGMA wal_checkpoint(TRUNCATE)")
+    return db, frame.height
+
+
+def _chunks(sizes: Sizes, landing: Path, first_second: int, prefix: str) -> None:
+    from powerwatch.landing import write_atomically
+
+    for k in range(sizes.loader_chunks):
+        start = first_second + k * sizes.loader_seconds
+        frame = readings(sizes.stations, sizes.loader_seconds, start_second=start)
+        path = write_atomically(frame, landing / f"{prefix}-{k:03}.parquet")
+        os.utime(path, ns=(k * 10**9, k * 10**9))
+
+
+def _loader() -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", LOADER], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+
+
+def _rate(lines: list[str], window: tuple[float, float] | None = None) -> float:
+    """Rows/s of the chunks that ran entirely inside `window` (all chunks if None)."""
+    spans = [(float(a), float(b), int(r)) for a, b, r in (line.split() for line in lines)]
+    if window is not None:
+        spans = [s for s in spans if s[0] >= window[0] and s[1] <= window[1]] or spans
+    return sum(r for *_, r in spans) / sum(b - a for a, b, _ in spans)
+
+
+def backup_under_load(db: Path, sizes: Sizes, root: Path) -> dict[str, float]:
+    from powerwatch.backup import backup_database
+    from powerwatch.settings import get_settings
+
+    settings = get_settings()
+    db.parent.mkdir(exist_ok=True)
+    beyond = (sizes.seconds // 86_400 + 2) * 86_400  # new readings after everything stored
+    _chunks(sizes, settings.landing_dir, beyond, "alone")
+    alone = _loader()
+    out, _ = alone.communicate()
+    baseline = _rate(out.splitlines())
+
+    _chunks(
+        sizes, settings.landing_dir, beyond + sizes.loader_chunks * sizes.loader_seconds, "busy"
+    )
+    size = db.stat().st_size
+    loader = _loader()
+    assert loader.stdout is not None
+    first = loader.stdout.readline()  # the loader is writing: start the backup now
+    started = time.monotonic()
+    _path, manifest = backup_database(settings.database_url, root / "backups")
+    ended = time.monotonic()
+    rest, _ = loader.communicate()
+    during = _rate([first, *rest.splitlines()], (started, ended))
+    return {
+        "db_bytes": size,
+        "backup_seconds": ended - started,
+        "backup_bytes": manifest.bytes,
+        "baseline": baseline,
+        "during": during,
+        "overlap": sum(1 for line in rest.splitlines() if float(line.split()[0]) < ended),
+    }
+
+
+def archive_in_process(sizes: Sizes) -> dict[str, object]:
+    now = EPOCH + timedelta(days=sizes.seconds // 86_400 + 1, hours=1)
+    done = subprocess.run(
+        [sys.executable, "-c", ARCHIVER, now.isoformat()],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ),
+    )
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def query_layouts(archive_dir: Path, root: Path, repeats: int) -> list[tuple[str, ...]]:
+    """The analyst's two typical queries on our `date=` layout and on `station=/month=`."""
+    other = root / "station-month"
+    pl.scan_parquet(archive_dir / "**/*.parquet", hive_partitioning=True).drop("date").with_columns(
+        pl.col("timestamp").dt.strftime("%Y-%m").alias("month")
+    ).collect().write_parquet(other, partition_by=["station", "month"], compression="zstd")
+    station = "BENCH-0007"
+    day = EPOCH.date()
+
+    def ours_station() -> int:
+        return (
+            pl.scan_parquet(archive_dir / "**/*.parquet", hive_partitioning=True)
+            .filter(pl.col("station") == station)
+            .collect()
+            .height
+        )
+
+    def ours_day() -> int:
+        return (
+            pl.scan_parquet(archive_dir / "**/*.parquet", hive_partitioning=True)
+            .filter(pl.col("date") == day)
+            .collect()
+            .height
+        )
+
+    def other_station() -> int:
+        return (
+            pl.scan_parquet(other / "**/*.parquet", hive_partitioning=True)
+            .filter(pl.col("station") == station)
+            .collect()
+            .height
+        )
+
+    def other_day() -> int:
+        return (
+            pl.scan_parquet(other / "**/*.parquet", hive_partitioning=True)
+            .filter(pl.col("timestamp").dt.date() == day)
+            .collect()
+            .height
+        )
+
+    def timed(fn: object) -> tuple[float, int]:
+        assert callable(fn)
+        fn()
+        runs = []
+        rows = 0
+        for _ in range(repeats):
+            started = time.perf_counter()
+            rows = fn()
+            runs.append(time.perf_counter() - started)
+        return sorted(runs)[len(runs) // 2] * 1000, rows
+
+    files = {
+        "date=": len(list(archive_dir.rglob("*.parquet"))),
+        "station=/month=": len(list(other.rglob("*.parquet"))),
+    }
+    rows: list[tuple[str, ...]] = []
+    for label, q_station, q_day in (
+        ("date= (ours)", ours_station, ours_day),
+        ("station=/month=", other_station, other_day),
+    ):
+        s_ms, s_rows = timed(q_station)
+        d_ms, d_rows = timed(q_day)
+        rows.append(
+            (
+                label,
+                str(files["date=" if "ours" in label else "station=/month="]),
+                f"{s_ms:.0f} ms ({s_rows:,} rows)",
+                f"{d_ms:.0f} ms ({d_rows:,} rows)",
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else Sizes()
+    with tempfile.TemporaryDirectory(prefix="pw-bench-archive-") as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        db, stored = build(root, sizes)
+        build_s = time.perf_counter() - started
+        backup = backup_under_load(db, sizes, root)
+        archived = archive_in_process(sizes)
+        from powerwatch.settings import get_settings
+
+        layouts = query_layouts(get_settings().archive_dir, root, sizes.query_repeats)
+
+    seconds = float(archived["seconds"])  # type: ignore[arg-type]
+    vacuum = float(archived["reclaim_seconds"])  # type: ignore[arg-type]
+    rate = float(archived["archived"]) / seconds  # type: ignore[arg-type]
+    days = archived["days"]
+    assert isinstance(days, list)
+    longest_lock = max(d[3] for d in days)
+    peak_mb = int(archived["peak_kb"]) / 1024  # type: ignore[call-overload]
+    floor_mb = int(archived["floor_kb"]) / 1024  # type: ignore[call-overload]
+    ratio = backup["during"] / backup["baseline"]
+    results = [
+        (
+            "archive: write + read-back verify + checked delete + vacuum",
+            f"{rate:,.0f} readings/s",
+            f"{archived['archived']:,} readings, {len(days)} day files, {seconds:.1f} s "
+            f"(vacuum {vacuum:.1f} s); target >= 1,000,000/s",
+        ),
+        (
+            "archive: peak memory of the archiving process (VmHWM)",
+            f"{peak_mb:,.0f} MB",
+            f"imports alone {floor_mb:,.0f} MB; target <= 500 MB",
+        ),
+        (
+            "archive: longest delete transaction (loads wait at most this)",
+            f"{longest_lock:.1f} s",
+            "one transaction per day file: "
+            + ", ".join(f"{d[0]} {d[1]:,} rows {d[3]:.1f} s" for d in days),
+        ),
+        (
+            "backup while a loader process loads",
+            f"{backup['backup_seconds']:.1f} s",
+            f"database {backup['db_bytes'] / 1e9:.2f} GB -> {backup['backup_bytes'] / 1e6:,.0f} MB "
+            "zstd, integrity_check + counts included",
+        ),
+        (
+            "load throughput during the backup / without",
+            f"{ratio:.2f}x",
+            f"{backup['during']:,.0f} vs {backup['baseline']:,.0f} rows/s (same loader, same run)",
+        ),
+    ]
+    report = (
+        "## Archive and backup (`bench/bench_archive.py`)\n\n"
+        f"{stored:,} readings ({sizes.stations} stations at 1 Hz) stored through the load's "
+        f"bulk path in {build_s:.0f} s.\n\n"
+        + table(results, ("measure", "result", "notes"))
+        + "\n\nAnalysts' queries on the archive (polars `scan_parquet(..., hive_partitioning=True)`"
+        ", median of warm runs): our `date=` layout against the same rows as `station=/month=`.\n\n"
+        + table(layouts, ("layout", "files", "one station, all days", "all stations, one day"))
+    )
+    print(report)
+    if not args.no_write and not args.quick:
+        update_section("bench_archive", report)
+
+
+if __name__ == "__main__":
+    main()
