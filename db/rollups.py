@@ -60,7 +60,10 @@ DAY_MS = 86_400_000
 GAP_FACTOR = 5  # a delta spanning more than 5 normal intervals straddles missing data
 GAP_MIN_MS = 60_000  # ...but never less than a minute (jittery fast stations)
 GAP_MAX_MS = 900_000  # ...nor more than 15 min; must stay <= HOUR_MS (see _predecessors)
-REFRESH_BATCH_HOURS = 2_000  # dirty station-hours per refresh transaction (bounded memory)
+# One refresh transaction takes queued station-hours up to either bound (bounded memory:
+# ~500 k readings is ~150 MB of frames at the peak).
+REFRESH_BATCH_HOURS = 2_000
+REFRESH_BATCH_READINGS = 500_000
 # Refresh serialises with writers of readings (loads, archive) via power_readings' lock.
 LOCK_TABLES = (power_readings.name, rollup_dirty.name, rollup_hourly.name, rollup_daily.name)
 
@@ -125,7 +128,10 @@ class RefreshResult:
 
 
 def refresh_rollups(
-    bulk: BulkConnection, *, batch_hours: int = REFRESH_BATCH_HOURS
+    bulk: BulkConnection,
+    *,
+    batch_hours: int = REFRESH_BATCH_HOURS,
+    batch_readings: int = REFRESH_BATCH_READINGS,
 ) -> RefreshResult:
     """Bring the rollups up to date: every queued hour, one write transaction per batch.
 
@@ -135,14 +141,17 @@ def refresh_rollups(
     total = RefreshResult()
     while True:
         with bulk.transaction(lock_tables=LOCK_TABLES):
-            done = refresh_batch(bulk, batch_hours)
+            done = refresh_batch(bulk, batch_hours, batch_readings)
         if not done.marks:
             return total
         total += done
 
 
 def refresh_pending(
-    bulk: BulkConnection, *, batch_hours: int = REFRESH_BATCH_HOURS
+    bulk: BulkConnection,
+    *,
+    batch_hours: int = REFRESH_BATCH_HOURS,
+    batch_readings: int = REFRESH_BATCH_READINGS,
 ) -> RefreshResult:
     """Refresh every queued hour inside the caller's open write transaction.
 
@@ -151,7 +160,7 @@ def refresh_pending(
     """
     total = RefreshResult()
     while True:
-        done = refresh_batch(bulk, batch_hours)
+        done = refresh_batch(bulk, batch_hours, batch_readings)
         if not done.marks:
             return total
         total += done
@@ -174,13 +183,21 @@ def _frame(bulk: BulkConnection, sql: str, schema: dict[str, pl.DataType]) -> pl
     return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
 
 
-def refresh_batch(bulk: BulkConnection, limit: int) -> RefreshResult:
-    """One batch of up to `limit` queued station-hours; call inside a write transaction."""
-    keys = _frame(
+def refresh_batch(
+    bulk: BulkConnection, limit: int, max_readings: int = REFRESH_BATCH_READINGS
+) -> RefreshResult:
+    """One batch of up to `limit` queued station-hours (and about `max_readings` queued
+    readings); call inside a write transaction."""
+    queued = _frame(
         bulk,
-        f"SELECT DISTINCT station_id, hour_ts FROM {rollup_dirty.name} "
+        "SELECT station_id, hour_ts, CAST(sum(readings) AS BIGINT) AS readings "
+        f"FROM {rollup_dirty.name} GROUP BY station_id, hour_ts "
         f"ORDER BY station_id, hour_ts LIMIT {int(limit)}",
-        {"station_id": pl.Int32(), "hour_ts": pl.Int64()},
+        {"station_id": pl.Int32(), "hour_ts": pl.Int64(), "readings": pl.Int64()},
+    )
+    # The first hour always goes, however big; then up to `max_readings` queued readings.
+    keys = queued.filter(pl.col("readings").cum_sum().shift(1, fill_value=0) < max_readings).select(
+        KEY
     )
     if keys.is_empty():
         return RefreshResult()
@@ -229,7 +246,7 @@ def refresh_batch(bulk: BulkConnection, limit: int) -> RefreshResult:
             bulk,
             f"SELECT DISTINCT r.* FROM pw_rollup_work w JOIN {rollup_hourly.name} r "
             "ON r.station_id = w.station_id "
-            f"AND (r.start_ts = w.hour_ts OR r.start_ts = w.hour_ts - {HOUR_MS})",
+            f"AND r.start_ts >= w.hour_ts - {HOUR_MS} AND r.start_ts <= w.hour_ts",
             ROLLUP_SCHEMA,
         ).rename({"start_ts": "hour_ts"})
         earlier = _frame(
@@ -250,10 +267,8 @@ def refresh_batch(bulk: BulkConnection, limit: int) -> RefreshResult:
         # Exactly the marks read above: a mark committed meanwhile (by a writer that
         # does not take the readings' lock) stays queued for the next refresh.
         bulk.execute(
-            f"DELETE FROM {rollup_dirty.name} WHERE EXISTS (SELECT 1 FROM pw_rollup_marks m "
-            f"WHERE m.station_id = {rollup_dirty.name}.station_id "
-            f"AND m.hour_ts = {rollup_dirty.name}.hour_ts "
-            f"AND m.batch_id = {rollup_dirty.name}.batch_id)"
+            f"DELETE FROM {rollup_dirty.name} WHERE (station_id, hour_ts, batch_id) IN "
+            "(SELECT station_id, hour_ts, batch_id FROM pw_rollup_marks)"
         )
     consumed = marks.select(KEY).unique().height
     return RefreshResult(marks=consumed, recomputed=recomputed, merged=merged, days=days)
@@ -262,9 +277,10 @@ def refresh_batch(bulk: BulkConnection, limit: int) -> RefreshResult:
 def _replace(bulk: BulkConnection, table: str, frame: pl.DataFrame) -> None:
     """Delete the rows of `table` with the frame's keys, then append the frame."""
     with _staged(bulk, "pw_rollup_replace", frame.select("station_id", "start_ts")):
+        # Row values: each key is one primary-key probe (the table grows forever).
         bulk.execute(
-            f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM pw_rollup_replace k "
-            f"WHERE k.station_id = {table}.station_id AND k.start_ts = {table}.start_ts)"
+            f"DELETE FROM {table} WHERE (station_id, start_ts) IN "
+            "(SELECT station_id, start_ts FROM pw_rollup_replace)"
         )
     bulk.ingest(table, frame.select(pl.col(n).cast(t) for n, t in ROLLUP_SCHEMA.items()).to_arrow())
 
@@ -517,12 +533,12 @@ def _recompute(
 def _meter_deltas(rows: pl.DataFrame, pred: pl.DataFrame, limits: pl.DataFrame) -> pl.DataFrame:
     """Per hour and meter: consumption of normal deltas, counts of resets and gaps."""
     parts = []
-    for m in MUX_COLUMNS:
+    for i, m in enumerate(MUX_COLUMNS):
         parts.append(
             rows.select(
                 *KEY,
                 "ts",
-                pl.lit(m).alias("meter"),
+                pl.lit(i, pl.Int8).alias("meter"),
                 pl.col(m).alias("value"),
                 pl.lit(False).alias("is_pred"),
             )
@@ -531,7 +547,7 @@ def _meter_deltas(rows: pl.DataFrame, pred: pl.DataFrame, limits: pl.DataFrame) 
             pred.select(
                 *KEY,
                 pl.col(f"{m}_prev_ts").alias("ts"),
-                pl.lit(m).alias("meter"),
+                pl.lit(i, pl.Int8).alias("meter"),
                 pl.col(f"{m}_prev").alias("value"),
                 pl.lit(True).alias("is_pred"),
             )
@@ -554,8 +570,8 @@ def _meter_deltas(rows: pl.DataFrame, pred: pl.DataFrame, limits: pl.DataFrame) 
         .alias("kind"),
     )
     aggs = []
-    for m in MUX_COLUMNS:
-        mine = pl.col("meter") == m
+    for i, m in enumerate(MUX_COLUMNS):
+        mine = pl.col("meter") == i
         aggs += [
             pl.col("dv").filter(mine & (pl.col("kind") == NORMAL)).sum().alias(f"{m}_kwh"),
             (mine & (pl.col("kind") == RESET)).sum().cast(pl.Int32).alias(f"{m}_resets"),

@@ -207,10 +207,15 @@ def test_pending_hours_until_refreshed(synced: Database) -> None:
 def test_refresh_in_small_batches_gives_the_same_rollups(synced: Database) -> None:
     data = _scenario()
     load(synced, _as(data, "KhonKaen"))
+    # Each transaction takes one queued hour (plus the next hour, which it recomputes and
+    # whose marks it consumes): two transactions for three hours, each rebuilding the day.
+    with bulk_connection() as bulk:
+        assert refresh_rollups(bulk, batch_readings=1).days == 2
     load(synced, _as(data, "ChiangMai"))
     with bulk_connection() as bulk:
         result = refresh_rollups(bulk, batch_hours=1)
-    assert result.marks == 6
+        assert refresh_rollups(bulk, batch_readings=1).marks == 0
+    assert (result.marks, result.days) == (3, 2)
     assert_frame_equal(
         hourly("ChiangMai").drop("station"), hourly("KhonKaen").drop("station"), check_exact=False
     )
