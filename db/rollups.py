@@ -213,13 +213,15 @@ def refresh_batch(
         "station_id", (pl.col("next_ts") // HOUR_MS * HOUR_MS).alias("hour_ts")
     )
     work = pl.concat([keys, followers]).unique().sort(KEY)
+    # `CROSS JOIN` makes SQLite loop over the (small, unanalysed) work table and probe the
+    # big tables' keys, instead of scanning power_readings against an automatic index.
     with _staged(bulk, "pw_rollup_work", work):
         marks = _frame(
             bulk,
             "SELECT d.station_id, d.hour_ts, d.batch_id, "
             "CAST(sum(d.readings) AS BIGINT) AS readings "
-            f"FROM {rollup_dirty.name} d JOIN pw_rollup_work w "
-            "ON w.station_id = d.station_id AND w.hour_ts = d.hour_ts "
+            f"FROM pw_rollup_work w CROSS JOIN {rollup_dirty.name} d "
+            "WHERE d.station_id = w.station_id AND d.hour_ts = w.hour_ts "
             "GROUP BY d.station_id, d.hour_ts, d.batch_id",
             {
                 "station_id": pl.Int32(),
@@ -232,8 +234,9 @@ def refresh_batch(
             bulk,
             f"SELECT p.station_id, w.hour_ts, p.ts, p.batch_id, "
             f"{', '.join(f'p.{c}' for c in READING_VALUE_COLUMNS)} "
-            f"FROM pw_rollup_work w JOIN {power_readings.name} p ON p.station_id = w.station_id "
-            f"AND p.ts >= w.hour_ts AND p.ts < w.hour_ts + {HOUR_MS} ORDER BY p.station_id, p.ts",
+            f"FROM pw_rollup_work w CROSS JOIN {power_readings.name} p "
+            f"WHERE p.station_id = w.station_id AND p.ts >= w.hour_ts "
+            f"AND p.ts < w.hour_ts + {HOUR_MS}",
             {
                 "station_id": pl.Int32(),
                 "hour_ts": pl.Int64(),
@@ -242,6 +245,7 @@ def refresh_batch(
                 **{c: pl.Float64() for c in READING_VALUE_COLUMNS},
             },
         )
+        raw = raw.sort("station_id", "ts")
         stored = _frame(
             bulk,
             f"SELECT DISTINCT r.* FROM pw_rollup_work w JOIN {rollup_hourly.name} r "
