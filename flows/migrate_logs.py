@@ -7,7 +7,6 @@ from typing import Any
 
 from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.client.orchestration import get_client
 from prefect.states import Completed, Failed
 
 from db.engine import make_engine
@@ -16,7 +15,7 @@ from powerwatch.legacy import DEFAULT_TZ, check_time_zone
 from powerwatch.migration import discover, failed_report
 from powerwatch.migration_report import FileReport, MigrationReport
 from powerwatch.settings import get_settings
-from tasks.migrate import import_file_task
+from tasks.migrate import ATTEMPTS, import_file_task
 
 
 @flow(name="migrate-logs", flow_run_name="migrate-logs", log_prints=True)
@@ -35,7 +34,7 @@ def migrate_logs(paths: list[str], tz: str = DEFAULT_TZ, force: bool = False) ->
         report.files.append(state.result() if state.is_completed() else _failed(path, state))
     publish(report)
     for f in report.failed:
-        get_run_logger().error("%s: %s", f.path, f.error)
+        get_run_logger().error("failed: %s", f.error)
     summary = (
         f"{len(files)} file(s): {len(files) - len(report.failed)} imported or skipped, "
         f"{len(report.failed)} failed"
@@ -62,14 +61,6 @@ def publish(report: MigrationReport) -> None:
 
 def _failed(path: Path, state: State[Any]) -> FileReport:
     error = state.result(raise_on_failure=False)
-    reason = str(error) if isinstance(error, BaseException) else state.message or "failed"
-    return failed_report(path, reason, attempts=_attempts(state))
-
-
-def _attempts(state: State[Any]) -> int:
-    """How often the task ran (its retries included), as the server recorded it."""
-    task_run_id = state.state_details.task_run_id
-    if task_run_id is None:
-        return 1
-    with get_client(sync_client=True) as client:
-        return max(client.read_task_run(task_run_id).run_count, 1)
+    if isinstance(error, BaseException):
+        return failed_report(path, str(error), attempts=getattr(error, ATTEMPTS, 1))
+    return failed_report(path, state.message or "failed")

@@ -16,6 +16,7 @@ from powerwatch.settings import get_settings
 from tasks.retry import retry_when_database_unavailable
 
 PROGRESS_EVERY_LINES = 5_000_000
+ATTEMPTS = "powerwatch_attempts"  # attribute of a failed import's exception
 
 
 @task(
@@ -44,8 +45,14 @@ def import_file_task(path: Path, tz: str, force: bool) -> FileReport:
                 f"{report.inserted:,}",
             )
 
-    with bulk_connection(get_settings().database_url) as bulk:
-        report = import_file(bulk, path, tz=tz, force=force, progress=progress)
+    try:
+        with bulk_connection(get_settings().database_url) as bulk:
+            report = import_file(bulk, path, tz=tz, force=force, progress=progress)
+    except Exception as exc:
+        # The flow reports a failed file's attempts; the server records task runs
+        # asynchronously, so the count travels with the exception.
+        setattr(exc, ATTEMPTS, get_run_count())
+        raise
     report.attempts = get_run_count()
     logger.info(
         "%s: %s (%s lines, %s inserted, %s duplicates, %s rejected)",
