@@ -283,7 +283,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     if not isinstance(report, MigrationReport):
         print(f"powerwatch: migrate-logs failed: {state.message}", file=sys.stderr)
         return 1
-    write_table(pl.DataFrame(report.rows()))
+    write_table(pl.DataFrame(report.rows()), sys.stdout)
     if args.report is not None:
         report.write_json(args.report)
     if not state.is_completed():
