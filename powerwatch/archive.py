@@ -46,6 +46,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from db import rollups
 from db.bulk import BulkConnection
 from db.queries import epoch_ms
 from db.tables import READING_VALUE_COLUMNS, power_readings, stations
@@ -397,7 +398,7 @@ def _delete_day(
 ) -> int:
     """Delete what was archived, in one transaction, if it is still exactly what was archived."""
     where = f"FROM {power_readings.name} WHERE station_id = ? AND ts >= ? AND ts < ?"
-    with bulk.transaction(lock_tables=(power_readings.name,)):
+    with bulk.transaction(lock_tables=rollups.LOCK_TABLES):
         for station_id, (rows, ts_sum) in expected.items():
             params = [station_id, start, start + DAY_MS]
             now_rows, now_sum = bulk.rows(f"SELECT count(*), sum(ts) {where}", params)[0]
@@ -406,7 +407,10 @@ def _delete_day(
                     f"{day}: readings of station id {station_id} changed while archiving "
                     f"({rows} archived, {now_rows} now); kept, the next run merges them"
                 )
-            bulk.execute(f"DELETE {where}", params)
+        # Queued rollup hours take their readings before these go (design.md: Rollups).
+        rollups.refresh_pending(bulk)
+        for station_id in expected:
+            bulk.execute(f"DELETE {where}", [station_id, start, start + DAY_MS])
     return sum(rows for rows, _ in expected.values())
 
 

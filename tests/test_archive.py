@@ -96,6 +96,9 @@ def test_archive_then_delete_then_read_back_equals_the_original(synced: Database
     )
     for block in (0, 1):  # polars, then DuckDB, exactly as the README says
         assert _analyst_read(synced, block).equals(old)
+    with bulk_connection() as bulk:  # the rollups took the day before its rows went
+        assert int(bulk.scalar("SELECT sum(samples) FROM rollup_hourly")) == original.height
+        assert bulk.scalar("SELECT count(*) FROM rollup_dirty") == 0
     entry = archive.read_manifest(get_settings().archive_dir)["date=2026-11-01"]
     assert (entry["rows"], entry["stations"]) == (old.height, 3)
     assert entry["first"].startswith("2026-11-01T00:00:00")

@@ -77,9 +77,9 @@ def test_backup_during_a_concurrent_load_restores_consistent(
     sqlite_synced: Database, tmp_path: Path
 ) -> None:
     settings = get_settings()
-    for i in range(40):
-        start = T0 + timedelta(seconds=i * 3_000)
-        write_chunk(make_readings(STATIONS, 3_000, start), settings.landing_dir, f"c{i:03}.parquet")
+    for i in range(20):
+        start = T0 + timedelta(seconds=i * 2_000)
+        write_chunk(make_readings(STATIONS, 2_000, start), settings.landing_dir, f"c{i:03}.parquet")
     loader = subprocess.Popen([sys.executable, "-c", LOADER])
     try:
         while not settings.loaded_dir.is_dir() or len(list(settings.loaded_dir.iterdir())) < 3:
@@ -92,7 +92,7 @@ def test_backup_during_a_concurrent_load_restores_consistent(
         assert loader.wait(timeout=120) == 0
     # The backup really overlapped the loads ...
     assert loaded_after > loaded_before or loader.returncode is None
-    assert 0 < manifest.rows["power_readings"] < 40 * 3_000 * 3
+    assert 0 < manifest.rows["power_readings"] < 20 * 2_000 * 3
 
     restored = tmp_path / "restored.db"
     backup.restore_database(path, f"sqlite:///{restored}")
@@ -101,7 +101,7 @@ def test_backup_during_a_concurrent_load_restores_consistent(
     counts = _counts(restored)
     assert counts["integrity"] == "ok"
     assert counts["readings"] == counts["ledger"] == manifest.rows["power_readings"]
-    assert counts["readings"] % (3_000 * 3) == 0
+    assert counts["readings"] % (2_000 * 3) == 0
 
 
 def test_backup_is_compressed_with_a_manifest_and_name_order_is_time_order(
