@@ -139,6 +139,52 @@ def synced(database: Database, registry_file: Path) -> Database:
     return database
 
 
+@pytest.fixture
+def sqlite_synced(sqlite_database: Database, registry_file: Path) -> Database:
+    """`synced` on SQLite only (file-level behaviour: backups, restore, vacuum)."""
+    from db.engine import make_engine
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    engine = make_engine(sqlite_database.url)
+    sync_stations(engine, load_registry(registry_file))
+    engine.dispose()
+    return sqlite_database
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    """A real temporary Prefect server for one module's flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def read_artifact(key: str) -> list[dict[str, object]]:
+    """The rows of the newest table artifact with this key, from the Prefect server."""
+    import asyncio
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+    )
+
+    async def newest() -> object:
+        async with get_client() as client:
+            [found] = await client.read_latest_artifacts(
+                artifact_filter=ArtifactCollectionFilter(
+                    key=ArtifactCollectionFilterKey(any_=[key])
+                )
+            )
+        return found.data
+
+    data = asyncio.run(newest())
+    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
+
+
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -165,3 +211,22 @@ def write_chunk(frame: pl.DataFrame, landing: Path, name: str) -> Path:
     from powerwatch.landing import write_atomically
 
     return write_atomically(frame, landing / name)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real `prefect server start` for the session's subprocesses (PREFECT_API_URL).
+
+    A `powerwatch` job command without PREFECT_API_URL starts a temporary server of its
+    own (6-7 s each); tests that run many of them share this one instead.
+    """
+    import socket
+
+    from powerwatch.stack import LocalStack
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with LocalStack(home=tmp_path_factory.mktemp("prefect-home"), port=port) as stack:
+        stack.start_server()
+        yield stack.api_url

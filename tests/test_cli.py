@@ -142,7 +142,10 @@ def test_readings_csv_and_latest(synced: Database) -> None:
 
 
 @pytest.mark.slow
-def test_load_command_exit_codes(synced: Database) -> None:
+def test_load_command_exit_codes(
+    synced: Database, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
     landing_dir = synced.data_dir / "landing"
     write_chunk(make_readings(["KhonKaen"], 3), landing_dir, "a.parquet")
     ok = run("load")
