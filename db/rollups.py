@@ -471,25 +471,51 @@ def _predecessors(complete: pl.DataFrame, raw: pl.DataFrame, stored: pl.DataFram
     return candidates.group_by(KEY).agg(best)
 
 
+def _steps(
+    frame: pl.DataFrame, pred: pl.DataFrame, prev_ts: str, meter: str | None = None
+) -> pl.DataFrame:
+    """Time steps `dt` (and the meter's value steps `dv`) between consecutive rows of each
+    hour (`frame` sorted by station and time); an hour's first row steps from the hour's
+    predecessor (`prev_ts`, `{meter}_prev` in `pred`; null when there is none).
+
+    Plain `diff` masked where the hour changes, plus a join for the first rows only:
+    no sort and no window function over the (large) frame.
+    """
+    first = (
+        (pl.col("station_id") != pl.col("station_id").shift(1))
+        | (pl.col("hour_ts") != pl.col("hour_ts").shift(1))
+    ).fill_null(True)
+    steps = [pl.col("ts").diff().alias("dt")]
+    from_pred = [(pl.col("ts") - pl.col(prev_ts)).alias("dt")]
+    carried = [prev_ts]
+    if meter is not None:
+        steps.append(pl.col(meter).diff().alias("dv"))
+        from_pred.append((pl.col(meter) - pl.col(f"{meter}_prev")).alias("dv"))
+        carried.append(f"{meter}_prev")
+    marked = frame.with_columns(first.alias("first"), *steps)
+    heads = (
+        marked.filter("first")
+        .select(frame.columns)
+        .join(pred.select(*KEY, *carried), on=KEY, how="left")
+        .with_columns(from_pred)
+        .drop(carried)
+    )
+    return pl.concat([marked.filter(~pl.col("first")).drop("first"), heads], how="vertical")
+
+
 def _recompute(
     complete: pl.DataFrame, raw: pl.DataFrame, stored: pl.DataFrame, earlier: pl.DataFrame
 ) -> pl.DataFrame:
     """Rollups of hours whose raw readings are all present, with classified meter deltas."""
-    rows = raw.join(complete, on=KEY, how="semi")
+    rows = raw.join(complete, on=KEY, how="semi", maintain_order="left")
     if rows.is_empty():
         return pl.DataFrame()
     pred = _predecessors(complete, raw, stored)
     stats = rows.group_by(KEY, maintain_order=True).agg(_stats())
 
     # Normal interval: lower median of the intervals ending in the hour.
-    times = pl.concat(
-        [
-            pred.select(*KEY, pl.col("prev_ts").alias("ts")).drop_nulls("ts"),
-            rows.select(*KEY, "ts"),
-        ]
-    ).sort(*KEY, "ts")
     normal = (
-        times.with_columns(pl.col("ts").diff().over(KEY).alias("dt"))
+        _steps(rows.select(*KEY, "ts"), pred, "prev_ts")
         .group_by(KEY)
         .agg(
             pl.col("dt")
@@ -523,65 +549,41 @@ def _recompute(
             (pl.col("earlier").fill_null(0) == 1).alias("earlier"),
         )
     )
-    deltas = _meter_deltas(rows, pred, limits)
-    return (
-        stats.join(normal, on=KEY, how="left")
-        .join(deltas, on=KEY, how="left")
-        .with_columns(
-            *(pl.col(f"{m}_kwh").fill_null(0.0) for m in MUX_COLUMNS),
-            *(pl.col(f"{m}_{k}").fill_null(0) for m in MUX_COLUMNS for k in ("resets", "gaps")),
-        )
+    result = stats.join(normal, on=KEY, how="left")
+    for m in MUX_COLUMNS:
+        result = result.join(_meter_deltas(rows, pred, limits, m), on=KEY, how="left")
+    return result.with_columns(
+        *(pl.col(f"{m}_kwh").fill_null(0.0) for m in MUX_COLUMNS),
+        *(pl.col(f"{m}_{k}").fill_null(0) for m in MUX_COLUMNS for k in ("resets", "gaps")),
     )
 
 
-def _meter_deltas(rows: pl.DataFrame, pred: pl.DataFrame, limits: pl.DataFrame) -> pl.DataFrame:
-    """Per hour and meter: consumption of normal deltas, counts of resets and gaps."""
-    parts = []
-    for i, m in enumerate(MUX_COLUMNS):
-        parts.append(
-            rows.select(
-                *KEY,
-                "ts",
-                pl.lit(i, pl.Int8).alias("meter"),
-                pl.col(m).alias("value"),
-                pl.lit(False).alias("is_pred"),
-            )
-        )
-        parts.append(
-            pred.select(
-                *KEY,
-                pl.col(f"{m}_prev_ts").alias("ts"),
-                pl.lit(i, pl.Int8).alias("meter"),
-                pl.col(f"{m}_prev").alias("value"),
-                pl.lit(True).alias("is_pred"),
-            )
-        )
-    series = pl.concat(parts).drop_nulls(["ts", "value"]).sort(*KEY, "meter", "ts")
-    group = [*KEY, "meter"]
-    dt = pl.col("ts").diff().over(group)
-    dv = pl.col("value").diff().over(group)
-    classified = series.join(limits, on=KEY, how="left").with_columns(
-        dv.alias("dv"),
-        pl.when(pl.col("is_pred"))
-        .then(None)
-        .when(dt.is_null())
+def _meter_deltas(
+    rows: pl.DataFrame, pred: pl.DataFrame, limits: pl.DataFrame, meter: str
+) -> pl.DataFrame:
+    """Per hour, one meter: consumption of its normal deltas, counts of resets and gaps."""
+    values = rows.select(*KEY, "ts", meter).drop_nulls(meter)
+    steps = _steps(values, pred, f"{meter}_prev_ts", meter)
+    dt, dv = pl.col("dt"), pl.col("dv")
+    kind = (
+        pl.when(dt.is_null())  # no value in the previous hour
         .then(pl.when(pl.col("earlier")).then(GAP).otherwise(None))
         .when(dt > pl.col("threshold"))
         .then(GAP)
         .when(dv < 0)
         .then(RESET)
         .otherwise(NORMAL)
-        .alias("kind"),
     )
-    aggs = []
-    for i, m in enumerate(MUX_COLUMNS):
-        mine = pl.col("meter") == i
-        aggs += [
-            pl.col("dv").filter(mine & (pl.col("kind") == NORMAL)).sum().alias(f"{m}_kwh"),
-            (mine & (pl.col("kind") == RESET)).sum().cast(pl.Int32).alias(f"{m}_resets"),
-            (mine & (pl.col("kind") == GAP)).sum().cast(pl.Int32).alias(f"{m}_gaps"),
-        ]
-    return classified.group_by(KEY).agg(aggs)
+    return (
+        steps.join(limits, on=KEY, how="left")
+        .with_columns(kind.alias("kind"))
+        .group_by(KEY)
+        .agg(
+            dv.filter(pl.col("kind") == NORMAL).sum().alias(f"{meter}_kwh"),
+            (pl.col("kind") == RESET).sum().cast(pl.Int32).alias(f"{meter}_resets"),
+            (pl.col("kind") == GAP).sum().cast(pl.Int32).alias(f"{meter}_gaps"),
+        )
+    )
 
 
 # --- queries -------------------------------------------------------------------------------
