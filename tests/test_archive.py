@@ -292,16 +292,7 @@ def test_a_clock_running_ahead_archives_nothing_the_stations_did_not_age(
 # --- space --------------------------------------------------------------------------------
 
 
-def test_freed_pages_are_given_back_on_sqlite(
-    sqlite_database: Database, registry_file: Path
-) -> None:
-    from db.engine import make_engine
-    from db.stations import sync_stations
-    from powerwatch.registry import load_registry
-
-    engine = make_engine(sqlite_database.url)
-    sync_stations(engine, load_registry(registry_file))
-    engine.dispose()
+def test_freed_pages_are_given_back_on_sqlite(sqlite_synced: Database) -> None:
     _load(_days(STATIONS, 2, seconds=3_000))
     with bulk_connection() as bulk:
         assert bulk.scalar("PRAGMA auto_vacuum") == 2  # set for every new database

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.testing.utilities import prefect_test_harness
 
 from db.engine import bulk_connection
 from flows.archive_readings import archive_readings
@@ -21,29 +16,9 @@ from powerwatch import archive, backup
 from powerwatch.cli import main
 from powerwatch.loader import load_chunk
 from powerwatch.settings import get_settings
-from tests.conftest import T0, Database, make_readings, write_chunk
+from tests.conftest import T0, Database, make_readings, read_artifact, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai"]
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-async def _artifact(key: str) -> list[dict[str, object]]:
-    from prefect.client.schemas.filters import (
-        ArtifactCollectionFilter,
-        ArtifactCollectionFilterKey,
-    )
-
-    async with get_client() as client:
-        [found] = await client.read_latest_artifacts(
-            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key]))
-        )
-    data = found.data
-    return json.loads(data) if isinstance(data, str) else data  # type: ignore[return-value]
 
 
 def _load_days(days: int) -> pl.DataFrame:
@@ -66,7 +41,7 @@ def test_archive_flow_archives_day_by_day_and_publishes_the_table(
     run = state.result()
     assert isinstance(run, archive.ArchiveRun)
     assert [d.day for d in run.days] == ["2026-11-01"] and run.days[0].archived == 40
-    rows = asyncio.run(_artifact("archive-readings"))
+    rows = read_artifact("archive-readings")
     assert rows[0]["day"] == "2026-11-01" and rows[-1]["archived"] == 40
     assert archive.verify_archive(get_settings().archive_dir) == []
 
@@ -86,11 +61,11 @@ def test_cli_archive_backup_drill_and_guarded_restore(
     assert main(["backup"]) == 0
     [made] = backup.list_backups(get_settings().backups_dir)
     assert str(made) in capsys.readouterr().out
-    assert asyncio.run(_artifact("backup-database"))[0]["file"] == made.name
+    assert read_artifact("backup-database")[0]["file"] == made.name
 
     drill = restore_drill(return_state=True)
     assert drill.is_completed(), drill.message
-    assert asyncio.run(_artifact("restore-drill"))[0]["result"] == "ok"
+    assert read_artifact("restore-drill")[0]["result"] == "ok"
 
     assert main(["restore", str(made)]) == 2  # the live database is there
     assert "--force" in capsys.readouterr().err
@@ -106,7 +81,7 @@ def test_drill_without_any_backup_fails_visibly(
     state = restore_drill(return_state=True)
 
     assert state.is_failed() and "no verified backup" in (state.message or "")
-    assert asyncio.run(_artifact("restore-drill"))[0]["result"] == "FAILED"
+    assert read_artifact("restore-drill")[0]["result"] == "FAILED"
 
 
 @pytest.mark.slow

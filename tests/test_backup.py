@@ -55,19 +55,6 @@ def _counts(path: Path) -> dict[str, object]:
         }
 
 
-@pytest.fixture
-def sqlite_synced(sqlite_database: Database, registry_file: Path) -> Database:
-    """SQLite only: the online backup API and file restore are SQLite's (PostgreSQL: below)."""
-    from db.engine import make_engine
-    from db.stations import sync_stations
-    from powerwatch.registry import load_registry
-
-    engine = make_engine(sqlite_database.url)
-    sync_stations(engine, load_registry(registry_file))
-    engine.dispose()
-    return sqlite_database
-
-
 def _db_path(db: Database) -> Path:
     return Path(db.url.removeprefix("sqlite:///"))
 
