@@ -30,12 +30,14 @@ No Prefect here: plain functions over a `BulkConnection`, testable alone.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -55,6 +57,7 @@ from schemas.channels import CHANNELS, FUTURE_TOLERANCE, LANDING_COLUMNS
 
 ARCHIVE_FILE = "readings.parquet"
 MANIFEST_FILE = "archive-manifest.json"
+LOCK_FILE = ".archive.lock"
 DAY_MS = 86_400_000
 ARCHIVE_SCHEMA: dict[str, pl.DataType] = dict(LANDING_COLUMNS)
 _ARROW_SCHEMA = pl.DataFrame(schema=ARCHIVE_SCHEMA).to_arrow().schema
@@ -313,12 +316,32 @@ def _merge(archived: pl.DataFrame, stored: pl.DataFrame, day: date) -> tuple[pl.
     return merged.sort("timestamp"), twins.height
 
 
+@contextmanager
+def _exclusive(archive_root: Path) -> Iterator[None]:
+    """One archiver at a time (a scheduled run and `powerwatch archive` by hand): the
+    manifest is read-modify-written and a day's file rewritten; the second one waits."""
+    archive_root.mkdir(parents=True, exist_ok=True)
+    with open(archive_root.parent / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayReport:
     """Archive one UTC day: write (merging an existing file), verify, rename, record, delete."""
+    with _exclusive(archive_root):
+        return _archive_day(bulk, archive_root, day)
+
+
+def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayReport:
     started = time.perf_counter()
     report = DayReport(day=day.isoformat())
     folder = partition_dir(archive_root, day)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f".{ARCHIVE_FILE}.*.tmp"):  # a crashed run's; we hold the lock
+        stale.unlink(missing_ok=True)
     final = folder / ARCHIVE_FILE
     tmp = folder / f".{ARCHIVE_FILE}.{uuid.uuid4().hex[:8]}.tmp"
     start = _ms(datetime(day.year, day.month, day.day, tzinfo=UTC))
@@ -330,6 +353,8 @@ def archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepor
         )
     )
     old_groups = _archived_groups(final)
+    if not ids and not old_groups:
+        return report  # nothing stored that day (any more): no empty file
     report.merged = bool(old_groups)
     expected: dict[int, tuple[int, int]] = {}  # station id -> (rows, sum of ts) deleted
     written = ContentChecksum()

@@ -132,6 +132,8 @@ def test_late_data_for_an_archived_day_is_merged_without_duplicates(synced: Data
         ]
     )
     _load(late)
+    crashed = get_settings().archive_dir / "date=2026-11-01" / ".readings.parquet.dead0000.tmp"
+    crashed.write_bytes(b"left by a crashed run")
 
     run = _archive(now)
 
@@ -143,6 +145,7 @@ def test_late_data_for_an_archived_day_is_merged_without_duplicates(synced: Data
     )
     assert _analyst_read(synced, 0).equals(expected.sort("station", "timestamp"))
     assert _stored().filter(pl.col("timestamp") < T0 + DAY).is_empty()
+    assert not crashed.exists()
     entry = archive.read_manifest(get_settings().archive_dir)["date=2026-11-01"]
     assert (entry["rows"], entry["stations"]) == (expected.height, 3)
     assert archive.verify_archive(get_settings().archive_dir) == []
@@ -222,6 +225,7 @@ def test_hostile_station_names_stay_inside_and_come_back_unchanged(
     new_outside = {p for p in tmp_path.rglob("*") if "archive" not in p.parts} - outside_before
     assert {p.name for p in new_outside if p.is_file()} <= {
         archive.MANIFEST_FILE,
+        archive.LOCK_FILE,
         "powerwatch.db-wal",
         "powerwatch.db-shm",
     }
