@@ -237,3 +237,44 @@ def test_migration_queues_existing_readings_and_downgrades(synced: Database) -> 
         assert pending_hours(bulk) == 2  # the readings already stored are queued
     refresh()
     assert_frame_equal(hourly("KhonKaen"), expected)
+
+
+def test_meter_without_a_value_steps_over_short_holes_and_gaps_long_ones(
+    synced: Database,
+) -> None:
+    seconds = list(range(HOUR))
+    frame = readings("KhonKaen", seconds).with_columns(
+        # muxPower2: N/A for 30 s (under the 60 s threshold), muxPower3: N/A for 10 minutes,
+        # muxPower4: never reported.
+        pl.when(pl.col("activePower1").is_between(1000, 1029))
+        .then(None)
+        .otherwise(pl.col("muxPower2"))
+        .alias("muxPower2"),
+        pl.when(pl.col("activePower1").is_between(1000, 1599))
+        .then(None)
+        .otherwise(pl.col("muxPower3"))
+        .alias("muxPower3"),
+        pl.lit(None, pl.Float64).alias("muxPower4"),
+    )
+    load(synced, frame)
+    refresh()
+    [hour] = hourly("KhonKaen").to_dicts()
+    assert (hour["muxPower2_kwh"], hour["muxPower2_gaps"]) == (pytest.approx(35.99), 0)
+    # 999 s -> 1600 s is a gap: its 6.01 kWh are not counted.
+    assert (hour["muxPower3_kwh"], hour["muxPower3_gaps"]) == (pytest.approx(35.99 - 6.01), 1)
+    assert (hour["muxPower4_kwh"], hour["muxPower4_gaps"], hour["muxPower4_count"]) == (0, 0, 0)
+    assert hour["muxPower4_avg"] is None
+
+
+def test_archive_protocol_refresh_pending_then_delete(synced: Database) -> None:
+    """The archive refreshes what is queued inside its delete transaction: nothing lost."""
+    from db.rollups import refresh_pending
+    from db.tables import power_readings
+
+    load(synced, readings("KhonKaen", list(range(0, 2 * HOUR, 10))))
+    with bulk_connection() as bulk:
+        with bulk.transaction(lock_tables=(power_readings.name,)):
+            assert refresh_pending(bulk).marks == 2
+            bulk.execute("DELETE FROM power_readings")
+        assert pending_hours(bulk) == 0
+    assert hourly("KhonKaen")["samples"].to_list() == [360, 360]
