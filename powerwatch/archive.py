@@ -117,7 +117,7 @@ def retention_cutoff(
     )
     witness = _from_ms(per_station[min(1, len(per_station) - 1)]) if per_station else None
     reference = min(wall, witness) if witness is not None else wall
-    edge = reference - timedelta(days=retention_days)
+    edge = (reference - timedelta(days=retention_days)).astimezone(UTC)
     before = datetime(edge.year, edge.month, edge.day, tzinfo=UTC)
     return Cutoff(before=before, reference=reference, wall_clock=wall, newest_reading=witness)
 
