@@ -63,9 +63,9 @@ def readings(stations: int, seconds: int, *, start_second: int = 0, seed: int = 
     for k, c in enumerate(MUX_CHANNELS):
         meter = 783_700.0 + 1000.0 * station_no.cast(pl.Float64)
         columns[c.key] = (meter + second.cast(pl.Float64) * 0.0006 * (k + 1)).round(2)
-    # pl.select, not LazyFrame().select: polars 1.44 broadcasts a literal Series against
+    # DataFrame().select, not LazyFrame().select: polars 1.44 broadcasts a literal Series against
     # the empty LazyFrame (length 0) inside when/then and fails.
-    return pl.select(**columns)
+    return pl.DataFrame().select(**columns)
 
 
 def spoil(frame: pl.DataFrame, fraction: float, seed: int = 1) -> pl.DataFrame:
