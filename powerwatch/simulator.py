@@ -931,6 +931,8 @@ def simulate(
             loop.add_signal_handler(signum, run.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await run
+        # the count a benchmark compares with what a capture received
+        print(f"simulator stopped: {sim.frames_sent} frames sent", file=sys.stderr, flush=True)
 
     asyncio.run(main())
 

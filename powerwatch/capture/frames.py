@@ -102,7 +102,6 @@ def check_frames(frames: pl.DataFrame, uuids: pl.DataFrame) -> CheckedFrames:
     kind, ok = pl.col("type"), pl.col(REASON).is_null()
     readings = judged.filter(ok & (kind == "reading")).select(
         LINE,
-        RAW,
         pl.col(_CONN).alias(STATION),
         pl.coalesce(TIMESTAMP, RECEIVED_AT).alias(TIMESTAMP),
         *CHANNEL_KEYS,
@@ -111,8 +110,10 @@ def check_frames(frames: pl.DataFrame, uuids: pl.DataFrame) -> CheckedFrames:
     valid, out_of_rules = split_valid(readings)
     rejected = pl.concat(
         [
-            judged.filter(~ok).select(LINE, pl.col(_CONN).alias(STATION), RECEIVED_AT, RAW, REASON),
-            out_of_rules.select(LINE, STATION, RECEIVED_AT, RAW, REASON),
+            judged.filter(~ok).select(LINE, pl.col(_CONN).alias(STATION), RECEIVED_AT, REASON, RAW),
+            out_of_rules.select(LINE, STATION, RECEIVED_AT, REASON).join(
+                judged.select(LINE, RAW), on=LINE, how="left"
+            ),
         ]
     ).sort(LINE)
     return CheckedFrames(

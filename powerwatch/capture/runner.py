@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,10 +27,12 @@ from types import FrameType
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from powerwatch import landing
 from powerwatch.capture.connections import FrameBuffer, StationClient, StationState
 from powerwatch.capture.frames import (
+    CHUNK_COLUMNS,
     FRAME_COLUMNS,
     REJECTED_COLUMNS,
     STATION,
@@ -45,6 +48,7 @@ from schemas.reading import REASON, RECEIVED_AT, TIMESTAMP_DTYPE
 
 logger = logging.getLogger(__name__)
 
+CHECK_ROWS = 10_000  # frames judged at once in a flush
 STOP_GRACE = 5.0  # seconds for the stations' close frames before connections are dropped
 
 
@@ -193,17 +197,24 @@ class Capture:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _flush(self, buffer: FrameBuffer) -> None:
-        raw, station, received, early = buffer.take()
-        if not raw and not early:
+        taken = buffer.take()
+        early = taken.early_rejects
+        if not taken.ends and not early:
             return
+        offsets = array("q", [0])
+        offsets.extend(taken.ends)
+        text = pa.LargeStringArray.from_buffers(
+            len(taken.ends), pa.py_buffer(offsets), pa.py_buffer(taken.text)
+        )
         frames = pl.DataFrame(
             {
-                STATION: self.names.gather(pl.Series(station, dtype=pl.UInt32)),
-                RECEIVED_AT: pl.Series(received, dtype=pl.Int64).cast(TIMESTAMP_DTYPE),
-                RAW: pl.Series(raw, dtype=pl.String),
+                STATION: self.names.gather(pl.Series(taken.station, dtype=pl.UInt32)),
+                RECEIVED_AT: pl.Series(taken.received_ms, dtype=pl.Int64).cast(TIMESTAMP_DTYPE),
+                RAW: pl.Series(text, dtype=pl.String),
             },
             schema=FRAME_COLUMNS,
         )
+        del taken, text  # the frame holds its own copy of the text now
         early_frame = pl.DataFrame(
             {
                 STATION: self.names.gather(pl.Series([r[0] for r in early], dtype=pl.UInt32)),
@@ -220,9 +231,18 @@ class Capture:
 
     def _write(self, frames: pl.DataFrame, early: pl.DataFrame) -> tuple[CheckedFrames, str | None]:
         """Check a batch, write its chunk atomically, append its rejects (worker thread)."""
-        checked = check_frames(frames, self.uuids)
-        rejected = pl.concat([checked.rejected, early])
-        checked = CheckedFrames(checked.readings, rejected, checked.heartbeats, checked.hellos)
+        # Judged in slices: the decode's working memory follows CHECK_ROWS, not the flush size.
+        parts = [
+            check_frames(frames.slice(start, CHECK_ROWS), self.uuids)
+            for start in range(0, frames.height, CHECK_ROWS)
+        ]
+        checked = CheckedFrames(
+            readings=pl.concat([p.readings for p in parts] or [pl.DataFrame(schema=CHUNK_COLUMNS)]),
+            rejected=pl.concat([*(p.rejected for p in parts), early]),
+            heartbeats=_sum_counts([p.heartbeats for p in parts]),
+            hellos=_sum_counts([p.hellos for p in parts]),
+        )
+        rejected = checked.rejected
         if rejected.height:
             self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
             lines = rejected.select(
@@ -266,6 +286,13 @@ class Capture:
         )
         for name, reason, count in by_reason.iter_rows():
             index[name].rejects[reason] += count
+
+
+def _sum_counts(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    counts = (
+        pl.concat(parts) if parts else pl.DataFrame(schema={STATION: pl.String, "count": pl.UInt32})
+    )
+    return counts.group_by(STATION).agg(pl.col("count").sum())
 
 
 def run_capture(
