@@ -21,19 +21,29 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import polars as pl
 
 from db.bulk import BulkConnection
-from db.load import StoreResult, begin_batch, finish_batch, store_readings
+from db.load import (
+    UNKNOWN_STATION,
+    StoreResult,
+    begin_batch,
+    finish_batch,
+    station_ids,
+    store_readings,
+)
 from db.tables import data_sources, load_batches
 from powerwatch.errors import InputError
+from powerwatch.jsonlines import LINE
 from powerwatch.landing import file_hash
 from powerwatch.legacy import (
     DEFAULT_TZ,
+    Format,
     LegacyLogError,
     ParsedBatch,
     detect_format,
@@ -45,11 +55,12 @@ from powerwatch.migration_report import QUOTED_LINES, FileReport, add_reasons
 from schemas.channels import REASON
 
 KIND: Final = "log_migration"
-# Lines per block: ~40 MB of text, which with its parsed columns keeps a migration
-# well under 400 MB, and is large enough that per-block costs (validation, the
-# database round trips) stay small.
-BATCH_LINES: Final = 200_000
-_ISO_MS: Final = "%Y-%m-%dT%H:%M:%S%.3fZ"
+# Lines parsed at once: parsing's intermediate columns (tokens, texts) cost many
+# times the text, so blocks stay small; validation's per-call cost is still small
+# at this size. Readings stored at once: large enough that a store's fixed costs
+# (the registry, each station's newest time, a round trip) do not count.
+PARSE_LINES: Final = 20_000
+STORE_ROWS: Final = 50_000
 
 Progress = Callable[[FileReport], None]
 T = TypeVar("T")
@@ -96,7 +107,8 @@ def import_file(
     *,
     tz: str = DEFAULT_TZ,
     force: bool = False,
-    batch_lines: int = BATCH_LINES,
+    parse_lines: int = PARSE_LINES,
+    store_rows: int = STORE_ROWS,
     progress: Progress | None = None,
 ) -> FileReport:
     """Import one legacy log file whole, or skip it if its content was imported before.
@@ -112,27 +124,22 @@ def import_file(
     if fmt is None:
         raise LegacyLogError(f"{path}: {why_not_detected(path)}")
     report = FileReport(path=str(path), format=fmt, content_hash=file_hash(path))
-    tally = _Tally(report)
+    content_hash = report.content_hash or ""
     with bulk.transaction(lock_tables=WRITE_TABLES):
         # Looked up under the write lock: two migrations of one file cannot both import it.
-        if not force and find_imported(bulk, report.content_hash or "") is not None:
+        if not force and find_imported(bulk, content_hash) is not None:
             report.status = "skipped"
             report.seconds = time.perf_counter() - started
             return report
         batch_id = begin_batch(
-            bulk,
-            kind=KIND,
-            reference=str(path),
-            input_name=str(path),
-            content_hash=report.content_hash or "",
+            bulk, kind=KIND, reference=str(path), input_name=str(path), content_hash=content_hash
         )
-        parsed = (
-            (batch, *validate(batch.readings))
-            for batch in iter_batches(path, fmt, tz=tz, batch_lines=batch_lines)
-        )
-        for batch, valid, invalid in read_ahead(parsed):
-            stored = store_readings(bulk, valid, batch_id)
-            tally.add(batch, valid, invalid, stored)
+        parts = _parse(path, fmt, tz, station_ids(bulk)["station"], parse_lines, store_rows)
+        ledger = StoreResult()  # as the ledger counts: duplicates and conflicts apart
+        for part in read_ahead(parts):
+            stored = store_readings(bulk, part.valid, batch_id)
+            ledger += stored
+            part.add_to(report, stored)
             if progress is not None:
                 progress(report)
         finish_batch(
@@ -140,7 +147,7 @@ def import_file(
             batch_id,
             status="committed",
             rows_in=report.lines,
-            result=tally.stored,
+            result=ledger,
             rejected_by_reason=report.rejected_by_reason,
         )
     report.seconds = time.perf_counter() - started
@@ -200,75 +207,117 @@ def failed_report(path: Path, error: str, attempts: int = 1) -> FileReport:
     )
 
 
-class _Tally:
-    """Adds one parsed, validated and stored block to the file's report."""
+@dataclass
+class _Part:
+    """Some consecutive blocks of a file, parsed and validated: their counts, their
+    rejections (reasons, the first few quoted) and the readings left to store."""
 
-    def __init__(self, report: FileReport) -> None:
-        self.report = report
-        self.stored = StoreResult()  # as the ledger counts: duplicates and conflicts apart
-        self.reasons: Counter[str] = Counter()
-        self.unknown: Counter[str] = Counter()
-        self.first: datetime | None = None
-        self.last: datetime | None = None
+    valid: pl.DataFrame
+    lines: int = 0
+    non_data: int = 0
+    readings: int = 0
+    rejected: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    unknown: Counter[str] = field(default_factory=Counter)
+    quotes: list[dict[str, Any]] = field(default_factory=list)
+    first: datetime | None = None
+    last: datetime | None = None
 
-    def add(
-        self,
-        batch: ParsedBatch,
-        valid: pl.DataFrame,
-        invalid: pl.DataFrame,
-        stored: StoreResult,
-    ) -> None:
-        r = self.report
-        unknown = stored.unknown if "line" in stored.unknown.columns else None
-        r.lines += batch.lines
-        r.non_data += batch.non_data
-        r.readings += batch.readings.height
+    def add_to(self, report: FileReport, stored: StoreResult) -> None:
+        """Count this part, and what storing its readings gave, into the file's report."""
+        if "line" in stored.unknown.columns and stored.unknown.height:
+            # Screened out while parsing; only a station removed since then lands here.
+            self._reject_unknown(stored.unknown)
+        r = report
+        r.lines += self.lines
+        r.non_data += self.non_data
+        r.readings += self.readings
         r.inserted += stored.inserted
         # The protocol's rule: the first stored reading wins, a later one is a duplicate
         # whether or not its values differ; `conflicts` says how many of them differed.
         r.duplicates += stored.duplicates + stored.conflicts
         r.conflicts += stored.conflicts
-        self.stored.inserted += stored.inserted
-        self.stored.duplicates += stored.duplicates
-        self.stored.conflicts += stored.conflicts
+        r.rejected += self.rejected
+        reasons = Counter(r.rejected_by_reason)
+        add_reasons(reasons, dict(self.reasons))
+        r.rejected_by_reason = dict(reasons)
+        r.unknown_stations = dict(sorted((Counter(r.unknown_stations) + self.unknown).items()))
+        r.first_rejected += self.quotes[: QUOTED_LINES - len(r.first_rejected)]
+        if self.first is not None and self.last is not None:
+            low, high = _iso(self.first), _iso(self.last)
+            r.first_timestamp = min(r.first_timestamp or low, low)
+            r.last_timestamp = max(r.last_timestamp or high, high)
 
-        rejected = pl.concat(
-            [
-                batch.rejected.select("line", REASON),
-                invalid.select("line", REASON),
-                *([unknown.select("line", REASON)] if unknown is not None else []),
-            ]
-        )
-        r.rejected += rejected.height
-        if rejected.height:
-            counts = rejected.group_by(REASON).len()
-            add_reasons(self.reasons, dict(zip(counts[REASON], counts["len"], strict=True)))
-            r.rejected_by_reason = dict(self.reasons)
-            self._quote(batch, rejected)
-        if unknown is not None and unknown.height:
-            names = unknown.group_by("station").len()
-            self.unknown.update(dict(zip(names["station"], names["len"], strict=True)))
-            r.unknown_stations = dict(sorted(self.unknown.items()))
-            valid = valid.join(unknown.select("line"), on="line", how="anti")
-        self._time_range(valid)
+    def _reject_unknown(self, unknown: pl.DataFrame) -> None:
+        self.rejected += unknown.height
+        self.reasons[UNKNOWN_STATION] += unknown.height
+        self.unknown.update(unknown["station"].to_list())
 
-    def _quote(self, batch: ParsedBatch, rejected: pl.DataFrame) -> None:
-        wanted = QUOTED_LINES - len(self.report.first_rejected)
-        if wanted <= 0:
-            return
-        first = rejected.sort("line").head(wanted)
-        texts = batch.raw_lines(first["line"])
-        self.report.first_rejected += [
-            {"line": line, "reason": reason, "text": text}
-            for (line, reason), text in zip(first.iter_rows(), texts, strict=True)
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse(
+    path: Path, fmt: Format, tz: str, known: pl.Series, parse_lines: int, store_rows: int
+) -> Iterator[_Part]:
+    """The file as `_Part`s of about `store_rows` reading lines, parsed `parse_lines` at a time.
+
+    Small blocks keep parsing's intermediate columns small (memory); parts are
+    validated and stored whole, so validation's per-call cost (pandera's, ~15 ms)
+    and a store's fixed costs are paid once per part. A part keeps its blocks'
+    text until it is validated, so that any rejected line can be quoted.
+    """
+    pending: list[ParsedBatch] = []
+    rows = 0
+    quoted = 0
+    for batch in iter_batches(path, fmt, tz=tz, batch_lines=parse_lines):
+        pending.append(batch)
+        rows += batch.readings.height
+        if rows >= store_rows:
+            part = _validated(pending, known, QUOTED_LINES - quoted)
+            quoted += len(part.quotes)
+            yield part
+            pending, rows = [], 0
+    if pending:
+        yield _validated(pending, known, QUOTED_LINES - quoted)
+
+
+def _validated(batches: list[ParsedBatch], known: pl.Series, quotes: int) -> _Part:
+    """Validate the readings of consecutive blocks at once and account for every line.
+
+    The registry check is the join `store_readings` does too: done here, readings
+    of unknown stations can be quoted like any rejected line.
+    """
+    readings = pl.concat([b.readings for b in batches])
+    good, invalid = validate(readings)
+    registered = good.select(pl.col("station").is_in(known.implode())).to_series()
+    unknown = good.filter(~registered)
+    good = good.filter(registered)
+    rejected = pl.concat(
+        [
+            *(b.rejected.select(LINE, REASON) for b in batches),
+            invalid.select(LINE, REASON),
+            unknown.select(LINE, pl.lit(UNKNOWN_STATION).alias(REASON)),
         ]
-
-    def _time_range(self, valid: pl.DataFrame) -> None:
-        if valid.is_empty():
-            return
+    )
+    part = _Part(
+        valid=good.drop(LINE),
+        lines=sum(b.lines for b in batches),
+        non_data=sum(b.non_data for b in batches),
+        readings=readings.height,
+        rejected=rejected.height,
+    )
+    if rejected.height:
+        counts = rejected.group_by(REASON).len()
+        add_reasons(part.reasons, dict(zip(counts[REASON], counts["len"], strict=True)))
+        part.unknown.update(unknown["station"].to_list())
+    if rejected.height and quotes > 0:
+        for line, reason in rejected.sort(LINE).head(quotes).iter_rows():
+            [batch] = [b for b in batches if b.first_line <= line < b.first_line + b.lines]
+            text = batch.raw_lines(pl.Series([line]))[0]
+            part.quotes.append({"line": line, "reason": reason, "text": text})
+    if good.height:
         ts = pl.col("timestamp")
-        low, high = valid.select(ts.min().alias("low"), ts.max().alias("high")).row(0)
-        self.first = low if self.first is None else min(self.first, low)
-        self.last = high if self.last is None else max(self.last, high)
-        stamps = pl.Series([self.first, self.last]).dt.strftime(_ISO_MS)
-        self.report.first_timestamp, self.report.last_timestamp = stamps.to_list()
+        part.first, part.last = good.select(ts.min().alias("low"), ts.max().alias("high")).row(0)
+    return part

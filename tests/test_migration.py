@@ -496,7 +496,7 @@ def test_small_blocks_give_the_same_result_as_one_block(synced: Database, tmp_pa
             lines += ["2024-03-01 07:00:00.000 [WARN] banner", t_line("2024-03-01 07:00:00.000")]
     path = write(tmp_path, "m.log", lines)
     with bulk_connection() as bulk:
-        small = import_file(bulk, path, batch_lines=37)
+        small = import_file(bulk, path, parse_lines=37, store_rows=100)
     assert small.balanced()
     assert counts(small) == (1020, 10, 500, 10, 500)
     assert small.unknown_stations == {"Phuket": 500}

@@ -31,11 +31,11 @@ MIGRATE = (
     "from powerwatch.migration import discover, import_file\n"
     "with bulk_connection() as bulk:\n"
     "    for path in discover([Path(sys.argv[1])]):\n"
-    "        report = import_file(bulk, path, batch_lines=int(sys.argv[2]),\n"
+    "        report = import_file(bulk, path, parse_lines=500, store_rows=int(sys.argv[2]),\n"
     "            progress=lambda r: print('progress', Path(r.path).name, r.lines, flush=True))\n"
     "        print('done', path.name, report.status, flush=True)\n"
 )
-BATCH_LINES = 2_000
+STORE_ROWS = 2_000
 
 
 def _logs(folder: Path) -> None:
@@ -89,7 +89,7 @@ def _snapshot() -> tuple[list[tuple[object, ...]], ...]:
 
 def _run(folder: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", MIGRATE, str(folder), str(BATCH_LINES)],
+        [sys.executable, "-c", MIGRATE, str(folder), str(STORE_ROWS)],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -112,7 +112,7 @@ def test_kill_9_mid_file_then_rerun_gives_the_uninterrupted_database(
     monkeypatch.setenv("POWERWATCH_DATABASE_URL", reference_url)
     with bulk_connection() as bulk:
         for path in discover([folder]):
-            import_file(bulk, path, batch_lines=BATCH_LINES)
+            import_file(bulk, path, parse_lines=500, store_rows=STORE_ROWS)
     expected = _snapshot()
     monkeypatch.setenv("POWERWATCH_DATABASE_URL", synced.url)
 
@@ -123,7 +123,7 @@ def test_kill_9_mid_file_then_rerun_gives_the_uninterrupted_database(
     for line in victim.stdout:
         seen.append(line.strip())
         parts = line.split()
-        if parts[:2] == ["progress", "b-monitor.jsonl"] and int(parts[2]) >= 2 * BATCH_LINES:
+        if parts[:2] == ["progress", "b-monitor.jsonl"] and int(parts[2]) >= 2 * STORE_ROWS:
             victim.send_signal(signal.SIGKILL)
             break
     victim.wait(timeout=60)
