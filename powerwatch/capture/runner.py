@@ -190,9 +190,12 @@ class Capture:
         return self.report
 
     async def _close(self, clients: list[StationClient], tasks: list[asyncio.Task[None]]) -> None:
+        for client, task in zip(clients, tasks, strict=True):
+            if client.ws is None:  # in a handshake or waiting to retry: nothing to drain
+                task.cancel()
         await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
         _done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE) if tasks else ((), ())
-        for task in pending:  # still in a handshake, or a station that never closes
+        for task in pending:  # a station that never answers our close
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
