@@ -8,12 +8,13 @@ from prefect.states import Completed, Failed
 
 from db.engine import make_engine
 from db.migrate import require_current
+from flows.naming import stamped
 from powerwatch import archive
 from powerwatch.settings import get_settings
 from tasks.archive import archive_day_task, plan_archive_task, reclaim_space_task
 
 
-@flow(name="archive-readings", flow_run_name="archive-readings", log_prints=True)
+@flow(name="archive-readings", flow_run_name=stamped("archive-readings"), log_prints=True)
 def archive_readings(older_than_days: int | None = None) -> State:
     """Runbook: check the schema, find the cut-off, archive day by day, give the space
     back, publish the table; fail (visibly) if any day stayed in the database."""

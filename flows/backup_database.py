@@ -7,12 +7,13 @@ from prefect.artifacts import create_table_artifact
 
 from db.engine import make_engine
 from db.migrate import require_current
+from flows.naming import stamped
 from powerwatch.backup import Manifest
 from powerwatch.settings import get_settings
 from tasks.backup import backup_database_task, rotate_backups_task
 
 
-@flow(name="backup-database", flow_run_name="backup-database", log_prints=True)
+@flow(name="backup-database", flow_run_name=stamped("backup-database"), log_prints=True)
 def backup_database() -> Manifest:
     """Runbook: check the schema, back up (checked before it counts), rotate, publish."""
     require_current(make_engine(get_settings().database_url))

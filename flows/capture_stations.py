@@ -13,12 +13,13 @@ import signal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.naming import stamped
 from powerwatch.capture import CaptureReport, run_capture
 from powerwatch.registry import load_registry
 from powerwatch.settings import get_settings
 
 
-@flow(name="capture-stations", flow_run_name="capture-stations", log_prints=True)
+@flow(name="capture-stations", flow_run_name=stamped("capture-stations"), log_prints=True)
 def capture_stations(
     duration: float | None = None,
     flush_seconds: float | None = None,

@@ -8,6 +8,7 @@ from prefect.states import Completed, Failed
 
 from db.engine import make_engine
 from db.migrate import require_current
+from flows.naming import stamped
 from powerwatch import landing
 from powerwatch.loader import ChunkReport
 from powerwatch.reports import load_summary_rows
@@ -15,7 +16,7 @@ from powerwatch.settings import get_settings
 from tasks.load import load_chunk_task
 
 
-@flow(name="load-chunks", flow_run_name="load-chunks", log_prints=True)
+@flow(name="load-chunks", flow_run_name=stamped("load-chunks"), log_prints=True)
 def load_chunks() -> State:
     """Runbook: check the schema, load each chunk in turn, publish the table, fail if any did."""
     settings = get_settings()

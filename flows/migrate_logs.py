@@ -11,6 +11,7 @@ from prefect.states import Completed, Failed
 
 from db.engine import make_engine
 from db.migrate import require_current
+from flows.naming import migration_run_name
 from powerwatch.legacy import DEFAULT_TZ, check_time_zone
 from powerwatch.migration import discover, failed_report
 from powerwatch.migration_report import FileReport, MigrationReport
@@ -18,7 +19,7 @@ from powerwatch.settings import get_settings
 from tasks.migrate import ATTEMPTS, import_file_task
 
 
-@flow(name="migrate-logs", flow_run_name="migrate-logs", log_prints=True)
+@flow(name="migrate-logs", flow_run_name=migration_run_name, log_prints=True)
 def migrate_logs(paths: list[str], tz: str = DEFAULT_TZ, force: bool = False) -> State:
     """Runbook: check the schema and the zone, find the files, import each in turn (a
     failing file never stops the others), publish the report, fail if any file failed."""

@@ -10,11 +10,12 @@ from prefect.artifacts import create_table_artifact
 from db.engine import make_engine
 from db.migrate import require_current
 from db.rollups import RefreshResult
+from flows.naming import stamped
 from powerwatch.settings import get_settings
 from tasks.rollups import refresh_rollups_task
 
 
-@flow(name="refresh-rollups", flow_run_name="refresh-rollups", log_prints=True)
+@flow(name="refresh-rollups", flow_run_name=stamped("refresh-rollups"), log_prints=True)
 def refresh_rollups() -> RefreshResult:
     """Runbook: check the schema, refresh what loads have queued, publish what changed."""
     require_current(make_engine(get_settings().database_url))

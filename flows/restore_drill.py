@@ -6,10 +6,11 @@ from prefect import State, flow
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
+from flows.naming import stamped
 from tasks.backup import restore_drill_task
 
 
-@flow(name="restore-drill", flow_run_name="restore-drill", log_prints=True)
+@flow(name="restore-drill", flow_run_name=stamped("restore-drill"), log_prints=True)
 def restore_drill() -> State:
     """Runbook: restore the newest backup to a temporary path, check it, publish the result;
     a failed drill fails the run (red in the UI) with the reason."""

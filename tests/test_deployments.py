@@ -170,6 +170,7 @@ def _artifacts(site: Site, flow_run_id: uuid.UUID) -> list[Any]:
 
 def test_operator_runs_migrate_logs_on_the_samples(sqlite_site: Site) -> None:
     run = _migrate_samples(sqlite_site)
+    assert run.name == "migrate-logs legacy-logs"  # what was asked, not a random word pair
     assert sqlite_site.readings() > 0
     kinds = {a.type for a in _artifacts(sqlite_site, run.id)}
     assert {"table", "markdown"} <= kinds, kinds
