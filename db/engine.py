@@ -62,13 +62,15 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _sqlite_pragmas(busy_timeout_ms: int) -> list[str]:
+def _sqlite_pragmas(busy_timeout_ms: int, *, new_file: bool = False) -> list[str]:
+    # Archive (powerwatch/archive.py) gives deleted pages back in small steps with
+    # `PRAGMA incremental_vacuum`. auto_vacuum can only be chosen while the file has no
+    # page yet, before journal_mode=WAL writes the first one; on an existing file the
+    # pragma would need the write lock (a connect would fail while a writer holds it),
+    # so it is sent to new files only (`new_file`: `PRAGMA page_count` is 0).
+    first = ["PRAGMA auto_vacuum=INCREMENTAL"] if new_file else []
     return [
-        # Archive (powerwatch/archive.py) gives deleted pages back in small steps with
-        # `PRAGMA incremental_vacuum`. This takes effect only on a database that has no
-        # tables yet, and must come before journal_mode=WAL (which writes the header);
-        # on an existing database it is a no-op until a VACUUM.
-        "PRAGMA auto_vacuum=INCREMENTAL",
+        *first,
         "PRAGMA journal_mode=WAL",
         "PRAGMA synchronous=NORMAL",
         "PRAGMA foreign_keys=ON",
@@ -96,12 +98,13 @@ def make_engine(url: str | None = None) -> Engine:
     except NoSuchModuleError as exc:
         raise InputError(f"no driver for database URL {parsed.render_as_string()!r}") from exc
     if is_sqlite(parsed):
-        pragmas = _sqlite_pragmas(get_settings().busy_timeout_ms)
+        busy_timeout_ms = get_settings().busy_timeout_ms
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            for pragma in pragmas:
+            new_file = cursor.execute("PRAGMA page_count").fetchone()[0] == 0
+            for pragma in _sqlite_pragmas(busy_timeout_ms, new_file=new_file):
                 cursor.execute(pragma)
             cursor.close()
 
@@ -139,7 +142,9 @@ def bulk_connection(url: str | None = None) -> Iterator[BulkConnection]:
             path = sqlite_path(parsed)
             conn = adbc_sqlite.connect(str(path) if path else ":memory:", autocommit=True)
             cursor = conn.cursor()
-            for pragma in _sqlite_pragmas(get_settings().busy_timeout_ms):
+            cursor.execute("PRAGMA page_count")
+            new_file = cursor.fetchall()[0][0] == 0
+            for pragma in _sqlite_pragmas(get_settings().busy_timeout_ms, new_file=new_file):
                 cursor.execute(pragma)
                 cursor.fetchall()
             cursor.close()
