@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import polars as pl
 
@@ -123,80 +123,103 @@ def import_file(
     fmt = detect_format(path)
     if fmt is None:
         raise LegacyLogError(f"{path}: {why_not_detected(path)}")
-    report = FileReport(path=str(path), format=fmt, content_hash=file_hash(path))
-    content_hash = report.content_hash or ""
-    with bulk.transaction(lock_tables=WRITE_TABLES):
-        # Looked up under the write lock: two migrations of one file cannot both import it.
-        if not force and find_imported(bulk, content_hash) is not None:
-            report.status = "skipped"
-            report.seconds = time.perf_counter() - started
-            return report
-        batch_id = begin_batch(
-            bulk, kind=KIND, reference=str(path), input_name=str(path), content_hash=content_hash
-        )
-        parts = _parse(path, fmt, tz, station_ids(bulk)["station"], parse_lines, store_rows)
-        ledger = StoreResult()  # as the ledger counts: duplicates and conflicts apart
-        for part in read_ahead(parts):
-            stored = store_readings(bulk, part.valid, batch_id)
-            ledger += stored
-            part.add_to(report, stored)
-            if progress is not None:
-                progress(report)
-        finish_batch(
-            bulk,
-            batch_id,
-            status="committed",
-            rows_in=report.lines,
-            result=ledger,
-            rejected_by_reason=report.rejected_by_reason,
-        )
+    report = FileReport(path=str(path), format=fmt)
+
+    def parts(known: pl.Series) -> ReadAhead[_Part]:
+        return ReadAhead(_parse(path, fmt, tz, known, parse_lines, store_rows))
+
+    # Parsing starts while the file is hashed (hashlib releases the GIL); if the
+    # file turns out to be imported already, only a part or two was parsed for nothing.
+    known = station_ids(bulk)["station"]
+    ahead = parts(known)
+    try:
+        content_hash = report.content_hash = file_hash(path)
+        with bulk.transaction(lock_tables=WRITE_TABLES):
+            # Under the write lock: two migrations of one file cannot both import it.
+            if not force and find_imported(bulk, content_hash) is not None:
+                report.status = "skipped"
+                report.seconds = time.perf_counter() - started
+                return report
+            registry = station_ids(bulk)["station"]
+            if not registry.sort().equals(known.sort()):  # a station was added meanwhile
+                ahead.close()
+                ahead = parts(registry)
+            batch_id = begin_batch(
+                bulk,
+                kind=KIND,
+                reference=str(path),
+                input_name=str(path),
+                content_hash=content_hash,
+            )
+            ledger = StoreResult()  # as the ledger counts: duplicates and conflicts apart
+            for part in ahead:
+                stored = store_readings(bulk, part.valid, batch_id)
+                ledger += stored
+                part.add_to(report, stored)
+                if progress is not None:
+                    progress(report)
+            finish_batch(
+                bulk,
+                batch_id,
+                status="committed",
+                rows_in=report.lines,
+                result=ledger,
+                rejected_by_reason=report.rejected_by_reason,
+            )
+    finally:
+        ahead.close()
     report.seconds = time.perf_counter() - started
     return report
 
 
-def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """`items`, produced in a background thread up to `depth` ahead of the consumer.
+class ReadAhead(Generic[T]):
+    """The items of an iterator, produced in a background thread from construction on,
+    at most `depth` ahead of the consumer.
 
-    The database stores one block (its driver releases the GIL) while polars
+    The database stores one part (its driver releases the GIL) while polars
     parses and validates the next: the two halves of an import overlap on two
-    cores. An exception of the producer is raised in the consumer at the point
-    it occurred; a consumer that stops early stops the producer.
+    cores. An exception of the producer is raised in the consumer where it
+    occurred; `close()` (always call it) stops the producer.
     """
-    handoff: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def offer(item: tuple[bool, object]) -> bool:
-        while not stop.is_set():
+    def __init__(self, items: Iterator[T], depth: int = 1) -> None:
+        self._items = items
+        self._handoff: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._produce, name="read-ahead", daemon=True)
+        self._worker.start()
+
+    def _offer(self, item: tuple[bool, object]) -> bool:
+        while not self._stop.is_set():
             try:
-                handoff.put(item, timeout=0.05)
+                self._handoff.put(item, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for item in items:
-                if not offer((False, item)):
+            for item in self._items:
+                if not self._offer((False, item)):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
-            offer((True, exc))
+            self._offer((True, exc))
             return
-        offer((True, None))
+        self._offer((True, None))
 
-    worker = threading.Thread(target=produce, name="read-ahead", daemon=True)
-    worker.start()
-    try:
+    def __iter__(self) -> Iterator[T]:
         while True:
-            done, value = handoff.get()
+            done, value = self._handoff.get()
             if done:
                 if isinstance(value, BaseException):
                     raise value
                 return
             yield value  # type: ignore[misc]
-    finally:
-        stop.set()
-        worker.join()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._worker.join()
 
 
 def failed_report(path: Path, error: str, attempts: int = 1) -> FileReport:
