@@ -333,12 +333,19 @@ def _stats() -> list[pl.Expr]:
             pl.col(c).min().alias(f"{c}_min"),
             pl.col(c).max().alias(f"{c}_max"),
         ]
-    for m in MUX_COLUMNS:
-        aggs += [
+    return aggs + _last_values()
+
+
+def _last_values() -> list[pl.Expr]:
+    """Each meter's last value and its time (rows sorted by time within each group)."""
+    return [
+        expr
+        for m in MUX_COLUMNS
+        for expr in (
             pl.col(m).drop_nulls().last().alias(f"{m}_last"),
             pl.col("ts").filter(pl.col(m).is_not_null()).max().alias(f"{m}_last_ts"),
-        ]
-    return aggs
+        )
+    ]
 
 
 def _combine(normal_interval: pl.Expr) -> list[pl.Expr]:
@@ -452,14 +459,7 @@ def _predecessors(complete: pl.DataFrame, raw: pl.DataFrame, stored: pl.DataFram
     hour is in the work set, from its stored rollup (which survives the archive) otherwise;
     the later of the two wins. Only the previous hour is looked at: a predecessor further
     back is more than GAP_MAX_MS away, a gap whatever its value."""
-    previous = raw.group_by(KEY).agg(
-        pl.col("ts").max().alias("last_ts"),
-        *(pl.col(m).drop_nulls().last().alias(f"{m}_last") for m in MUX_COLUMNS),
-        *(
-            pl.col("ts").filter(pl.col(m).is_not_null()).max().alias(f"{m}_last_ts")
-            for m in MUX_COLUMNS
-        ),
-    )
+    previous = raw.group_by(KEY).agg(pl.col("ts").max().alias("last_ts"), *_last_values())
     columns = ["last_ts", *(f"{m}_last{s}" for m in MUX_COLUMNS for s in ("", "_ts"))]
     candidates = pl.concat(
         [previous.select(*KEY, *columns), stored.select(*KEY, *columns)], how="vertical_relaxed"
