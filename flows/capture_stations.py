@@ -8,8 +8,6 @@ docs/design.md, "Capture").
 
 from __future__ import annotations
 
-import signal
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -28,7 +26,7 @@ def capture_stations(
     """Runbook: read the registry, capture until the window ends (or a signal), publish the
     run's account; a signal ends the run as that signal says, after everything is flushed."""
     settings = get_settings()
-    report = run_capture(
+    report, interruption = run_capture(
         load_registry(settings.stations),
         settings.landing_dir,
         settings.dead_letter_dir,
@@ -49,8 +47,8 @@ def capture_stations(
         report.rejects or "none",
         len(report.chunks),
     )
-    if report.ended_by in ("SIGINT", "SIGTERM"):
-        # Everything is flushed: now let the signal do what it does to any flow run
-        # (Prefect's handler: Cancelled when the runner cancelled it, else Crashed).
-        signal.raise_signal(signal.Signals[report.ended_by])
+    if interruption is not None:
+        # Everything is flushed and published: now the signal ends the run as it ends any
+        # (Prefect: Cancelled when its runner cancelled it, else Crashed; Ctrl-C: exit 130).
+        raise interruption
     return report

@@ -6,6 +6,14 @@
 """
 
 from powerwatch.capture.frames import MAX_FRAME, CheckedFrames, check_frames
-from powerwatch.capture.runner import Capture, CaptureReport, run_capture
+from powerwatch.capture.runner import Capture, CaptureReport, Finished, run_capture
 
-__all__ = ["MAX_FRAME", "Capture", "CaptureReport", "CheckedFrames", "check_frames", "run_capture"]
+__all__ = [
+    "MAX_FRAME",
+    "Capture",
+    "CaptureReport",
+    "CheckedFrames",
+    "Finished",
+    "check_frames",
+    "run_capture",
+]

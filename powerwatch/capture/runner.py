@@ -18,13 +18,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -298,6 +299,17 @@ def _sum_counts(parts: list[pl.DataFrame]) -> pl.DataFrame:
     return counts.group_by(STATION).agg(pl.col("count").sum())
 
 
+class Finished(NamedTuple):
+    """How `run_capture` ended: the report, and the signal that ended it (to pass on)."""
+
+    report: CaptureReport
+    interruption: BaseException | None = None
+
+
+class Terminated(BaseException):
+    """SIGTERM where nobody (Prefect's bridge) turns it into an exception already."""
+
+
 def run_capture(
     stations: list[Station],
     landing_dir: Path,
@@ -306,12 +318,15 @@ def run_capture(
     duration: float | None,
     flush_seconds: float,
     flush_rows: int,
-) -> CaptureReport:
-    """Run a capture in this (main) thread; SIGINT/SIGTERM end it after the final flush.
+) -> Finished:
+    """Run a capture; SIGINT/SIGTERM end it after the final flush.
 
-    The handlers that were installed before (Prefect's SIGTERM bridge, Python's
-    KeyboardInterrupt) are restored afterwards; the caller decides whether to pass
-    the signal on (`ended_by`).
+    The capture's event loop runs in its own thread, so a signal's exception (Prefect's
+    `TerminationSignal` from its SIGTERM bridge, `KeyboardInterrupt`) is raised here in
+    the waiting main thread, never in the middle of the receive loop. The handlers stay
+    Prefect's: its runner can still acknowledge a cancellation before it sends SIGTERM.
+    The caller publishes the report, then re-raises `interruption` so the run ends the
+    way the signal says (Cancelled, Crashed, exit 130).
     """
     capture = Capture(
         stations,
@@ -320,31 +335,69 @@ def run_capture(
         flush_seconds=flush_seconds,
         flush_rows=flush_rows,
     )
+    outcome: list[CaptureReport | BaseException] = []
+    started, done = threading.Event(), threading.Event()
+    loop_box: list[asyncio.AbstractEventLoop] = []
 
     async def main() -> CaptureReport:
-        loop = asyncio.get_running_loop()
-        with _signals_stop(capture, loop):
-            return await capture.run(duration)
+        loop_box.append(asyncio.get_running_loop())
+        started.set()
+        return await capture.run(duration)
 
-    return asyncio.run(main())
+    def in_thread() -> None:
+        try:
+            outcome.append(asyncio.run(main()))
+        except BaseException as exc:  # handed to the main thread
+            outcome.append(exc)
+        finally:
+            started.set()
+            done.set()
+
+    thread = threading.Thread(target=in_thread, name="capture", daemon=True)
+    interruption: BaseException | None = None
+    with _sigterm_raises():
+        thread.start()
+        while not done.is_set():  # an Event: a signal's exception can break a join's state
+            try:
+                done.wait(0.5)
+            except BaseException as exc:  # a signal's exception: stop, flush, pass it on
+                interruption = interruption or exc
+                started.wait()
+                for loop in loop_box:
+                    with contextlib.suppress(RuntimeError):  # the loop has already ended
+                        loop.call_soon_threadsafe(capture.stop, _signal_name(exc))
+    thread.join()
+    [result] = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return Finished(result, interruption)
+
+
+def _signal_name(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    number = getattr(exc, "signal", signal.SIGTERM)
+    return signal.Signals(number).name
 
 
 @contextlib.contextmanager
-def _signals_stop(capture: Capture, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(capture.stop, signal.Signals(signum).name)
-
-    previous: dict[signal.Signals, Any] = {}
+def _sigterm_raises() -> Iterator[None]:
+    """Make SIGTERM an exception in the main thread if nobody has (outside a flow)."""
+    previous: Any = None
     try:
-        for which in (signal.SIGINT, signal.SIGTERM):
-            previous[which] = signal.signal(which, handler)
-    except ValueError:  # not the main thread: the caller stops the run itself
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals are the caller's business
         pass
     try:
         yield
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signal.SIGTERM)
 
 
 def _iso_dt(moment: datetime | None) -> str:

@@ -1,0 +1,123 @@
+"""Prefect cancellation of a deployed capture run, as a site does it: `prefect server start`,
+`prefect deploy --all`, a process worker; the run is cancelled from the API, the worker
+sends SIGTERM, and the capture flushes before the run ends Cancelled."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from powerwatch.simulator import read_record
+from powerwatch.stack import PROJECT_ROOT, LocalStack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+CAPTURE = "capture-stations/overlapping-windows"
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
+    """A site with three simulated stations; the capture's own schedule cleared, so the only
+    capture run is the test's."""
+    from db.engine import make_engine
+    from db.migrate import upgrade
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    root = tmp_path_factory.mktemp("capture-site")
+    registry, record = root / "stations.yaml", root / "record.ndjson"
+    code = (
+        "from pathlib import Path; from powerwatch.simulator import simulate; "
+        f"simulate(3, 20, 0, False, Path({str(registry)!r}), record_path=Path({str(record)!r}))"
+    )
+    simulator = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not registry.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        url = f"sqlite:///{root / 'powerwatch.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        sync_stations(engine, load_registry(registry))
+        engine.dispose()
+        env = {
+            "POWERWATCH_DATABASE_URL": url,
+            "POWERWATCH_DATA_DIR": str(root / "data"),
+            "POWERWATCH_STATIONS": str(registry),
+        }
+        stack = LocalStack(home=root / "prefect", port=_free_port(), env=env)
+        with stack:
+            stack.start_server()
+            stack.prepare()
+            stack.run_prefect("deployment", "schedule", "clear", CAPTURE, "--accept-yes")
+            stack.start_worker()
+            yield stack, root
+    finally:
+        simulator.send_signal(signal.SIGTERM)
+        simulator.wait(timeout=20)
+
+
+@contextmanager
+def _client(stack: LocalStack) -> Iterator[Any]:
+    """A Prefect client of the site's server (this process has no PREFECT_API_URL)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings({PREFECT_API_URL: stack.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        yield client
+
+
+def test_cancelling_a_deployed_capture_flushes_then_ends_cancelled(
+    site: tuple[LocalStack, Path],
+) -> None:
+    from prefect.states import Cancelling
+
+    stack, root = site
+    out = stack.run_prefect(
+        "deployment", "run", CAPTURE, "--param", "duration=900", "--param", "flush_seconds=900"
+    )
+    run_id = uuid.UUID(UUID_PATTERN.findall(out)[-1])
+    record = root / "record.ndjson"
+    with _client(stack) as client:
+        deadline = time.monotonic() + 180
+        while read_record(record).filter(pl.col("event").is_null()).height < 100:
+            assert time.monotonic() < deadline, "the deployed capture never received frames"
+            run = client.read_flow_run(run_id)
+            assert not run.state.is_final(), run.state
+            time.sleep(1)
+        landing = root / "data" / "landing"
+        assert not list(landing.glob("capture-*.parquet"))  # nothing flushed yet (900 s)
+        client.set_flow_run_state(run_id, Cancelling())
+        deadline = time.monotonic() + 120
+        while not (run := client.read_flow_run(run_id)).state.is_final():
+            assert time.monotonic() < deadline, run.state
+            time.sleep(1)
+    assert run.state.is_cancelled(), run.state
+    chunks = list(landing.glob("capture-*.parquet"))
+    assert len(chunks) == 1  # the flush on the way out
+    assert pl.read_parquet(chunks[0]).height >= 100
