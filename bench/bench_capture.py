@@ -30,6 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from bench.report import table, update_section
+from powerwatch.simulator import spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,21 +117,8 @@ def _env(work: Path) -> dict[str, str]:
 
 
 def _start_simulator(work: Path, stations: int, rate: float) -> subprocess.Popen[str]:
-    registry = work / "stations.yaml"
-    registry.unlink(missing_ok=True)
-    code = (
-        "from pathlib import Path; from powerwatch.simulator import simulate; "
-        f"simulate({stations}, {rate}, 0, False, Path({str(registry)!r}), seed=1)"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], env=_env(work), stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 60
-    while not registry.exists():
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError("the simulator did not start")
-        time.sleep(0.1)
-    time.sleep(1.0)
+    process = spawn(stations, rate, work / "stations.yaml", seed=1)
+    time.sleep(1.0)  # every server listening
     return process
 
 

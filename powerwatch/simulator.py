@@ -32,9 +32,11 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import random
 import resource
 import signal
+import subprocess
 import sys
 import time
 import uuid as uuidlib
@@ -75,6 +77,7 @@ __all__ = [
     "read_record",
     "run_simulator",
     "simulate",
+    "spawn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -935,6 +938,42 @@ def simulate(
         print(f"simulator stopped: {sim.frames_sent} frames sent", file=sys.stderr, flush=True)
 
     asyncio.run(main())
+
+
+def spawn(
+    count: int,
+    rate: float,
+    registry_path: Path,
+    *,
+    record_path: Path | None = None,
+    seed: int = 0,
+    timeout: float = 60.0,
+) -> subprocess.Popen[str]:
+    """`simulate` in a child process (its own cores' share, its own event loop), returned
+    once its registry is written. SIGTERM stops it; its stderr ends with the frames sent."""
+    registry_path.unlink(missing_ok=True)
+    record = "None" if record_path is None else f"Path({str(record_path)!r})"
+    code = (
+        "from pathlib import Path; from powerwatch.simulator import simulate; "
+        f"simulate({count}, {rate}, 0, False, Path({str(registry_path)!r}), seed={seed}, "
+        f"record_path={record})"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    python_path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": python_path},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not registry_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            _, errors = process.communicate()
+            raise InputError(f"the simulator did not start: {errors.strip()[-300:]}")
+        time.sleep(0.05)
+    return process
 
 
 def read_record(path: Path) -> pl.DataFrame:

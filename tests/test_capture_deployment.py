@@ -4,24 +4,17 @@ sends SIGTERM, and the capture flushes before the run ends Cancelled."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
 
-from powerwatch.simulator import read_record
-from powerwatch.stack import PROJECT_ROOT, LocalStack
+from powerwatch.simulator import read_record, spawn
+from powerwatch.stack import LocalStack
+from tests.test_deployments import Site, _free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -29,14 +22,8 @@ CAPTURE = "capture-stations/overlapping-windows"
 UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A site with three simulated stations; the capture's own schedule cleared, so the only
     capture run is the test's."""
     from db.engine import make_engine
@@ -46,17 +33,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack,
 
     root = tmp_path_factory.mktemp("capture-site")
     registry, record = root / "stations.yaml", root / "record.ndjson"
-    code = (
-        "from pathlib import Path; from powerwatch.simulator import simulate; "
-        f"simulate(3, 20, 0, False, Path({str(registry)!r}), record_path=Path({str(record)!r}))"
-    )
-    simulator = subprocess.Popen(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    )
+    simulator = spawn(3, 20, registry, record_path=record)
     try:
-        deadline = time.monotonic() + 20
-        while not registry.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
         url = f"sqlite:///{root / 'powerwatch.db'}"
         engine = make_engine(url)
         upgrade(engine)
@@ -73,44 +51,30 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack,
             stack.prepare()
             stack.run_prefect("deployment", "schedule", "clear", CAPTURE, "--accept-yes")
             stack.start_worker()
-            yield stack, root
+            yield Site(stack, url, root / "data")
     finally:
-        simulator.send_signal(signal.SIGTERM)
-        simulator.wait(timeout=20)
-
-
-@contextmanager
-def _client(stack: LocalStack) -> Iterator[Any]:
-    """A Prefect client of the site's server (this process has no PREFECT_API_URL)."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with (
-        temporary_settings({PREFECT_API_URL: stack.api_url}),
-        get_client(sync_client=True) as client,
-    ):
-        yield client
+        simulator.terminate()
+        simulator.communicate(timeout=20)
 
 
 def test_cancelling_a_deployed_capture_flushes_then_ends_cancelled(
-    site: tuple[LocalStack, Path],
+    site: Site,
 ) -> None:
     from prefect.states import Cancelling
 
-    stack, root = site
-    out = stack.run_prefect(
+    out = site.stack.run_prefect(
         "deployment", "run", CAPTURE, "--param", "duration=900", "--param", "flush_seconds=900"
     )
     run_id = uuid.UUID(UUID_PATTERN.findall(out)[-1])
-    record = root / "record.ndjson"
-    with _client(stack) as client:
+    record = site.data_dir.parent / "record.ndjson"
+    with site.client() as client:
         deadline = time.monotonic() + 180
         while read_record(record).filter(pl.col("event").is_null()).height < 100:
             assert time.monotonic() < deadline, "the deployed capture never received frames"
             run = client.read_flow_run(run_id)
             assert not run.state.is_final(), run.state
             time.sleep(1)
-        landing = root / "data" / "landing"
+        landing = site.data_dir / "landing"
         assert not list(landing.glob("capture-*.parquet"))  # nothing flushed yet (900 s)
         client.set_flow_run_state(run_id, Cancelling())
         deadline = time.monotonic() + 120

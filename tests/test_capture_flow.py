@@ -26,7 +26,7 @@ from db.stations import sync_stations
 from flows.capture_stations import capture_stations
 from flows.load_chunks import load_chunks
 from powerwatch.registry import load_registry
-from powerwatch.simulator import expected_readings, read_record
+from powerwatch.simulator import expected_readings, read_record, spawn
 from tests.conftest import Database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,24 +46,15 @@ def simulator(
     """Three simulated stations in their own process, registered; yields the record path."""
     registry, record = tmp_path / "stations.yaml", tmp_path / "record.ndjson"
     monkeypatch.setenv("POWERWATCH_STATIONS", str(registry))
-    code = (
-        "from pathlib import Path; from powerwatch.simulator import simulate; "
-        f"simulate(3, 20, 0, False, Path({str(registry)!r}), record_path=Path({str(record)!r}))"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}
-    )
+    process = spawn(3, 20, registry, record_path=record)
     try:
-        deadline = time.monotonic() + 15
-        while not registry.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
         engine = make_engine(sqlite_database.url)
         sync_stations(engine, load_registry(registry))
         engine.dispose()
         yield record
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
+        process.terminate()
+        process.communicate(timeout=10)
 
 
 def stop_simulator_and_read(record: Path) -> pl.DataFrame:
