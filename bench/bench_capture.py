@@ -4,7 +4,7 @@
     python -m bench.bench_capture --quick    # 100 stations, a smoke run
 
 Three processes, so each one's figures are its own: the simulator (stations), the
-capture (its CPU time and peak RSS are read by `getrusage` inside it), and this one,
+capture (its CPU time and peak RSS are read inside it: `getrusage`, `VmHWM`), and this one,
 which loads the landed chunks on the deployment's schedule (every 60 s) and measures
 each reading's way from `received_at` to the commit that made it queryable.
 
@@ -315,7 +315,8 @@ def main() -> int:
         )
     rows.append(
         (
-            "received -> queryable (default flush, load every 60 s)",
+            f"received -> queryable (flush every {plan.flush_seconds:g} s or "
+            f"{plan.flush_rows:,} frames, load every {plan.load_every:g} s)",
             f"p50 {main_result['p50']:.1f} s",
             f"p99 {main_result['p99']:.1f} s",
             f"{main_result['latency_n']:,.0f} readings loaded by the scheduled loads",
@@ -326,8 +327,9 @@ def main() -> int:
             f"## Capture: {plan.stations:,} stations x {plan.rate:g} Hz, received -> queryable "
             "(`bench/bench_capture.py`)",
             "",
-            "Simulator, capture and loader in three processes; the capture's CPU time and peak "
-            "RSS come from `getrusage` inside it (the capture runner, without Prefect's own "
+            "Simulator, capture and loader in three processes; the capture's CPU time "
+            "(`getrusage`) and peak RSS (`VmHWM`) are read inside it (the capture runner, "
+            "without Prefect's own "
             "start-up). Highest rate sustained (no loss, < 1 core): "
             f"**{sustained:,.0f} readings/s**.",
             "",
