@@ -261,6 +261,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update docs/")
     args = parser.parse_args()
     sizes = QUICK if args.quick else Sizes()
+    load_before = os.getloadavg()[0]
     rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="pw-bench-migrate-") as tmp:
         root = Path(tmp)
@@ -306,6 +307,7 @@ def main() -> None:
             )
         )
         print(rows[-1], flush=True)
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     markdown = (
         "## Log migration (`bench/bench_migrate.py`)\n\n"
         f"Generated logs (`bench/legacy_gen.py`): {sizes.stations} stations, "
@@ -316,7 +318,9 @@ def main() -> None:
         "SQLAlchemy Core executemany (10,000 rows per statement, ON CONFLICT DO NOTHING, "
         "one transaction), on the same file in the same run; both store the same rows. "
         "Peak memory: VmHWM of a fresh process that imports the big log with "
-        "`powerwatch.migration.import_file` (no Prefect in that process).\n\n"
+        "`powerwatch.migration.import_file` (no Prefect in that process). "
+        f"Machine load average (1 min) during the run: {load}: other work on the same two "
+        "cores slows both sides alike, the ratios less than the absolute rates.\n\n"
         + table(rows, ("what", "result", "vs baseline", "notes"))
     )
     print(markdown)

@@ -59,7 +59,7 @@ KIND: Final = "log_migration"
 # times the text, so blocks stay small; validation's per-call cost is still small
 # at this size. Readings stored at once: large enough that a store's fixed costs
 # (the registry, each station's newest time, a round trip) do not count.
-PARSE_LINES: Final = 20_000
+PARSE_LINES: Final = 10_000
 STORE_ROWS: Final = 50_000
 
 Progress = Callable[[FileReport], None]
