@@ -70,11 +70,13 @@ def _sqlite_pragmas(busy_timeout_ms: int, *, new_file: bool = False) -> list[str
     # so it is sent to new files only (`new_file`: `PRAGMA page_count` is 0).
     first = ["PRAGMA auto_vacuum=INCREMENTAL"] if new_file else []
     return [
+        # First: every pragma after it may need a lock (journal_mode=WAL on a file another
+        # connection is opening), and must then wait instead of failing at once.
+        f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
         *first,
         "PRAGMA journal_mode=WAL",
         "PRAGMA synchronous=NORMAL",
         "PRAGMA foreign_keys=ON",
-        f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
         # Staging tables of a bulk load live in memory, and the key's B-tree pages
         # stay cached across a load's lookups (16 MiB; the default is 2 MiB; 64 MiB bought
         # no speed in bench_load and cost 60 MB of peak memory per connection).

@@ -66,6 +66,20 @@ def _to_readings(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _filter_clauses(where: ReadingFilter, sql: list[str]) -> list[object]:
+    """Append the filter's conditions (`s` = stations, `p` = readings) to `sql`; its params."""
+    params: list[object] = []
+    for condition, value in (
+        ("AND s.name = ?", where.station),
+        ("AND p.ts >= ?", None if where.start is None else _ms(where.start)),
+        ("AND p.ts < ?", None if where.end is None else _ms(where.end)),
+    ):
+        if value is not None:
+            sql.append(condition)
+            params.append(value)
+    return params
+
+
 def readings(bulk: BulkConnection, where: ReadingFilter = ReadingFilter()) -> pl.DataFrame:
     """Readings matching the filter, ordered by station name then time."""
     return pl.concat(
@@ -87,16 +101,7 @@ def iter_readings(
         f"SELECT p.station_id, p.ts, {_SELECT_VALUES} FROM {stations.name} s "
         f"CROSS JOIN {power_readings.name} p WHERE p.station_id = s.id"
     ]
-    params: list[object] = []
-    if where.station is not None:
-        sql.append("AND s.name = ?")
-        params.append(where.station)
-    if where.start is not None:
-        sql.append("AND p.ts >= ?")
-        params.append(_ms(where.start))
-    if where.end is not None:
-        sql.append("AND p.ts < ?")
-        params.append(_ms(where.end))
+    params = _filter_clauses(where, sql)
     direction = "DESC" if where.order == "desc" else "ASC"
     sql.append(f"ORDER BY s.name {direction}, p.ts {direction}")
     if where.limit is not None or where.offset:
@@ -152,16 +157,7 @@ def aggregates(
         f"{stats} FROM {power_readings.name} p JOIN {stations.name} s ON s.id = p.station_id "
         "WHERE 1 = 1"
     ]
-    params: list[object] = []
-    if where.station is not None:
-        sql.append("AND s.name = ?")
-        params.append(where.station)
-    if where.start is not None:
-        sql.append("AND p.ts >= ?")
-        params.append(_ms(where.start))
-    if where.end is not None:
-        sql.append("AND p.ts < ?")
-        params.append(_ms(where.end))
+    params = _filter_clauses(where, sql)
     sql.append(f"GROUP BY s.name, (p.ts / {width}) ORDER BY s.name, bucket")
     frame = bulk.frame(" ".join(sql), params)
     if frame.is_empty():

@@ -15,12 +15,13 @@ CSV_COLUMNS = ("timestamp", "station", *CHANNEL_KEYS)
 CSV_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
 
 
-def write_csv(frames: Iterable[pl.DataFrame], out: TextIO = sys.stdout) -> int:
+def write_csv(frames: Iterable[pl.DataFrame], out: TextIO | None = None) -> int:
     """Format C of spec/legacy-logs.md: header once, UTC ms timestamps, empty cell = NULL.
 
     polars prints floats in their shortest round-trip form, so every value reads
     back equal.
     """
+    out = sys.stdout if out is None else out  # looked up per call: callers redirect it
     out.write(",".join(CSV_COLUMNS) + "\n")
     count = 0
     for frame in frames:
@@ -33,7 +34,8 @@ def write_csv(frames: Iterable[pl.DataFrame], out: TextIO = sys.stdout) -> int:
     return count
 
 
-def write_json_lines(frames: Iterable[pl.DataFrame], out: TextIO = sys.stdout) -> int:
+def write_json_lines(frames: Iterable[pl.DataFrame], out: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out  # looked up per call: callers redirect it
     count = 0
     for frame in frames:
         text = frame.with_columns(pl.col("timestamp").dt.strftime(CSV_TIME_FORMAT)).write_ndjson()
@@ -42,7 +44,8 @@ def write_json_lines(frames: Iterable[pl.DataFrame], out: TextIO = sys.stdout) -
     return count
 
 
-def write_table(frame: pl.DataFrame, out: TextIO = sys.stdout) -> None:
+def write_table(frame: pl.DataFrame, out: TextIO | None = None) -> None:
+    out = sys.stdout if out is None else out  # looked up per call: callers redirect it
     with pl.Config(
         tbl_rows=-1,
         tbl_cols=-1,
