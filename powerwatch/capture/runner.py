@@ -124,7 +124,7 @@ class CaptureReport:
 
 
 class Capture:
-    """One capture run over `stations`, writing below `data_dir`."""
+    """One capture run over `stations`: chunks to `landing_dir`, rejects to `dead_letter_dir`."""
 
     def __init__(
         self,
