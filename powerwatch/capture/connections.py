@@ -95,6 +95,13 @@ class FrameBuffer:
         self.wanted = asyncio.Event()  # a flush is due (set by the receive loops)
         self.room = asyncio.Event()  # cleared while the buffer is over its hard limit
         self.room.set()
+        self.draining = False  # closing: take everything still arriving, no backpressure
+
+    def drain(self) -> None:
+        """The run is closing its connections: the last frames must not wait for a flush
+        that only comes after the close (they are bounded by what is in flight)."""
+        self.draining = True
+        self.room.set()
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -204,7 +211,7 @@ class StationClient:
             append_received(now_ns() // 1_000_000)
             if len(ends) >= limit:
                 buffer.wanted.set()
-                if len(ends) >= hard_limit:
+                if len(ends) >= hard_limit and not buffer.draining:
                     buffer.room.clear()
                     await buffer.room.wait()
         return received

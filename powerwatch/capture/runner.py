@@ -182,6 +182,7 @@ class Capture:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(buffer.wanted.wait(), wake_at - now)
         finally:
+            buffer.drain()
             await self._close(clients, tasks)
             await self._flush(buffer)
             for state in self.report.stations:
