@@ -130,7 +130,8 @@ def import_file(
 
     # Parsing starts while the file is hashed (hashlib releases the GIL); if the
     # file turns out to be imported already, only a part or two was parsed for nothing.
-    known = station_ids(bulk)["station"]
+    with bulk.transaction():  # a short read: a busy or lost database is DatabaseUnavailable
+        known = station_ids(bulk)["station"]
     ahead = parts(known)
     try:
         content_hash = report.content_hash = file_hash(path)
