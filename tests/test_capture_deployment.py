@@ -4,7 +4,6 @@ sends SIGTERM, and the capture flushes before the run ends Cancelled."""
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,12 +13,11 @@ import pytest
 
 from powerwatch.simulator import read_record, spawn
 from powerwatch.stack import LocalStack
-from tests.test_deployments import Site, _free_port
+from tests.sites import UUID_PATTERN, Site, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 CAPTURE = "capture-stations/overlapping-windows"
-UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "POWERWATCH_DATA_DIR": str(root / "data"),
             "POWERWATCH_STATIONS": str(registry),
         }
-        stack = LocalStack(home=root / "prefect", port=_free_port(), env=env)
+        stack = LocalStack(home=root / "prefect", port=free_port(), env=env)
         with stack:
             stack.start_server()
             stack.prepare()
