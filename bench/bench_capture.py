@@ -97,7 +97,7 @@ class Plan:
     seconds: float = 125.0  # two scheduled loads (60 s, 120 s), then the rest at the end
     load_every: float = 60.0  # the load-chunks deployment's interval
     flush_seconds: float = 10.0  # the capture deployment's default
-    flush_rows: int = 20_000
+    flush_rows: int = 40_000
     baseline_seconds: float = 20.0
     ramp: tuple[float, ...] = (20.0, 30.0)  # Hz per station, 20 s each
     ramp_seconds: float = 20.0

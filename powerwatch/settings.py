@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         "largest share of a reading's way to the database besides the load interval.",
     )
     capture_flush_rows: int = Field(
-        20_000,
+        40_000,
         description="... or as soon as it holds this many frames: bounds a capture's memory.",
     )
     retention_days: int = Field(90, description="Readings older than this move to the archive.")
