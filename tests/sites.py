@@ -73,3 +73,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def site_environment(root: Path, database_url: str, registry: Path) -> dict[str, str]:
+    """Upgrade the database and sync the registry into it; the POWERWATCH_* settings a
+    site's worker runs its flows with."""
+    from db.engine import make_engine
+    from db.migrate import upgrade
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    engine = make_engine(database_url)
+    upgrade(engine)
+    sync_stations(engine, load_registry(registry))
+    engine.dispose()
+    return {
+        "POWERWATCH_DATABASE_URL": database_url,
+        "POWERWATCH_DATA_DIR": str(root / "data"),
+        "POWERWATCH_STATIONS": str(registry),
+    }

@@ -13,7 +13,7 @@ import pytest
 
 from powerwatch.simulator import read_record, spawn
 from powerwatch.stack import LocalStack
-from tests.sites import UUID_PATTERN, Site, free_port
+from tests.sites import UUID_PATTERN, Site, free_port, site_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -24,25 +24,12 @@ CAPTURE = "capture-stations/overlapping-windows"
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A site with three simulated stations; the capture's own schedule cleared, so the only
     capture run is the test's."""
-    from db.engine import make_engine
-    from db.migrate import upgrade
-    from db.stations import sync_stations
-    from powerwatch.registry import load_registry
-
     root = tmp_path_factory.mktemp("capture-site")
     registry, record = root / "stations.yaml", root / "record.ndjson"
     simulator = spawn(3, 20, registry, record_path=record)
     try:
         url = f"sqlite:///{root / 'powerwatch.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        sync_stations(engine, load_registry(registry))
-        engine.dispose()
-        env = {
-            "POWERWATCH_DATABASE_URL": url,
-            "POWERWATCH_DATA_DIR": str(root / "data"),
-            "POWERWATCH_STATIONS": str(registry),
-        }
+        env = site_environment(root, url, registry)
         stack = LocalStack(home=root / "prefect", port=free_port(), env=env)
         with stack:
             stack.start_server()

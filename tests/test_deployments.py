@@ -20,7 +20,7 @@ import pytest
 
 from powerwatch.stack import PROJECT_ROOT, LocalStack
 from tests.conftest import _PG_SKIP, PG_BASE, SAMPLES, make_readings, write_chunk
-from tests.sites import Site, free_port
+from tests.sites import Site, free_port, site_environment
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +30,9 @@ SCREENSHOT = PROJECT_ROOT / "docs" / "ui-migrate-logs-run.png"
 
 
 def _site(root: Path, database_url: str, server_database_url: str | None = None) -> Iterator[Site]:
-    from db.engine import make_engine
-    from db.migrate import upgrade
-    from db.stations import sync_stations
-    from powerwatch.registry import load_registry
-
     registry = root / "stations.yaml"
     shutil.copy(SAMPLES / "stations.yaml", registry)
-    engine = make_engine(database_url)
-    upgrade(engine)
-    sync_stations(engine, load_registry(registry))
-    engine.dispose()
-    env = {
-        "POWERWATCH_DATABASE_URL": database_url,
-        "POWERWATCH_DATA_DIR": str(root / "data"),
-        "POWERWATCH_STATIONS": str(registry),
-    }
+    env = site_environment(root, database_url, registry)
     stack = LocalStack(
         home=root / "prefect",
         port=free_port(),
