@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from powerwatch.errors import InputError, PowerwatchError
 
 if TYPE_CHECKING:
+    from prefect import State
+
     from db.bulk import BulkConnection
 
 
@@ -204,6 +206,14 @@ def cmd_completeness(args: argparse.Namespace) -> int:
 # --- job commands (Prefect flows) -----------------------------------------------------
 
 
+def _exit_status(state: State[Any], job: str) -> int:
+    """0 for a completed flow run; 1, with its message as one line on stderr, otherwise."""
+    if state.is_completed():
+        return 0
+    print(f"powerwatch: {job} failed: {state.message}", file=sys.stderr)
+    return 1
+
+
 def cmd_load(_args: argparse.Namespace) -> int:
     import polars as pl
 
@@ -215,10 +225,7 @@ def cmd_load(_args: argparse.Namespace) -> int:
     reports = state.result(raise_on_failure=False)
     if isinstance(reports, list):
         write_table(pl.DataFrame(load_summary_rows(reports)))
-    if not state.is_completed():
-        print(f"powerwatch: load failed: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(state, "load")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -286,20 +293,14 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     write_table(pl.DataFrame(report.rows()), sys.stdout)
     if args.report is not None:
         report.write_json(args.report)
-    if not state.is_completed():
-        print(f"powerwatch: migrate-logs: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(state, "migrate-logs")
 
 
 def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
     from flows.refresh_rollups import refresh_rollups
 
     state = refresh_rollups(return_state=True)
-    if not state.is_completed():
-        print(f"powerwatch: refresh-rollups failed: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(state, "refresh-rollups")
 
 
 def cmd_demo(_args: argparse.Namespace) -> int:
@@ -324,10 +325,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
             f"{run.cutoff.reference:%Y-%m-%d %H:%M} UTC)"
         )
         write_table(pl.DataFrame(summary_rows(run)), sys.stdout)  # the stdout of now
-    if not state.is_completed():
-        print(f"powerwatch: archive failed: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    return _exit_status(state, "archive")
 
 
 def cmd_backup(_args: argparse.Namespace) -> int:
@@ -335,8 +333,7 @@ def cmd_backup(_args: argparse.Namespace) -> int:
     from powerwatch.settings import get_settings
 
     state = backup_database(return_state=True)
-    if not state.is_completed():
-        print(f"powerwatch: backup failed: {state.message}", file=sys.stderr)
+    if _exit_status(state, "backup"):
         return 1
     manifest = state.result()
     print(
