@@ -44,4 +44,4 @@ bench: setup
 	$(VENV)/bin/python -m bench.run_all
 
 clean:
-	rm -rf .tools $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .tools $(VENV) .venv-deployed .pytest_cache .mypy_cache .ruff_cache
