@@ -17,7 +17,6 @@ no chunk files), then, in this order:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -32,7 +31,7 @@ import polars as pl
 
 from bench.bench_load import fresh_database
 from bench.data import EPOCH, readings
-from bench.report import table, update_section
+from bench.report import bench_arguments, publish, table
 
 
 @dataclass
@@ -245,10 +244,7 @@ def query_layouts(archive_dir: Path, root: Path, repeats: int) -> list[tuple[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/")
-    args = parser.parse_args()
+    args = bench_arguments(__doc__)
     sizes = QUICK if args.quick else Sizes()
     with tempfile.TemporaryDirectory(prefix="pw-bench-archive-") as tmp:
         root = Path(tmp)
@@ -320,9 +316,7 @@ def main() -> None:
         ", median of warm runs): our `date=` layout against the same rows as `station=/month=`.\n\n"
         + table(layouts, ("layout", "files", "one station, all days", "all stations, one day"))
     )
-    print(report)
-    if not args.no_write and not args.quick:
-        update_section("bench_archive", report)
+    publish("bench_archive", report, args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ received by the capture (no faults: every frame is a reading).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from bench.deployed import deployed_python
-from bench.report import table, update_section
+from bench.report import bench_arguments, publish, table
 from powerwatch.simulator import spawn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,9 +265,7 @@ def side_run(plan: Plan, work: Path, rate: float, seconds: float, naive: bool) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = bench_arguments(__doc__)
     plan = QUICK if args.quick else Plan()
     with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
         work = Path(tmp)
@@ -339,9 +336,7 @@ def main() -> int:
             table(rows, ("what", "CPU", "memory", "notes")),
         ]
     )
-    if not args.quick:
-        update_section("bench-capture", markdown)
-    print(markdown)
+    publish("bench-capture", markdown, args)
     return 0
 
 

@@ -10,7 +10,6 @@ and pandas `to_sql`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sqlite3
@@ -26,7 +25,7 @@ import polars as pl
 
 from bench.data import EPOCH, bench_stations, readings, spoil
 from bench.deployed import deployed_python
-from bench.report import table, update_section
+from bench.report import bench_arguments, publish, table
 
 CHUNKS = 10
 
@@ -322,10 +321,7 @@ def query_latency(sizes: Sizes) -> tuple[float, float, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/")
-    args = parser.parse_args()
+    args = bench_arguments(__doc__)
     sizes = QUICK if args.quick else Sizes()
     with tempfile.TemporaryDirectory(prefix="pw-bench-") as tmp:
         root = Path(tmp)
@@ -435,9 +431,7 @@ def main() -> None:
         f"{sizes.orm_rows:,} unique readings (they cannot skip duplicates).\n\n"
         + table(rows, ("what", "result", "powerwatch vs it", "notes"))
     )
-    print(markdown)
-    if not args.quick and not args.no_write:
-        update_section("bench-load", markdown)
+    publish("bench-load", markdown, args)
 
 
 if __name__ == "__main__":

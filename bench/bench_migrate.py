@@ -16,7 +16,6 @@ Generated files are deleted as soon as they were measured.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -34,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 from bench.data import bench_stations
 from bench.legacy_gen import generate
-from bench.report import table, update_section
+from bench.report import bench_arguments, publish, table
 from powerwatch.legacy import Format
 
 FORMATS: tuple[Format, ...] = ("T", "J", "C")
@@ -256,10 +255,7 @@ def peak_memory(root: Path, sizes: Sizes) -> tuple[float, float, int, int, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/")
-    args = parser.parse_args()
+    args = bench_arguments(__doc__)
     sizes = QUICK if args.quick else Sizes()
     load_before = os.getloadavg()[0]
     rows: list[tuple[str, ...]] = []
@@ -323,9 +319,7 @@ def main() -> None:
         "cores slows both sides alike, the ratios less than the absolute rates.\n\n"
         + table(rows, ("what", "result", "vs baseline", "notes"))
     )
-    print(markdown)
-    if not args.quick and not args.no_write:
-        update_section("bench-migrate", markdown)
+    publish("bench-migrate", markdown, args)
 
 
 if __name__ == "__main__":

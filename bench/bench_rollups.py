@@ -12,7 +12,6 @@ same load with and without the queue, in this run.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -24,7 +23,7 @@ import polars as pl
 
 from bench.bench_load import fresh_database
 from bench.data import EPOCH, readings
-from bench.report import table, update_section
+from bench.report import bench_arguments, publish, table
 
 
 @dataclass
@@ -54,10 +53,7 @@ def _load(frame: pl.DataFrame, name: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/")
-    args = parser.parse_args()
+    args = bench_arguments(__doc__)
     sizes = QUICK if args.quick else Sizes()
 
     import db.load
@@ -170,9 +166,7 @@ def main() -> None:
         f"{EPOCH:%Y-%m-%d}, loaded in {sizes.chunks} chunks through `load_chunk`, then "
         "refreshed. SQLite, WAL.\n\n" + table(rows, ("what", "result", "powerwatch vs it", "notes"))
     )
-    print(markdown)
-    if not args.quick and not args.no_write:
-        update_section("bench-rollups", markdown)
+    publish("bench-rollups", markdown, args)
 
 
 if __name__ == "__main__":

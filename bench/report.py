@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 from collections.abc import Sequence
@@ -37,3 +38,19 @@ def table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bench_arguments(doc: str | None) -> argparse.Namespace:
+    """Every benchmark's command line: `--quick` (a smoke run on small data, never
+    written to docs/) and `--no-write` (a full run printed only)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/")
+    return parser.parse_args()
+
+
+def publish(name: str, markdown: str, args: argparse.Namespace) -> None:
+    """Print the results; a full run also replaces its section of docs/benchmarks.md."""
+    print(markdown)
+    if not args.quick and not args.no_write:
+        update_section(name, markdown)
