@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from db.bulk import BulkConnection
 from db.load import StoreResult, begin_batch, find_committed_batch, finish_batch, store_readings
 from db.tables import load_batches, power_readings, reading_conflicts
 from powerwatch import landing
+from powerwatch.concurrency import read_ahead
 from powerwatch.errors import ChunkError
 from powerwatch.settings import Settings
 from schemas.reading import REASON, split_valid
@@ -76,6 +78,12 @@ def count_reasons(rejected: pl.DataFrame) -> dict[str, int]:
     return dict(Counter(dict(zip(counts[REASON], counts["len"], strict=True))))
 
 
+def _validated(frames: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame]]:
+    """(rows in, valid readings, rejected rows) per slice."""
+    for frame in frames:
+        yield frame.height, *validate(frame)
+
+
 def load_chunk(bulk: BulkConnection, chunk: Path, settings: Settings) -> ChunkReport:
     """Load one chunk end to end; an unreadable chunk is set aside, never raised.
 
@@ -100,9 +108,8 @@ def load_chunk(bulk: BulkConnection, chunk: Path, settings: Settings) -> ChunkRe
                 input_name=chunk.name,
                 content_hash=content_hash,
             )
-            for frame in landing.iter_chunk(chunk):
-                report.rows_in += frame.height
-                valid, invalid = validate(frame)
+            for rows_in, valid, invalid in read_ahead(_validated(landing.iter_chunk(chunk))):
+                report.rows_in += rows_in
                 stored = store_readings(bulk, valid, batch_id)
                 rejected += [invalid, stored.unknown]
                 result += stored

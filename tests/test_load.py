@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from db import load as db_load
 from db import queries
 from db.engine import bulk_connection
 from powerwatch import landing
@@ -254,3 +255,48 @@ def test_a_chunk_is_streamed_in_slices_within_one_transaction(
 
     assert (report.rows_in, report.inserted, report.duplicates, report.conflicts) == (38, 30, 5, 3)
     assert _stored().equals(frame.sort("station", "timestamp"))
+
+
+@pytest.mark.parametrize("run_min_rows", [1, 10**9], ids=["read-back", "lookup"])
+def test_both_ways_of_classifying_older_readings_agree(
+    synced: Database, monkeypatch: pytest.MonkeyPatch, run_min_rows: int
+) -> None:
+    """Older readings are compared either by reading stored runs back or by key lookups
+    (db.load.RUN_MIN_ROWS picks); both must give the same verdicts and the same database."""
+    monkeypatch.setattr(db_load, "RUN_MIN_ROWS", run_min_rows)
+    full = make_readings(STATIONS, 200).with_columns(
+        pl.when(pl.col("station") == "Songkhla")
+        .then(None)
+        .otherwise("muxPower1")
+        .alias("muxPower1")
+    )
+    second = (pl.col("timestamp") - pl.col("timestamp").min()).dt.total_seconds()
+    holes = second % 7 == 3  # stored with gaps, filled in by the second chunk
+    write_chunk(full.filter(~holes), _landing(synced), "a.parquet")
+    _load_all()
+    changed = (second % 40 == 1) & (pl.col("station") == "ChiangMai")
+    again = full.with_columns(
+        pl.when(changed)
+        .then(pl.col("activePower6") + 1)
+        .otherwise("activePower6")
+        .alias("activePower6")
+    )
+    write_chunk(again, _landing(synced), "b.parquet")
+
+    [report] = _load_all()
+
+    hole_rows, changed_rows = full.filter(holes).height, full.filter(changed).height
+    assert (hole_rows, changed_rows) == (87, 5)
+    assert (report.inserted, report.duplicates, report.conflicts) == (
+        hole_rows,
+        full.height - hole_rows - changed_rows,
+        changed_rows,
+    )
+    assert _stored().equals(full.sort("station", "timestamp"))
+    with bulk_connection() as bulk:
+        found = queries.conflicts(bulk).sort("timestamp")
+    first = full.filter(changed).sort("timestamp")
+    stored_values = [json.loads(v)["activePower6"] for v in found["stored_values"]]
+    incoming_values = [json.loads(v)["activePower6"] for v in found["incoming_values"]]
+    assert stored_values == first["activePower6"].to_list()
+    assert incoming_values == (first["activePower6"] + 1).to_list()
