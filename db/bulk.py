@@ -80,11 +80,16 @@ class BulkConnection:
         with self.conn.cursor() as cur:
             cur.adbc_ingest(table_name, data, mode=mode, temporary=temporary)
 
-    def changes(self) -> int:
-        """Rows changed by the last INSERT/UPDATE/DELETE (ADBC reports -1 for INSERT..SELECT)."""
+    def delete(self, from_where: str, params: Sequence[Any] = ()) -> int:
+        """`DELETE <from_where>`; returns how many rows it deleted (one statement, no re-count)."""
         if self.sqlite:
+            self.execute(f"DELETE {from_where}", params)
             return int(self.scalar("SELECT changes()"))
-        raise NotImplementedError("use RETURNING / counts on PostgreSQL")
+        return int(
+            self.scalar(
+                f"WITH gone AS (DELETE {from_where} RETURNING 1) SELECT count(*) FROM gone", params
+            )
+        )
 
     @contextmanager
     def transaction(self, lock_tables: Sequence[str] = ()) -> Iterator[None]:

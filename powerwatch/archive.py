@@ -19,9 +19,9 @@ nothing (tested):
 2. read the temp file back: row count and content checksum must equal those of
    the rows written, else it is removed and the day stays in the database;
 3. rename it over `readings.parquet` (atomic), record the day in the manifest;
-4. one transaction: under the write lock, each station's row count and sum of
-   timestamps in the day must still be what was archived (a late reading that
-   arrived meanwhile stops the delete; the next run merges it), then delete.
+4. one transaction: under the write lock, delete; each station-day's delete must
+   remove exactly as many rows as were archived (a late reading that arrived
+   meanwhile makes it differ: the delete rolls back, the next run merges it).
 A crash between 3 and 4 leaves rows in both places; the next run merges them
 away (they are equal) and deletes them.
 
@@ -52,6 +52,7 @@ from db import rollups
 from db.bulk import BulkConnection
 from db.queries import epoch_ms
 from db.tables import READING_VALUE_COLUMNS, power_readings, stations
+from powerwatch.concurrency import read_ahead
 from powerwatch.errors import ArchiveError
 from schemas.channels import CHANNELS, FUTURE_TOLERANCE, LANDING_COLUMNS
 
@@ -277,6 +278,17 @@ def _station_rows(bulk: BulkConnection, station_id: int, name: str, day: date) -
     )
 
 
+def _stored_rows(
+    bulk: BulkConnection, ids: dict[str, int], names: list[str], day: date
+) -> Iterator[tuple[str, pl.DataFrame]]:
+    """Each station's stored rows of the day (empty for one only in the archive file)."""
+    for name in names:
+        if name in ids:
+            yield name, _station_rows(bulk, int(ids[name]), name, day)
+        else:
+            yield name, pl.DataFrame(schema=ARCHIVE_SCHEMA)
+
+
 def _archived_groups(path: Path) -> dict[str, list[int]]:
     """Station name -> row groups of an existing day file."""
     if not path.exists():
@@ -356,7 +368,7 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
     if not ids and not old_groups:
         return report  # nothing stored that day (any more): no empty file
     report.merged = bool(old_groups)
-    expected: dict[int, tuple[int, int]] = {}  # station id -> (rows, sum of ts) deleted
+    expected: dict[int, int] = {}  # station id -> rows to delete
     written = ContentChecksum()
     bounds: list[datetime] = []
     try:
@@ -364,15 +376,12 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
         with pq.ParquetWriter(
             tmp, _ARROW_SCHEMA, compression="zstd", use_dictionary=["station"]
         ) as writer:
-            for name in sorted(set(ids) | set(old_groups)):
-                stored = (
-                    _station_rows(bulk, int(ids[name]), name, day)
-                    if name in ids
-                    else pl.DataFrame(schema=ARCHIVE_SCHEMA)
-                )
+            names = sorted(set(ids) | set(old_groups))
+            # The next station's rows come out of the database (in a thread) while this
+            # one's are merged, encoded and hashed: the two halves overlap on two cores.
+            for name, stored in read_ahead(_stored_rows(bulk, ids, names, day)):
                 if name in ids:
-                    ts = stored["timestamp"].dt.epoch("ms")
-                    expected[int(ids[name])] = (stored.height, int(ts.sum()))
+                    expected[int(ids[name])] = stored.height
                 archived = (
                     pl.concat([_to_frame(old.read_row_group(i)) for i in old_groups[name]])
                     if old is not None and name in old_groups
@@ -418,25 +427,26 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
     return report
 
 
-def _delete_day(
-    bulk: BulkConnection, start: int, expected: dict[int, tuple[int, int]], day: date
-) -> int:
-    """Delete what was archived, in one transaction, if it is still exactly what was archived."""
+def _delete_day(bulk: BulkConnection, start: int, expected: dict[int, int], day: date) -> int:
+    """Delete what was archived, in one transaction, if it is still exactly what was archived.
+
+    Readings are only ever added (loads and migrations insert, nothing updates, and
+    archivers are serialised), so a station-day holding exactly as many rows as were
+    archived holds exactly those rows: the count the DELETE reports is the check. A
+    late reading that arrived meanwhile makes it differ and rolls the day's delete back.
+    """
     where = f"FROM {power_readings.name} WHERE station_id = ? AND ts >= ? AND ts < ?"
     with bulk.transaction(lock_tables=rollups.LOCK_TABLES):
-        for station_id, (rows, ts_sum) in expected.items():
-            params = [station_id, start, start + DAY_MS]
-            now_rows, now_sum = bulk.rows(f"SELECT count(*), sum(ts) {where}", params)[0]
-            if (int(now_rows), int(now_sum or 0)) != (rows, ts_sum):
-                raise ArchiveError(
-                    f"{day}: readings of station id {station_id} changed while archiving "
-                    f"({rows} archived, {now_rows} now); kept, the next run merges them"
-                )
         # Queued rollup hours take their readings before these go (design.md: Rollups).
         rollups.refresh_pending(bulk)
-        for station_id in expected:
-            bulk.execute(f"DELETE {where}", [station_id, start, start + DAY_MS])
-    return sum(rows for rows, _ in expected.values())
+        for station_id, rows in expected.items():
+            deleted = bulk.delete(where, [station_id, start, start + DAY_MS])
+            if deleted != rows:
+                raise ArchiveError(
+                    f"{day}: readings of station id {station_id} changed while archiving "
+                    f"({rows} archived, {deleted} now); kept, the next run merges them"
+                )
+    return sum(expected.values())
 
 
 # --- giving the space back ----------------------------------------------------------------
