@@ -174,9 +174,8 @@ def test_a_reading_arriving_during_the_archive_stops_the_delete(synced: Database
     with bulk_connection() as bulk:
         station_id = int(bulk.scalar("SELECT id FROM stations WHERE name = 'KhonKaen'"))
         # What the archive saw is one row short of what the database holds now.
-        seen = (39, int(bulk.scalar("SELECT sum(ts) FROM power_readings")) - start)
         with pytest.raises(ArchiveError, match="changed while archiving"):
-            archive._delete_day(bulk, start, {station_id: seen}, T0.date())
+            archive._delete_day(bulk, start, {station_id: 39}, T0.date())
     assert _stored().height == 40
 
 
