@@ -92,14 +92,33 @@ class BulkConnection:
         )
 
     @contextmanager
-    def transaction(self, lock_tables: Sequence[str] = ()) -> Iterator[None]:
+    def transaction(
+        self, lock_tables: Sequence[str] = (), *, check_foreign_keys: bool = True
+    ) -> Iterator[None]:
         """One write transaction that holds the write lock from its first statement.
 
         SQLite: `BEGIN IMMEDIATE` takes the database's single write lock at once,
         so what we read (the stored keys) cannot change before we write.
         PostgreSQL: the named tables are locked against other writers (readers
         go on), which gives the same single-writer guarantee per table.
+
+        `check_foreign_keys=False` (SQLite; PostgreSQL never checks on this side)
+        skips SQLite's parent lookups for every deleted child row: deleting
+        readings cannot orphan anything, and the lookups made the archive's delete
+        2.3x slower (870 k vs 2.0 M rows/s on 8 M readings). Only for transactions
+        that delete, and insert nothing but rows derived from rows already stored
+        (the archive's rollup refresh), never for a load.
         """
+        toggle = self.sqlite and not check_foreign_keys
+        if toggle:  # a no-op inside a transaction: set before BEGIN, reset after the end
+            self.execute("PRAGMA foreign_keys=OFF")
+        try:
+            yield from self._transaction(lock_tables)
+        finally:
+            if toggle:
+                self.execute("PRAGMA foreign_keys=ON")
+
+    def _transaction(self, lock_tables: Sequence[str]) -> Iterator[None]:
         try:
             if self.sqlite:
                 self.execute("BEGIN IMMEDIATE")

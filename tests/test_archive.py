@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from adbc_driver_manager import dbapi
 
 from db import queries
 from db.engine import bulk_connection
@@ -176,6 +177,8 @@ def test_a_reading_arriving_during_the_archive_stops_the_delete(synced: Database
         # What the archive saw is one row short of what the database holds now.
         with pytest.raises(ArchiveError, match="changed while archiving"):
             archive._delete_day(bulk, start, {station_id: 39}, T0.date())
+        if bulk.sqlite:  # the delete ran without parent lookups; the connection has them back
+            assert bulk.scalar("PRAGMA foreign_keys") == 1
     assert _stored().height == 40
 
 
@@ -307,6 +310,21 @@ def test_freed_pages_are_given_back_on_sqlite(sqlite_synced: Database) -> None:
     with bulk_connection() as bulk:
         assert bulk.scalar("PRAGMA freelist_count") == 0
         assert int(bulk.scalar("PRAGMA page_count")) < pages_before * 0.7
+
+
+def test_the_delete_skips_parent_lookups_only_inside_its_transaction(
+    sqlite_synced: Database,
+) -> None:
+    orphan = "INSERT INTO power_readings (station_id, ts, batch_id) VALUES (999999, 1, 999999)"
+    with bulk_connection() as bulk:
+        with bulk.transaction(check_foreign_keys=False):
+            assert bulk.scalar("PRAGMA foreign_keys") == 0
+        assert bulk.scalar("PRAGMA foreign_keys") == 1
+        with pytest.raises(ArchiveError), bulk.transaction(check_foreign_keys=False):
+            raise ArchiveError("rolled back")
+        assert bulk.scalar("PRAGMA foreign_keys") == 1
+        with pytest.raises(dbapi.Error, match="FOREIGN KEY"), bulk.transaction():
+            bulk.execute(orphan)  # a load's insert is checked again
 
 
 def test_days_to_archive_skips_empty_years(synced: Database) -> None:
