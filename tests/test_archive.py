@@ -3,8 +3,10 @@ back exactly, nothing is duplicated or lost on re-runs and late data, names stay
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import struct
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -333,3 +335,34 @@ def test_days_to_archive_skips_empty_years(synced: Database) -> None:
     with bulk_connection() as bulk:
         days = list(archive.days_to_archive(bulk, T0 + DAY))
     assert [d.isoformat() for d in days] == ["2001-03-04", "2026-11-01"]
+
+
+def test_content_checksum_is_the_documented_byte_sequence() -> None:
+    """The manifest's checksums must stay verifiable by later versions: the checksum is
+    sha256 over, per group, `name\\0rows\\0`, the timestamps as little-endian int64 (ms),
+    then per channel a bitmap of nulls (numpy.packbits) and the values (nulls as 0.0)."""
+    from schemas.channels import CHANNELS
+
+    group = make_readings(["KhonKaen"], 50).with_columns(
+        pl.when(pl.int_range(pl.len()) % 7 == 0)
+        .then(None)
+        .otherwise("muxPower1")
+        .alias("muxPower1")
+    )
+    expected = hashlib.sha256(b"KhonKaen\x0050\x00")
+    expected.update(struct.pack("<50q", *group["timestamp"].dt.epoch("ms")))
+    for channel in CHANNELS:
+        values = group[channel.key].to_list()
+        nulls = [v is None for v in values]
+        expected.update(
+            bytes(
+                int("".join("1" if n else "0" for n in nulls[i : i + 8]).ljust(8, "0"), 2)
+                for i in range(0, 50, 8)
+            )
+        )
+        expected.update(struct.pack("<50d", *(0.0 if v is None else v for v in values)))
+
+    checksum = archive.ContentChecksum()
+    checksum.update(group)
+
+    assert (checksum.rows, checksum.hexdigest()) == (50, expected.hexdigest())
