@@ -229,7 +229,7 @@ def _le_bytes(column: pl.Series, dtype: str) -> memoryview:
     """The column's values as little-endian 64-bit numbers, without a copy where they
     already are (x86, ARM); hashlib reads the buffer directly."""
     values = np.ascontiguousarray(column.to_numpy()).astype(dtype, copy=False)
-    return memoryview(values).cast("B")
+    return values.data.cast("B")
 
 
 def content_checksum(path: Path) -> tuple[int, str]:
