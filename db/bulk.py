@@ -7,6 +7,7 @@ ADBC's per-driver differences (placeholder style, transaction handling).
 
 from __future__ import annotations
 
+import queue
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -79,6 +80,21 @@ class BulkConnection:
         mode = "create" if temporary else "append"
         with self.conn.cursor() as cur:
             cur.adbc_ingest(table_name, data, mode=mode, temporary=temporary)
+
+    @contextmanager
+    def readers(self, count: int) -> Iterator[queue.Queue[BulkConnection]]:
+        """`count` more connections to the same database, for reads in worker threads: take
+        one from the queue, read, put it back (one thread per connection at a time)."""
+        pool: queue.Queue[BulkConnection] = queue.Queue()
+        opened: list[Any] = []
+        try:
+            for _ in range(count):
+                opened.append(self.conn.adbc_clone())
+                pool.put(BulkConnection(opened[-1], self.sqlite))
+            yield pool
+        finally:
+            for conn in opened:
+                conn.close()
 
     def delete(self, from_where: str, params: Sequence[Any] = ()) -> int:
         """`DELETE <from_where>`; returns how many rows it deleted (one statement, no re-count)."""

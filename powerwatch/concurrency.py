@@ -1,12 +1,21 @@
-"""Overlapping the two halves of a load on a 2-core machine."""
+"""Overlapping database work with CPU work on a 2-core machine.
+
+Why threads help here: SQLite/PostgreSQL inside ADBC, Parquet encoding in
+pyarrow and polars all release the GIL, so a thread that reads while the main
+thread encodes uses the second core. Both helpers keep a fixed number of items
+in flight: memory grows by those items, never with the input.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from typing import TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 _END = object()
 
 
@@ -27,3 +36,16 @@ def read_ahead(items: Iterator[T]) -> Iterator[T]:
                 return
             pending = pool.submit(next, items, _END)
             yield item  # type: ignore[misc]
+
+
+def map_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """`fn` over `items` in `workers` threads, yielded in the items' order, with at most
+    `workers` results computed ahead of the one being consumed."""
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="map-ahead") as pool:
+        pending: deque[Future[R]] = deque(pool.submit(fn, item) for item in islice(source, workers))
+        while pending:
+            result = pending.popleft().result()
+            for item in islice(source, 1):
+                pending.append(pool.submit(fn, item))
+            yield result
