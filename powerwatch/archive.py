@@ -16,14 +16,16 @@ nothing (tested):
    `archive/**/*.parquet`), station by station straight from the key range;
    if the day already has a file, each station's archived rows are merged in
    (old + new, one copy of each (station, timestamp));
-2. read the temp file back: row count and content checksum must equal those of
-   the rows written, else it is removed and the day stays in the database;
-3. rename it over `readings.parquet` (atomic), record the day in the manifest;
-4. one transaction: under the write lock, delete; each station-day's delete must
-   remove exactly as many rows as were archived (a late reading that arrived
-   meanwhile makes it differ: the delete rolls back, the next run merges it).
-A crash between 3 and 4 leaves rows in both places; the next run merges them
-away (they are equal) and deletes them.
+2. one transaction, under the write lock: delete the day's rows station by
+   station (each delete must remove exactly as many rows as were archived; a late
+   reading that arrived meanwhile makes it differ) while, at the same time, the
+   temp file is read back (row count and content checksum must equal those of the
+   rows written);
+3. only if both passed: rename it over `readings.parquet` (atomic), record the
+   day in the manifest, COMMIT. Anything failing before the commit rolls the
+   deletes back and removes the temp file: the day stays in the database.
+A crash between the rename and the commit leaves rows in both places; the next
+run merges them away (they are equal) and deletes them.
 
 No Prefect here: plain functions over a `BulkConnection`, testable alone.
 """
@@ -36,7 +38,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -423,56 +426,85 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
                 written.update(group)
                 bounds += [group["timestamp"][0], group["timestamp"][-1]]  # sorted by time
         _fsync(tmp)
-        rows, checksum = content_checksum(tmp)
-        if (rows, checksum) != (written.rows, written.hexdigest()):
-            raise ArchiveError(
-                f"{day}: the written file reads back as {rows} rows / {checksum[:12]}…, "
-                f"expected {written.rows} / {written.hexdigest()[:12]}…; nothing deleted"
+
+        def verify() -> None:
+            rows, checksum = content_checksum(tmp)
+            if (rows, checksum) != (written.rows, written.hexdigest()):
+                raise ArchiveError(
+                    f"{day}: the written file reads back as {rows} rows / {checksum[:12]}…, "
+                    f"expected {written.rows} / {written.hexdigest()[:12]}…; nothing deleted"
+                )
+
+        def publish() -> None:
+            tmp.replace(final)
+            _record(
+                archive_root,
+                PartitionEntry(
+                    partition=folder.name,
+                    file=f"{folder.name}/{ARCHIVE_FILE}",
+                    rows=written.rows,
+                    stations=len(set(ids) | set(old_groups)),
+                    checksum=written.hexdigest(),
+                    first=min(bounds).isoformat() if bounds else "",
+                    last=max(bounds).isoformat() if bounds else "",
+                    archived_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                ),
             )
-        tmp.replace(final)
+
+        deleting = time.perf_counter()
+        report.archived = _delete_day(bulk, start, expected, day, verify=verify, publish=publish)
+        report.delete_seconds = time.perf_counter() - deleting
     finally:
         tmp.unlink(missing_ok=True)
     report.file_rows, report.checksum = written.rows, written.hexdigest()
-    _record(
-        archive_root,
-        PartitionEntry(
-            partition=folder.name,
-            file=f"{folder.name}/{ARCHIVE_FILE}",
-            rows=written.rows,
-            stations=len(set(ids) | set(old_groups)),
-            checksum=written.hexdigest(),
-            first=min(bounds).isoformat() if bounds else "",
-            last=max(bounds).isoformat() if bounds else "",
-            archived_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        ),
-    )
-    deleting = time.perf_counter()
-    report.archived = _delete_day(bulk, start, expected, day)
-    report.delete_seconds = time.perf_counter() - deleting
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _delete_day(bulk: BulkConnection, start: int, expected: dict[int, int], day: date) -> int:
-    """Delete what was archived, in one transaction, if it is still exactly what was archived.
+def _delete_day(
+    bulk: BulkConnection,
+    start: int,
+    expected: dict[int, int],
+    day: date,
+    *,
+    verify: Callable[[], None] = lambda: None,
+    publish: Callable[[], None] = lambda: None,
+) -> int:
+    """One transaction that deletes the day's archived rows and commits only once the
+    file is verified and in place: the rows are deleted (in a thread) while `verify`
+    reads the file back here, then `publish` renames it and records it, then COMMIT.
+
+    Why at once: the delete (one core, SQLite) and the read-back (the other core) were
+    the two steps in a row after writing. Nobody sees the deletes before the commit, and
+    if the check fails, or anything raises, the transaction rolls back: no reading
+    leaves the database unless its file verified. A crash after `publish` but before the
+    commit leaves the rows in both places; the next run merges them away (twins).
 
     Readings are only ever added (loads and migrations insert, nothing updates, and
     archivers are serialised), so a station-day holding exactly as many rows as were
     archived holds exactly those rows: the count the DELETE reports is the check. A
     late reading that arrived meanwhile makes it differ and rolls the day's delete back.
     """
-    where = f"FROM {power_readings.name} WHERE station_id = ? AND ts >= ? AND ts < ?"
     with bulk.transaction(lock_tables=rollups.LOCK_TABLES, check_foreign_keys=False):
-        # Queued rollup hours take their readings before these go (design.md: Rollups).
-        rollups.refresh_pending(bulk)
-        for station_id, rows in expected.items():
-            deleted = bulk.delete(where, [station_id, start, start + DAY_MS])
-            if deleted != rows:
-                raise ArchiveError(
-                    f"{day}: readings of station id {station_id} changed while archiving "
-                    f"({rows} archived, {deleted} now); kept, the next run merges them"
-                )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="delete") as pool:
+            deleted = pool.submit(_delete_rows, bulk, start, expected, day)
+            verify()  # if it raises, leaving the pool waits for the deletes, then rollback
+            deleted.result()
+        publish()
     return sum(expected.values())
+
+
+def _delete_rows(bulk: BulkConnection, start: int, expected: dict[int, int], day: date) -> None:
+    where = f"FROM {power_readings.name} WHERE station_id = ? AND ts >= ? AND ts < ?"
+    # Queued rollup hours take their readings before these go (design.md: Rollups).
+    rollups.refresh_pending(bulk)
+    for station_id, rows in expected.items():
+        deleted = bulk.delete(where, [station_id, start, start + DAY_MS])
+        if deleted != rows:
+            raise ArchiveError(
+                f"{day}: readings of station id {station_id} changed while archiving "
+                f"({rows} archived, {deleted} now); kept, the next run merges them"
+            )
 
 
 # --- giving the space back ----------------------------------------------------------------

@@ -184,6 +184,43 @@ def test_a_reading_arriving_during_the_archive_stops_the_delete(synced: Database
     assert _stored().height == 40
 
 
+def test_a_file_that_does_not_read_back_right_deletes_nothing(
+    synced: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The delete runs while the file is read back; a failed check rolls it back."""
+    original = _days(STATIONS, 2)
+    _load(original)
+    monkeypatch.setattr(archive, "content_checksum", lambda path: (0, "not what was written"))
+
+    run = _archive(now=T0 + DAY + timedelta(hours=5))
+
+    assert [d.day for d in run.days] == [] and "reads back as 0 rows" in run.failed[0]
+    assert _stored().equals(original.sort("station", "timestamp"))
+    archive_dir = get_settings().archive_dir
+    assert archive.read_manifest(archive_dir) == {}
+    assert list(archive_dir.rglob("*readings.parquet*")) == []  # no file, no temp file
+
+
+def test_the_file_is_published_only_when_the_delete_matched(synced: Database) -> None:
+    _load(_days(["KhonKaen"], 1))
+    start = int(T0.timestamp() * 1000)
+    published: list[str] = []
+    with bulk_connection() as bulk:
+        station_id = int(bulk.scalar("SELECT id FROM stations WHERE name = 'KhonKaen'"))
+        with pytest.raises(ArchiveError, match="changed while archiving"):
+            archive._delete_day(
+                bulk, start, {station_id: 39}, T0.date(), publish=lambda: published.append("x")
+            )
+        assert published == []
+        assert (
+            archive._delete_day(
+                bulk, start, {station_id: 40}, T0.date(), publish=lambda: published.append("x")
+            )
+            == 40
+        )
+    assert published == ["x"] and _stored().is_empty()
+
+
 def _insert_station(name: str) -> None:
     with bulk_connection() as bulk, bulk.transaction(lock_tables=("stations",)):
         bulk.execute(
