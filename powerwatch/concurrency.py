@@ -8,34 +8,73 @@ in flight: memory grows by those items, never with the input.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
-_END = object()
 
 
-def read_ahead(items: Iterator[T]) -> Iterator[T]:
-    """Yield `items`, producing the next one in a background thread meanwhile.
+class ReadAhead(Generic[T]):
+    """The items of an iterator, produced in a background thread from construction on,
+    at most `depth` ahead of the consumer.
 
-    Why: a load alternates CPU work that releases the GIL (Parquet decoding,
-    polars validation) with database work that does too (SQLite inside ADBC);
-    run one slice ahead, the two overlap on two cores. At most one item is in
-    flight, so memory grows by one item, not with the input. An exception raised
-    while producing an item is raised here, where that item would have been.
+    The database stores one part (its driver releases the GIL) while polars
+    parses and validates the next: the two halves of a legacy import or of a
+    chunk's load overlap on two cores. An exception of the producer is raised in
+    the consumer where it occurred; `close()` (always call it, or use `with`)
+    stops the producer.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
-        pending = pool.submit(next, items, _END)
+
+    def __init__(self, items: Iterator[T], depth: int = 1) -> None:
+        self._items = items
+        self._handoff: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._produce, name="read-ahead", daemon=True)
+        self._worker.start()
+
+    def _offer(self, item: tuple[bool, object]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            for item in self._items:
+                if not self._offer((False, item)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._offer((True, exc))
+            return
+        self._offer((True, None))
+
+    def __iter__(self) -> Iterator[T]:
         while True:
-            item = pending.result()
-            if item is _END:
+            done, value = self._handoff.get()
+            if done:
+                if isinstance(value, BaseException):
+                    raise value
                 return
-            pending = pool.submit(next, items, _END)
-            yield item  # type: ignore[misc]
+            yield value  # type: ignore[misc]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._worker.join()
+
+    def __enter__(self) -> ReadAhead[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def map_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

@@ -24,7 +24,7 @@ from db.bulk import BulkConnection
 from db.load import StoreResult, begin_batch, find_committed_batch, finish_batch, store_readings
 from db.tables import load_batches, power_readings, reading_conflicts
 from powerwatch import landing
-from powerwatch.concurrency import read_ahead
+from powerwatch.concurrency import ReadAhead
 from powerwatch.errors import ChunkError
 from powerwatch.settings import Settings
 from schemas.reading import REASON, split_valid
@@ -108,11 +108,13 @@ def load_chunk(bulk: BulkConnection, chunk: Path, settings: Settings) -> ChunkRe
                 input_name=chunk.name,
                 content_hash=content_hash,
             )
-            for rows_in, valid, invalid in read_ahead(_validated(landing.iter_chunk(chunk))):
-                report.rows_in += rows_in
-                stored = store_readings(bulk, valid, batch_id)
-                rejected += [invalid, stored.unknown]
-                result += stored
+            # The next slice is read and validated while the database stores this one.
+            with ReadAhead(_validated(landing.iter_chunk(chunk))) as slices:
+                for rows_in, valid, invalid in slices:
+                    report.rows_in += rows_in
+                    stored = store_readings(bulk, valid, batch_id)
+                    rejected += [invalid, stored.unknown]
+                    result += stored
             quarantined = pl.concat([pl.DataFrame(), *rejected], how="diagonal_relaxed")
             report.rejected_by_reason = count_reasons(quarantined)
             if not quarantined.is_empty():

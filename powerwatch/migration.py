@@ -16,15 +16,13 @@ memory stays bounded whatever the file's size.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import polars as pl
 
@@ -38,6 +36,7 @@ from db.load import (
     store_readings,
 )
 from db.tables import data_sources, load_batches
+from powerwatch.concurrency import ReadAhead
 from powerwatch.errors import InputError
 from powerwatch.jsonlines import LINE
 from powerwatch.landing import file_hash
@@ -63,7 +62,6 @@ PARSE_LINES: Final = 10_000
 STORE_ROWS: Final = 50_000
 
 Progress = Callable[[FileReport], None]
-T = TypeVar("T")
 
 
 def discover(paths: Iterable[Path]) -> list[Path]:
@@ -171,56 +169,6 @@ def import_file(
         ahead.close()
     report.seconds = time.perf_counter() - started
     return report
-
-
-class ReadAhead(Generic[T]):
-    """The items of an iterator, produced in a background thread from construction on,
-    at most `depth` ahead of the consumer.
-
-    The database stores one part (its driver releases the GIL) while polars
-    parses and validates the next: the two halves of an import overlap on two
-    cores. An exception of the producer is raised in the consumer where it
-    occurred; `close()` (always call it) stops the producer.
-    """
-
-    def __init__(self, items: Iterator[T], depth: int = 1) -> None:
-        self._items = items
-        self._handoff: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._produce, name="read-ahead", daemon=True)
-        self._worker.start()
-
-    def _offer(self, item: tuple[bool, object]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._handoff.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self) -> None:
-        try:
-            for item in self._items:
-                if not self._offer((False, item)):
-                    return
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._offer((True, exc))
-            return
-        self._offer((True, None))
-
-    def __iter__(self) -> Iterator[T]:
-        while True:
-            done, value = self._handoff.get()
-            if done:
-                if isinstance(value, BaseException):
-                    raise value
-                return
-            yield value  # type: ignore[misc]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._worker.join()
 
 
 def failed_report(path: Path, error: str, attempts: int = 1) -> FileReport:
