@@ -61,9 +61,10 @@ def file_hash(path: Path) -> str:
 
 
 # Rows per slice when streaming a chunk: bounds a load's memory. Each slice is copied a few
-# times on its way in (validation, key split, sort). Measured (bench_load, site install): at
-# 100 k rows a 1 M-row load peaks at ~350 MB with the imports, and loads 10 % faster than at
-# 50 k (per-slice costs: one pandera call, two small queries); 200 k gains 1 % more.
+# times on its way in (validation, key split, sort), and the loader's ReadAhead holds one
+# more. Measured (bench_load, site install): at 100 k rows a 1 M-row load peaks at 340-390 MB
+# with the imports, and loads and re-loads 5-14 % faster than at 50 k (per-slice costs: one
+# pandera call, a few small queries), which would save ~30 MB.
 SLICE_ROWS = 100_000
 
 
