@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 from adbc_driver_manager import dbapi
 
-from powerwatch.errors import DatabaseUnavailable
+from db.failures import classify
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -150,9 +150,10 @@ class BulkConnection:
                 self.execute("COMMIT")
             else:
                 self.conn.commit()
-        except dbapi.OperationalError as exc:
-            # Locked past the busy timeout, or the server went away: worth a retry.
-            raise DatabaseUnavailable(f"database busy or unreachable: {_first_line(exc)}") from exc
+        except dbapi.Error as exc:
+            # Locked past the busy timeout or the server gone: DatabaseUnavailable (worth a
+            # retry); a full disk, a damaged file, an I/O error: named, never retried.
+            raise classify(exc, "database") from exc
 
     def _rollback(self) -> None:
         try:
@@ -162,8 +163,3 @@ class BulkConnection:
                 self.conn.rollback()
         except dbapi.Error:
             pass  # the transaction is gone already (connection lost): nothing to undo
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

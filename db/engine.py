@@ -28,11 +28,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
 from db.bulk import BulkConnection
-from powerwatch.errors import DatabaseUnavailable, InputError
+from db.failures import classify
+from powerwatch.errors import InputError
 from powerwatch.settings import get_settings
 
 
@@ -118,15 +119,8 @@ def check_connection(engine: Engine) -> None:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {engine.url.render_as_string()}: {_first_line(exc)}"
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    message = str(getattr(exc, "orig", None) or exc)
-    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    except DBAPIError as exc:
+        raise classify(exc, f"cannot use {engine.url.render_as_string()}") from exc
 
 
 @contextmanager
@@ -156,9 +150,7 @@ def bulk_connection(url: str | None = None) -> Iterator[BulkConnection]:
             libpq = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
             conn = adbc_pg.connect(libpq)
     except Exception as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {parsed.render_as_string()}: {_first_line(exc)}"
-        ) from exc
+        raise classify(exc, f"cannot connect to {parsed.render_as_string()}") from exc
     try:
         yield BulkConnection(conn, sqlite=is_sqlite(parsed))
     finally:

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from powerwatch.errors import InputError, PowerwatchError
+from powerwatch.errors import PowerwatchError, from_os_error
 
 if TYPE_CHECKING:
     from prefect import State
@@ -495,9 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        print(f"powerwatch: error: {exc}", file=sys.stderr)
-        return InputError.exit_code
+    except OSError as exc:  # met while the job ran (bad input paths are refused up front)
+        failure = from_os_error(exc)
+        print(f"powerwatch: error: {failure}", file=sys.stderr)
+        return failure.exit_code
 
 
 if __name__ == "__main__":
