@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from db.bulk import BulkConnection
+from db.failures import classify
 from db.rollups import mark_dirty
 from db.tables import (
     READING_VALUE_COLUMNS,
@@ -339,3 +340,20 @@ def _classify_by_lookup(bulk: BulkConnection, candidates: pl.DataFrame) -> _Verd
         duplicates=candidates.height - exceptions.height,
         conflicts=candidates.join(different, on="_order") if different.height else pl.DataFrame(),
     )
+
+
+def require_schema(url: str, doing: str) -> None:
+    """Before an ingest job: the schema must be current, and a database that cannot be
+    read (damaged, its disk failing) is named in one line by `db.failures.classify`."""
+    from sqlalchemy.exc import DBAPIError
+
+    from db.engine import make_engine
+    from db.migrate import require_current
+
+    engine = make_engine(url)
+    try:
+        require_current(engine)
+    except DBAPIError as exc:
+        raise classify(exc, doing) from exc
+    finally:
+        engine.dispose()

@@ -1,4 +1,10 @@
-"""Flow `load-chunks`: every complete chunk in landing/, oldest first, into the database."""
+"""Flow `load-chunks`: every complete chunk in landing/, oldest first, into the database.
+
+Claims left by a loader that died are put back into landing/ first (`landing.recover_claims`).
+A failure of the whole job (disk full, a damaged database, an I/O error) ends the run
+at that chunk with that one line: every later chunk would fail the same way. A busy
+database past its retries, like an unreadable chunk, fails only its chunk.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,11 @@ from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
 
-from db.engine import make_engine
-from db.migrate import require_current
+from db.load import require_schema
 from flows.naming import stamped
 from powerwatch import landing
-from powerwatch.loader import ChunkReport
+from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError
+from powerwatch.loader import TAKEN, ChunkReport
 from powerwatch.reports import load_summary_rows
 from powerwatch.settings import get_settings
 from tasks.load import load_chunk_task
@@ -18,25 +24,41 @@ from tasks.load import load_chunk_task
 
 @flow(name="load-chunks", flow_run_name=stamped("load-chunks"), log_prints=True)
 def load_chunks() -> State:
-    """Runbook: check the schema, load each chunk in turn, publish the table, fail if any did."""
+    """Runbook: check the schema, recover dead loaders' claims, load each chunk in turn
+    (skipping those another loader took), publish the table, fail if any did."""
     settings = get_settings()
-    require_current(make_engine(settings.database_url))
+    logger = get_run_logger()
+    try:
+        require_schema(settings.database_url, "load")
+    except PowerwatchError as exc:
+        return Failed(message=str(exc), data=exc)
+    for chunk in landing.recover_claims(settings.landing_dir):
+        logger.warning("%s: claimed by a loader that died; put back into landing/", chunk.name)
     reports: list[ChunkReport] = []
     failed: list[str] = []
+    fatal: JobError | None = None
     for chunk in landing.list_chunks(settings.landing_dir):
         state = load_chunk_task(chunk, return_state=True)
         if state.is_completed():
-            reports.append(state.result())
-        else:
-            failed.append(f"{chunk.name}: {state.message or 'failed'}")
+            report: ChunkReport = state.result()
+            if report.status != TAKEN:
+                reports.append(report)
+            continue
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, JobError) and not isinstance(error, DatabaseUnavailable):
+            fatal = error
+            break
+        failed.append(f"{chunk.name}: {state.message or 'failed'}")
     create_table_artifact(
         key="load-chunks",
         table=load_summary_rows(reports),
         description=f"{len(reports)} chunk(s) loaded, {len(failed)} failed after retries",
     )
-    logger = get_run_logger()
     for line in failed:
         logger.error(line)
+    if fatal is not None:
+        # The chunk is back in landing/ (its claim given back); nothing stored is lost.
+        return Failed(message=str(fatal), data=reports)
     unreadable = [r for r in reports if r.status == "unreadable"]
     if failed or unreadable:
         # Failed, but still carrying the reports: the CLI prints them, the UI shows red.

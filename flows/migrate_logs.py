@@ -1,4 +1,9 @@
-"""Flow `migrate-logs`: legacy log files and folders into the database, one task per file."""
+"""Flow `migrate-logs`: legacy log files and folders into the database, one task per file.
+
+A file that is no log fails alone; a failure of the whole job (disk full, a damaged
+database, an I/O error) ends the run with that one line: every later file would fail
+the same way, and nothing of the failing file was stored.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed
 
-from db.engine import make_engine
-from db.migrate import require_current
+from db.load import require_schema
 from flows.naming import migration_run_name
+from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError
+from powerwatch.faults import fault_point
 from powerwatch.legacy import DEFAULT_TZ, check_time_zone
 from powerwatch.migration import discover, failed_report
 from powerwatch.migration_report import FileReport, MigrationReport
@@ -24,7 +30,10 @@ def migrate_logs(paths: list[str], tz: str = DEFAULT_TZ, force: bool = False) ->
     """Runbook: check the schema and the zone, find the files, import each in turn (a
     failing file never stops the others), publish the report, fail if any file failed."""
     settings = get_settings()
-    require_current(make_engine(settings.database_url))
+    try:
+        require_schema(settings.database_url, "migrate-logs")
+    except PowerwatchError as exc:
+        return Failed(message=str(exc), data=exc)
     check_time_zone(tz)
     files = discover(Path(p) for p in paths)
     report = MigrationReport()
@@ -32,7 +41,13 @@ def migrate_logs(paths: list[str], tz: str = DEFAULT_TZ, force: bool = False) ->
         # One file at a time: each import holds the database's write lock, and its
         # parsing already keeps both cores busy.
         state = import_file_task(path, tz, force, return_state=True)
+        if not state.is_completed():
+            error = state.result(raise_on_failure=False)
+            if isinstance(error, JobError) and not isinstance(error, DatabaseUnavailable):
+                publish(report)
+                return Failed(message=str(error), data=error)
         report.files.append(state.result() if state.is_completed() else _failed(path, state))
+        fault_point("migrate.recorded")
     publish(report)
     for f in report.failed:
         get_run_logger().error("failed: %s", f.error)

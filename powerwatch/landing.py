@@ -1,18 +1,33 @@
 """The landing zone (spec/landing-chunks.md) as a visible state machine of folders.
 
-    landing/x.parquet --load commits--> loaded/x.parquet
-                      \\-unreadable---> failed/x.parquet + failed/x.parquet.reason.txt
+    landing/x.parquet --claim--> landing/.claimed/x.parquet.<pid>-<start>
+         ^                          |--load commits--> loaded/x.parquet
+         '--released (job failed) --|--unreadable----> failed/x.parquet + .reason.txt
+                                    '--not a regular file (directory, FIFO, symlink,
+                                       socket, device) --> failed/x.parquet + .reason.txt
     rejected rows of x ----------------> quarantine/x.parquet (with a `reason` column)
 
-Every move is an atomic rename within one file system; a writer makes a file
-under a hidden/temporary name and renames it when complete, so a reader never
-sees half a file.
+Producers keep the spec's contract: they write a complete file under a hidden or
+temporary name and rename it into landing/ when complete, so a reader never sees
+half a file. Every later step is an atomic rename within the one file system too.
+
+Why a claim: two loaders may run at once (a timer and an operator). The rename
+into `.claimed/` succeeds for exactly one of them; the other finds the file gone
+and skips it. The claim's name carries its owner (pid and the process's start
+time, so a reused pid is not mistaken for the owner): a claim whose owner is gone
+was left by a loader that died, and the next run puts it back into landing/
+(`recover_claims`). The database ledger, checked under the write lock, makes
+re-loading a chunk whose transaction had committed a no-op that only finishes the
+move. `.claimed/` is hidden and its names do not end in `.parquet`: `list_chunks`
+and any glob of `landing/*.parquet` never see a claimed chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,13 +41,123 @@ import pyarrow.parquet as pq
 from powerwatch.errors import ChunkError
 from schemas.channels import LANDING_COLUMNS, RECEIVED_AT, TIMESTAMP_DTYPE
 
+CLAIMED = ".claimed"
+
 
 def list_chunks(landing: Path) -> list[Path]:
-    """Complete chunks, oldest first (by modification time, then name)."""
+    """Complete chunks, oldest first (by modification time, then name).
+
+    Every entry named `*.parquet` is listed, whatever its type (`claim` and the
+    loader set a non-regular one aside); one that vanishes meanwhile (another loader
+    claimed it) is left out. Nothing here opens a file or follows a link.
+    """
     if not landing.is_dir():
         return []
-    found = [p for p in landing.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".")]
-    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    found: list[tuple[int, str, Path]] = []
+    for path in landing.iterdir():
+        if path.suffix != ".parquet" or path.name.startswith("."):
+            continue
+        try:
+            found.append((path.lstat().st_mtime_ns, path.name, path))
+        except FileNotFoundError:
+            continue
+    return [path for _, _, path in sorted(found)]
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot), or None without /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()[19]
+
+
+def _owner() -> str:
+    pid = os.getpid()
+    return f"{pid}-{_start_time(pid) or 0}"
+
+
+def _owner_alive(owner: str) -> bool:
+    pid_text, _, started = owner.partition("-")
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    now = _start_time(pid)
+    # Without /proc (start times unknown) a live pid is taken to be the owner.
+    return now is None or started in ("0", now)
+
+
+def claim(chunk: Path) -> Path | None:
+    """Take the chunk for this process (atomic rename); None if another loader has it."""
+    folder = chunk.parent / CLAIMED
+    folder.mkdir(exist_ok=True)
+    target = folder / f"{chunk.name}.{_owner()}"
+    try:
+        chunk.rename(target)
+    except FileNotFoundError:
+        return None
+    return target
+
+
+def claimed_name(claimed: Path) -> str:
+    """The chunk's own name (`x.parquet`) of a claim."""
+    return claimed.name.rsplit(".", 1)[0]
+
+
+def release(claimed: Path) -> Path:
+    """Give a claim back to landing/ (the job failed before the chunk was finished)."""
+    target = claimed.parent.parent / claimed_name(claimed)
+    claimed.rename(target)
+    return target
+
+
+def recover_claims(landing: Path) -> list[Path]:
+    """Put the claims of loaders that died back into landing/; the chunks put back.
+
+    A claim whose owner is alive is left alone (that loader is still at it). Two
+    recovering loaders race safely: the rename succeeds for one of them.
+    """
+    folder = landing / CLAIMED
+    if not folder.is_dir():
+        return []
+    recovered: list[Path] = []
+    for claimed in sorted(folder.iterdir()):
+        owner = claimed.name.rsplit(".", 1)[-1]
+        if _owner_alive(owner):
+            continue
+        target = landing / claimed_name(claimed)
+        if target.exists() or target.is_symlink():
+            continue  # a new chunk of the same name landed: names are unique, so never
+        try:
+            claimed.rename(target)
+        except FileNotFoundError:
+            continue  # another loader recovered it first
+        recovered.append(target)
+    return recovered
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why `path` is no chunk to open (never opens it, never follows a link), or None."""
+    mode = path.lstat().st_mode
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_ISDIR: "a directory",
+        stat.S_ISLNK: "a symbolic link",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a file")
+    return f"not a regular file ({kind}); producers write complete regular files"
 
 
 def chunk_name(producer: str) -> str:
@@ -42,14 +167,36 @@ def chunk_name(producer: str) -> str:
 
 
 def write_atomically(frame: pl.DataFrame, path: Path) -> Path:
-    """Write Parquet under a hidden name, fsync, then rename into place."""
+    """Write Parquet under a hidden name, fsync, then rename into place.
+
+    A failed write (disk full) removes its temporary file and raises `OSError`
+    (polars reports a full disk as a `ComputeError`: it is turned back into one).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp, compression="zstd")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    try:
+        try:
+            frame.write_parquet(tmp, compression="zstd")
+        except polars.exceptions.PolarsError as exc:
+            raise _as_os_error(exc, tmp) from exc
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _as_os_error(exc: polars.exceptions.PolarsError, path: Path) -> BaseException:
+    found = _OS_ERROR.search(str(exc))
+    if found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def file_hash(path: Path) -> str:
@@ -128,17 +275,39 @@ def _as_utc_ms(name: str, dtype: pl.Datetime) -> pl.Expr:
     return column.dt.convert_time_zone("UTC").dt.cast_time_unit("ms")
 
 
-def move(path: Path, folder: Path) -> Path:
+def move(path: Path, folder: Path, name: str | None = None) -> Path:
+    """Rename into `folder` as `name` (default: the same name)."""
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name
+    target = _free_target(path, folder, name or path.name)
     path.replace(target)
     return target
 
 
-def set_aside(path: Path, folder: Path, reason: str) -> Path:
-    """Move an unreadable chunk aside whole, with its reason in a text file beside it."""
-    target = move(path, folder)
+def _free_target(path: Path, folder: Path, name: str) -> Path:
+    """`folder/name`; a regular file there is replaced by a regular file (the same chunk
+    loaded again), anything else there (a directory set aside before) is kept and the
+    newcomer gets a numbered name."""
+    target = folder / name
+    number = 0
+    while target.is_symlink() or (target.exists() and not _both_regular(path, target)):
+        number += 1
+        target = folder / f"{name}.{number}"
+    return target
+
+
+def _both_regular(path: Path, target: Path) -> bool:
+    return stat.S_ISREG(path.lstat().st_mode) and stat.S_ISREG(target.lstat().st_mode)
+
+
+def set_aside(path: Path, folder: Path, reason: str, name: str | None = None) -> Path:
+    """Move an unreadable chunk aside whole, with its reason in a text file beside it.
+
+    The reason is written first: a full disk then leaves the chunk where it was.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _free_target(path, folder, name or path.name)
     target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+    path.replace(target)
     return target
 
 

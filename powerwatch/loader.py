@@ -1,16 +1,26 @@
-"""Loading one landing chunk: read, validate, store, quarantine, move. No Prefect here.
+"""Loading one landing chunk: claim, read, validate, store, quarantine, move. No Prefect here.
 
 The order of effects is what makes a crash harmless at any point:
-1. quarantine file written (deterministic name: rewriting it is harmless);
-2. one database transaction: ledger row + readings + conflicts;
-3. chunk moved out of landing/.
-A crash before 2 commits leaves nothing in the database; a crash between 2
-and 3 is recognised on the next run by the ledger (same name, same content
-hash, committed) and only the move is redone.
+1. the chunk is claimed (renamed into landing/.claimed/, `landing.claim`): one loader
+   has it, another that listed it too finds it gone and skips it;
+2. quarantine file written (deterministic name: rewriting it is harmless);
+3. one database transaction, under the write lock: "committed already?" (the ledger)
+   then ledger row + readings + conflicts;
+4. chunk moved from its claim into loaded/.
+A crash before 3 commits leaves nothing in the database; the claim of a dead loader
+is put back into landing/ by the next run (`landing.recover_claims`). A crash between
+3 and 4 is recognised on the next run by the ledger (same name, same content hash,
+committed), checked under the write lock, so two loaders can never both commit a
+chunk: only the move is redone. A job failure (disk full, database damaged or busy)
+gives the claim back to landing/ at once.
+
+The fault points (`powerwatch.faults`) mark these steps: `load.claimed`,
+`load.slice_stored`, `load.committed`, `load.moved`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,17 +35,21 @@ from db.load import StoreResult, begin_batch, find_committed_batch, finish_batch
 from db.tables import load_batches, power_readings, reading_conflicts
 from powerwatch import landing
 from powerwatch.concurrency import ReadAhead
-from powerwatch.errors import ChunkError
+from powerwatch.errors import ChunkError, from_os_error
+from powerwatch.faults import fault_point
 from powerwatch.settings import Settings
 from schemas.reading import REASON, split_valid
 
 WRITE_TABLES = (load_batches.name, power_readings.name, reading_conflicts.name)
 
 
+TAKEN = "taken"  # another loader claimed the chunk first: this one counts nothing
+
+
 @dataclass
 class ChunkReport:
     chunk: str
-    status: str  # loaded | already-loaded | unreadable
+    status: str  # loaded | already-loaded | unreadable | taken
     rows_in: int = 0
     inserted: int = 0
     duplicates: int = 0
@@ -85,56 +99,94 @@ def _validated(frames: Iterator[pl.DataFrame]) -> Iterator[tuple[int, pl.DataFra
 
 
 def load_chunk(bulk: BulkConnection, chunk: Path, settings: Settings) -> ChunkReport:
-    """Load one chunk end to end; an unreadable chunk is set aside, never raised.
+    """Claim one chunk and load it end to end; an unreadable chunk is set aside, never
+    raised; a chunk another loader claimed first is skipped (status `taken`).
 
-    The chunk is streamed in slices (bounded memory whatever its size), all in
-    one transaction: the chunk is loaded whole or not at all.
+    A job failure (the database busy, damaged or full, the disk full) raises, after
+    giving the claim back to landing/.
     """
+    claimed = landing.claim(chunk)
+    if claimed is None:
+        return ChunkReport(chunk=chunk.name, status=TAKEN)
+    try:
+        fault_point("load.claimed")
+        return _load_claimed(bulk, claimed, chunk.name, settings)
+    except OSError as exc:
+        _give_back(claimed)
+        raise from_os_error(exc, f"load {chunk.name}") from exc
+    except BaseException:
+        _give_back(claimed)
+        raise
+
+
+def _give_back(claimed: Path) -> None:
+    if not claimed.exists() and not claimed.is_symlink():
+        return  # moved on already (loaded/ or failed/)
+    # If even that fails, the claim stays: the next run recovers it once this process is gone.
+    with contextlib.suppress(OSError):
+        landing.release(claimed)
+
+
+def _load_claimed(
+    bulk: BulkConnection, claimed: Path, name: str, settings: Settings
+) -> ChunkReport:
+    """Load a chunk this process has claimed (streamed in slices, bounded memory, all in
+    one transaction: the chunk is loaded whole or not at all)."""
     started = time.perf_counter()
-    report = ChunkReport(chunk=chunk.name, status="loaded")
-    content_hash = landing.file_hash(chunk)
-    if find_committed_batch(bulk, chunk.name, content_hash) is not None:
-        landing.move(chunk, settings.loaded_dir)
-        report.status = "already-loaded"
-        return report
+    report = ChunkReport(chunk=name, status="loaded")
+    why_not = landing.not_a_regular_file(claimed)
+    if why_not is not None:  # never opened: a FIFO or a device would block or never end
+        return _set_aside(claimed, name, f"{name}: {why_not}", settings)
+    content_hash = landing.file_hash(claimed)
     result = StoreResult()
     rejected: list[pl.DataFrame] = []
     try:
         with bulk.transaction(lock_tables=WRITE_TABLES):
-            batch_id = begin_batch(
-                bulk,
-                kind=source_kind(chunk),
-                reference=chunk.name,
-                input_name=chunk.name,
-                content_hash=content_hash,
-            )
-            # The next slice is read and validated while the database stores this one.
-            with ReadAhead(_validated(landing.iter_chunk(chunk))) as slices:
-                for rows_in, valid, invalid in slices:
-                    report.rows_in += rows_in
-                    stored = store_readings(bulk, valid, batch_id)
-                    rejected += [invalid, stored.unknown]
-                    result += stored
-            quarantined = pl.concat([pl.DataFrame(), *rejected], how="diagonal_relaxed")
-            report.rejected_by_reason = count_reasons(quarantined)
-            if not quarantined.is_empty():
-                landing.write_atomically(
-                    quarantined.with_columns(pl.lit(chunk.name).alias("chunk")),
-                    settings.quarantine_dir / chunk.name,
+            # Under the write lock: two loaders of one chunk cannot both commit it.
+            if find_committed_batch(bulk, name, content_hash) is not None:
+                report.status = "already-loaded"
+            else:
+                batch_id = begin_batch(
+                    bulk,
+                    kind=source_kind(claimed.with_name(name)),
+                    reference=name,
+                    input_name=name,
+                    content_hash=content_hash,
                 )
-            finish_batch(
-                bulk,
-                batch_id,
-                status="committed",
-                rows_in=report.rows_in,
-                result=result,
-                rejected_by_reason=report.rejected_by_reason,
-            )
+                # The next slice is read and validated while the database stores this one.
+                with ReadAhead(_validated(landing.iter_chunk(claimed))) as slices:
+                    for rows_in, valid, invalid in slices:
+                        report.rows_in += rows_in
+                        stored = store_readings(bulk, valid, batch_id)
+                        rejected += [invalid, stored.unknown]
+                        result += stored
+                        fault_point("load.slice_stored")
+                quarantined = pl.concat([pl.DataFrame(), *rejected], how="diagonal_relaxed")
+                report.rejected_by_reason = count_reasons(quarantined)
+                if not quarantined.is_empty():
+                    landing.write_atomically(
+                        quarantined.with_columns(pl.lit(name).alias("chunk")),
+                        settings.quarantine_dir / name,
+                    )
+                finish_batch(
+                    bulk,
+                    batch_id,
+                    status="committed",
+                    rows_in=report.rows_in,
+                    result=result,
+                    rejected_by_reason=report.rejected_by_reason,
+                )
     except ChunkError as exc:  # rolled back: nothing of this chunk is stored
-        landing.set_aside(chunk, settings.failed_dir, str(exc))
-        return ChunkReport(chunk=chunk.name, status="unreadable", error=str(exc))
-    landing.move(chunk, settings.loaded_dir)
+        return _set_aside(claimed, name, str(exc).replace(claimed.name, name), settings)
+    fault_point("load.committed")
+    landing.move(claimed, settings.loaded_dir, name)
+    fault_point("load.moved")
     report.inserted, report.duplicates = result.inserted, result.duplicates
     report.conflicts = result.conflicts
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _set_aside(claimed: Path, name: str, reason: str, settings: Settings) -> ChunkReport:
+    landing.set_aside(claimed, settings.failed_dir, reason, name)
+    return ChunkReport(chunk=name, status="unreadable", error=reason)

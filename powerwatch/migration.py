@@ -12,6 +12,14 @@ The file streams through in blocks of lines (`powerwatch.legacy`), each block
 parsed with polars, validated by the one pandera model (`split_valid`) and
 stored through the one idempotent insert path (`db.load.store_readings`), so
 memory stays bounded whatever the file's size.
+
+One ingest rule with the chunk loader (`powerwatch.loader`): "imported already?" is
+asked of the ledger under the write lock, in the transaction that then imports, so
+two migrations of one file (or a re-run after a crash) import it once; readings go
+through the same `store_readings`, and the ledger counts duplicates and conflicts
+the same way. Fault points: `migrate.parsed` (a part parsed and validated, not
+stored), `migrate.committed` (the file's transaction committed) and, in the flow,
+`migrate.recorded`.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from db.load import (
 from db.tables import data_sources, load_batches
 from powerwatch.concurrency import ReadAhead
 from powerwatch.errors import InputError
+from powerwatch.faults import fault_point
 from powerwatch.jsonlines import LINE
 from powerwatch.landing import file_hash
 from powerwatch.legacy import (
@@ -152,6 +161,7 @@ def import_file(
             )
             ledger = StoreResult()  # as the ledger counts: duplicates and conflicts apart
             for part in ahead:
+                fault_point("migrate.parsed")
                 stored = store_readings(bulk, part.valid, batch_id)
                 ledger += stored
                 part.add_to(report, stored)
@@ -165,6 +175,7 @@ def import_file(
                 result=ledger,
                 rejected_by_reason=report.rejected_by_reason,
             )
+        fault_point("migrate.committed")
     finally:
         ahead.close()
     report.seconds = time.perf_counter() - started
