@@ -1,6 +1,6 @@
 """The landing zone (spec/landing-chunks.md) as a visible state machine of folders.
 
-    landing/x.parquet --claim--> landing/.claimed/x.parquet.<pid>-<start>
+    landing/x.parquet --claim--> landing/.claimed/x.parquet.<pid>-<start>@<host>
          ^                          |--load commits--> loaded/x.parquet
          '--released (job failed) --|--unreadable----> failed/x.parquet + .reason.txt
                                     '--not a regular file (directory, FIFO, symlink,
@@ -13,13 +13,14 @@ half a file. Every later step is an atomic rename within the one file system too
 
 Why a claim: two loaders may run at once (a timer and an operator). The rename
 into `.claimed/` succeeds for exactly one of them; the other finds the file gone
-and skips it. The claim's name carries its owner (pid and the process's start
-time, so a reused pid is not mistaken for the owner): a claim whose owner is gone
-was left by a loader that died, and the next run puts it back into landing/
-(`recover_claims`). The database ledger, checked under the write lock, makes
-re-loading a chunk whose transaction had committed a no-op that only finishes the
-move. `.claimed/` is hidden and its names do not end in `.parquet`: `list_chunks`
-and any glob of `landing/*.parquet` never see a claimed chunk.
+and skips it. The claim's name carries its owner (pid, the process's start
+time, so a reused pid is not mistaken for the owner, and the host): a claim whose
+owner is gone was left by a loader that died, and the next run puts it back into
+landing/ (`recover_claims`); another host's claim (a shared data folder) is taken
+back once it is older than `CLAIM_STALE_SECONDS`. The database ledger, checked
+under the write lock, makes re-loading a chunk whose transaction had committed a
+no-op that only finishes the move. `.claimed/` is hidden and its names do not end
+in `.parquet`: `list_chunks` and any glob of `landing/*.parquet` never see a claim.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -64,6 +67,12 @@ def list_chunks(landing: Path) -> list[Path]:
     return [path for _, _, path in sorted(found)]
 
 
+# A claim of another host (a shared data folder) cannot be checked by its pid: it counts
+# as abandoned once it is this old. Loading one chunk takes seconds (a 1 M-row chunk
+# loads in 2-4 s), so an hour never cuts a live loader short.
+CLAIM_STALE_SECONDS = 3600
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time (clock ticks since boot), or None without /proc."""
     try:
@@ -73,25 +82,43 @@ def _start_time(pid: int) -> str | None:
     return text.rsplit(")", 1)[1].split()[19]
 
 
+def _host() -> str:
+    return socket.gethostname().replace(".", "_").replace("@", "_") or "localhost"
+
+
 def _owner() -> str:
+    """This process as a claim's owner: `<pid>-<start time>@<host>` (a reused pid has
+    another start time)."""
     pid = os.getpid()
-    return f"{pid}-{_start_time(pid) or 0}"
+    return f"{pid}-{_start_time(pid) or 0}@{_host()}"
 
 
-def _owner_alive(owner: str) -> bool:
-    pid_text, _, started = owner.partition("-")
-    if not pid_text.isdigit():
-        return False
+def _split_claim(claimed: Path) -> tuple[str, str]:
+    name, _, owner = claimed.name.rpartition(".parquet.")
+    return name + ".parquet", owner
+
+
+def _abandoned(claimed: Path, owner: str) -> bool:
+    """The claim's owner is gone: this host's process by that pid and start time has
+    ended, or (another host's claim) it is older than `CLAIM_STALE_SECONDS`."""
+    process, _, host = owner.partition("@")
+    pid_text, _, started = process.partition("-")
+    if host != _host() or not pid_text.isdigit():
+        try:
+            changed = claimed.lstat().st_ctime  # a rename sets it: the time of the claim
+        except FileNotFoundError:
+            return False
+        return time.time() - changed > CLAIM_STALE_SECONDS
     pid = int(pid_text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return True
     except PermissionError:
         pass  # alive, another user's
     now = _start_time(pid)
     # Without /proc (start times unknown) a live pid is taken to be the owner.
-    return now is None or started in ("0", now)
+    return not (now is None or started in ("0", now))
 
 
 def claim(chunk: Path) -> Path | None:
@@ -108,7 +135,7 @@ def claim(chunk: Path) -> Path | None:
 
 def claimed_name(claimed: Path) -> str:
     """The chunk's own name (`x.parquet`) of a claim."""
-    return claimed.name.rsplit(".", 1)[0]
+    return _split_claim(claimed)[0]
 
 
 def release(claimed: Path) -> Path:
@@ -129,12 +156,12 @@ def recover_claims(landing: Path) -> list[Path]:
         return []
     recovered: list[Path] = []
     for claimed in sorted(folder.iterdir()):
-        owner = claimed.name.rsplit(".", 1)[-1]
-        if _owner_alive(owner):
+        name, owner = _split_claim(claimed)
+        if not _abandoned(claimed, owner):
             continue
-        target = landing / claimed_name(claimed)
+        target = landing / name
         if target.exists() or target.is_symlink():
-            continue  # a new chunk of the same name landed: names are unique, so never
+            continue  # a new chunk of the same name landed (names are unique: never)
         try:
             claimed.rename(target)
         except FileNotFoundError:

@@ -1,0 +1,312 @@
+"""Fault injection for `powerwatch load`: kill -9 at every step, loaders racing for the
+same chunks, full disks, hostile entries in landing/ and a damaged database.
+
+Every case runs real `powerwatch load` processes and ends by comparing the database
+with ground truth (each reading once, none missing), checking the ledger (each chunk
+committed once) and that no half file or claim is left visible.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy
+
+from powerwatch import landing as landing_zone
+from powerwatch.faults import POINTS
+from tests.conftest import T0, Database, make_readings, write_chunk
+from tests.faults.conftest import (
+    armed,
+    expected_keys,
+    fill,
+    free,
+    powerwatch_env,
+    run_powerwatch,
+    spawn_powerwatch,
+    stored_keys,
+    visible_files,
+)
+
+STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
+LOAD_POINTS = [name for name in POINTS if name.startswith("load.")]
+
+
+def _env(prefect_api: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return powerwatch_env({"PREFECT_API_URL": prefect_api} | (extra or {}))
+
+
+def land(landing: Path, chunks: int, seconds: int = 20, first: int = 0) -> pl.DataFrame:
+    """`chunks` chunks of `seconds` seconds each (3 stations), each with one reading of an
+    unknown station (quarantined); the readings that should be stored."""
+    stored: list[pl.DataFrame] = []
+    for i in range(first, first + chunks):
+        frame = make_readings(STATIONS, seconds, start=T0 + timedelta(seconds=i * seconds))
+        unknown = frame.head(1).with_columns(pl.lit("Atlantis").alias("station"))
+        write_chunk(pl.concat([frame, unknown]), landing, f"chunk-{i:03d}.parquet")
+        os.utime(landing / f"chunk-{i:03d}.parquet", ns=(i * 10**9, i * 10**9))
+        stored.append(frame)
+    return pl.concat(stored)
+
+
+def committed_per_chunk(url: str) -> dict[str, int]:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sqlalchemy.text(
+                    "SELECT input_name, count(*) FROM load_batches "
+                    "WHERE status = 'committed' GROUP BY input_name"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    return {str(name): int(count) for name, count in rows}
+
+
+def names(folder: Path, pattern: str = "*.parquet") -> set[str]:
+    return {p.name for p in visible_files(folder, pattern)} if folder.exists() else set()
+
+
+def assert_all_loaded_once(db: Database, truth: pl.DataFrame, chunks: set[str]) -> None:
+    """Ground truth: every reading once, every chunk committed once and in loaded/, its
+    rejected row in quarantine/, nothing left in landing/ (claimed or not)."""
+    data = db.data_dir
+    assert stored_keys(db.url).equals(expected_keys(truth))
+    assert committed_per_chunk(db.url) == dict.fromkeys(chunks, 1)
+    assert names(data / "loaded") == chunks
+    assert names(data / "quarantine") == chunks
+    assert list((data / "landing").iterdir()) in ([], [data / "landing" / ".claimed"])
+    claims = data / "landing" / ".claimed"
+    assert not claims.exists() or list(claims.iterdir()) == []
+    hidden = [p for p in data.rglob(".*") if p.is_file()]
+    assert hidden == [], hidden  # no temporary file left behind
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("powerwatch:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# --- kill -9 at every step ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", LOAD_POINTS)
+def test_kill_9_at_each_load_point_then_load_again_gives_ground_truth(
+    synced: Database, prefect_api: str, point: str
+) -> None:
+    landing = synced.data_dir / "landing"
+    truth = land(landing, 4)
+    chunks = names(landing)
+
+    killed = run_powerwatch("load", env=_env(prefect_api, armed(point, "kill", at=2)))
+    assert killed.returncode == -9, killed.stderr
+    if point != "load.moved":  # the second chunk's claim is left by the dead loader
+        assert [p.name for p in (landing / ".claimed").iterdir()] != []
+    assert committed_per_chunk(synced.url).get("chunk-001.parquet", 0) == (
+        1 if point in ("load.committed", "load.moved") else 0
+    )
+
+    again = run_powerwatch("load", env=_env(prefect_api))
+    assert again.returncode == 0, again.stderr
+    assert_all_loaded_once(synced, truth, chunks)
+
+
+# --- loaders racing -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loaders", [2, 3])
+def test_concurrent_loaders_load_every_chunk_once_and_all_exit_0(
+    synced: Database, prefect_api: str, tmp_path: Path, loaders: int
+) -> None:
+    landing = synced.data_dir / "landing"
+    truths: list[pl.DataFrame] = []
+    chunks: set[str] = set()
+    rounds = int(os.environ.get("PW_TEST_ROUNDS", "10")) if synced.backend == "sqlite" else 5
+    for round_ in range(rounds):
+        truths.append(land(landing, 20, seconds=5, first=round_ * 20))
+        chunks |= names(landing)
+        logs = [tmp_path / f"r{round_}-{n}.log" for n in range(loaders)]
+        procs = [spawn_powerwatch("load", env=_env(prefect_api), log=log) for log in logs]
+        codes = [proc.wait(timeout=120) for proc in procs]
+        assert codes == [0] * loaders, [log.read_text()[-2000:] for log in logs]
+        assert names(landing) == set()
+    assert_all_loaded_once(synced, pl.concat(truths), chunks)
+
+
+def test_a_claim_of_a_live_loader_is_left_alone_a_dead_ones_recovered(
+    synced: Database, prefect_api: str
+) -> None:
+    landing = synced.data_dir / "landing"
+    truth = land(landing, 2)
+    # A live process (this test) owns one claim: another loader must not take it.
+    mine = landing_zone.claim(landing / "chunk-000.parquet")
+    assert mine is not None
+    again = run_powerwatch("load", env=_env(prefect_api))
+    assert again.returncode == 0, again.stderr
+    assert mine.exists()
+    assert committed_per_chunk(synced.url) == {"chunk-001.parquet": 1}
+    # Its owner "dies": the claim now names a process that has exited.
+    dead = mine.with_name(mine.name.replace(f".{os.getpid()}-", f".{_finished_pid()}-"))
+    mine.rename(dead)
+    again = run_powerwatch("load", env=_env(prefect_api))
+    assert again.returncode == 0, again.stderr
+    assert_all_loaded_once(synced, truth, {"chunk-000.parquet", "chunk-001.parquet"})
+
+
+def _finished_pid() -> int:
+    """The pid of a child that has exited (and was reaped): no process has it now."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+# --- full disks -----------------------------------------------------------------------------
+
+
+def test_disk_full_data_dir_fails_at_once_then_completes_after_space_is_freed(
+    synced: Database, prefect_api: str, small_disk: Path
+) -> None:
+    data = small_disk / "data"
+    landing = data / "landing"
+    truth = land(landing, 3)
+    chunks = names(landing)
+    fill(small_disk)
+    env = _env(prefect_api, {"POWERWATCH_DATA_DIR": str(data)})
+
+    started = time.monotonic()
+    full = run_powerwatch("load", env=env)
+    seconds = time.monotonic() - started
+    assert full.returncode == 1
+    assert "disk full" in _one_line_error(full)
+    assert seconds < 30, f"{seconds:.1f} s: retried?"
+    assert stored_keys(synced.url).is_empty()
+    assert committed_per_chunk(synced.url) == {}
+    assert names(landing) == chunks  # back in landing/, no claim kept
+    assert not (landing / ".claimed").exists() or not any((landing / ".claimed").iterdir())
+
+    free(small_disk)
+    again = run_powerwatch("load", env=env)
+    assert again.returncode == 0, again.stderr
+    assert_all_loaded_once(Database(synced.backend, synced.url, data), truth, chunks)
+
+
+def small_sqlite(disk: Path, registry_file: Path) -> str:
+    """An upgraded SQLite database with the test stations, on `disk`."""
+    from db.engine import make_engine
+    from db.migrate import upgrade
+    from db.stations import sync_stations
+    from powerwatch.registry import load_registry
+
+    url = f"sqlite:///{disk / 'powerwatch.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    sync_stations(engine, load_registry(registry_file))
+    engine.dispose()
+    return url
+
+
+def test_disk_full_sqlite_database_fails_at_once_then_completes_after_space_is_freed(
+    sqlite_database: Database, registry_file: Path, prefect_api: str, small_disk: Path
+) -> None:
+    url = small_sqlite(small_disk, registry_file)
+    landing = sqlite_database.data_dir / "landing"
+    truth = land(landing, 3, seconds=2_000)
+    chunks = names(landing)
+    fill(small_disk, leave_bytes=64 << 10)
+    env = _env(prefect_api, {"POWERWATCH_DATABASE_URL": url})
+
+    started = time.monotonic()
+    full = run_powerwatch("load", env=env)
+    seconds = time.monotonic() - started
+    assert full.returncode == 1
+    assert "disk full" in _one_line_error(full)
+    assert seconds < 30, f"{seconds:.1f} s: retried?"
+    assert names(landing) == chunks
+    free(small_disk)
+    assert stored_keys(url).is_empty()  # nothing of the failed chunk
+    assert committed_per_chunk(url) == {}
+
+    again = run_powerwatch("load", env=env)
+    assert again.returncode == 0, again.stderr
+    assert_all_loaded_once(Database("sqlite", url, sqlite_database.data_dir), truth, chunks)
+
+
+# --- hostile entries in landing/ ----------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_directory_fifo_and_device_symlink_are_set_aside_and_the_rest_loads(
+    synced: Database, prefect_api: str
+) -> None:
+    landing = synced.data_dir / "landing"
+    truth = land(landing, 2)
+    (landing / "a-dir.parquet").mkdir()
+    (landing / "a-dir.parquet" / "inside.parquet").write_bytes(b"x")
+    os.mkfifo(landing / "b-fifo.parquet")
+    (landing / "c-zero.parquet").symlink_to("/dev/zero")
+    hostile = {"a-dir.parquet", "b-fifo.parquet", "c-zero.parquet"}
+
+    first = run_powerwatch("load", env=_env(prefect_api), timeout=60)
+    assert first.returncode == 1  # unreadable entries set aside: the run says so
+    assert "3 unreadable" in first.stderr
+    failed = synced.data_dir / "failed"
+    for name, kind in zip(sorted(hostile), ["directory", "FIFO", "symbolic link"], strict=True):
+        assert (failed / name).is_symlink() or (failed / name).exists()
+        assert kind in (failed / f"{name}.reason.txt").read_text()
+    assert_all_loaded_once(synced, truth, {"chunk-000.parquet", "chunk-001.parquet"})
+
+    # The next run is not stopped by them (they are gone from landing/), nor by a
+    # directory of the same name landing again.
+    (landing / "a-dir.parquet").mkdir()
+    second = run_powerwatch("load", env=_env(prefect_api), timeout=60)
+    assert second.returncode == 1 and "1 unreadable" in second.stderr
+    assert (failed / "a-dir.parquet.1").is_dir()
+    third = run_powerwatch("load", env=_env(prefect_api), timeout=60)
+    assert third.returncode == 0, third.stderr
+
+
+# --- a damaged database ---------------------------------------------------------------------
+
+
+def damage(path: Path, where: str) -> bytes:
+    """Overwrite the header, or the pages in the middle of the file; the damaged file's bytes."""
+    size = path.stat().st_size
+    offset, length = (0, 100) if where == "header" else (size // 4, size // 2)
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(b"\xa5" * length)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("where", ["header", "middle"])
+def test_damaged_sqlite_database_is_named_in_one_line_and_left_alone(
+    sqlite_synced: Database, prefect_api: str, where: str
+) -> None:
+    landing = sqlite_synced.data_dir / "landing"
+    land(landing, 3, seconds=2_000)
+    assert run_powerwatch("load", env=_env(prefect_api)).returncode == 0
+    land(landing, 2, seconds=2_000, first=3)
+    chunks = names(landing)
+    db_file = Path(sqlite_synced.url.removeprefix("sqlite:///"))
+    assert not db_file.with_name(db_file.name + "-wal").exists()  # all in the main file
+    damaged = damage(db_file, where)
+    inode = db_file.stat().st_ino
+
+    started = time.monotonic()
+    result = run_powerwatch("load", env=_env(prefect_api))
+    seconds = time.monotonic() - started
+    assert result.returncode == 1
+    line = _one_line_error(result)
+    assert "damaged" in line and "busy" not in line
+    assert seconds < 30, f"{seconds:.1f} s: retried?"
+    assert db_file.stat().st_ino == inode and db_file.read_bytes() == damaged
+    assert names(landing) == chunks
+    assert not (landing / ".claimed").exists() or not any((landing / ".claimed").iterdir())
