@@ -300,3 +300,36 @@ def test_both_ways_of_classifying_older_readings_agree(
     incoming_values = [json.loads(v)["activePower6"] for v in found["incoming_values"]]
     assert stored_values == first["activePower6"].to_list()
     assert incoming_values == (first["activePower6"] + 1).to_list()
+
+
+def test_a_chunk_another_loader_claimed_is_skipped_and_counts_nothing(synced: Database) -> None:
+    chunk = write_chunk(make_readings(["KhonKaen"], 2), _landing(synced), "a.parquet")
+    claimed = landing.claim(chunk)  # another loader (here: this process) took it
+    assert claimed is not None and landing.list_chunks(_landing(synced)) == []
+    assert list(_landing(synced).glob("*.parquet")) == []
+    with bulk_connection() as bulk:
+        report = load_chunk(bulk, chunk, get_settings())
+    assert (report.status, report.rows_in, report.inserted) == ("taken", 0, 0)
+    assert claimed.exists() and _stored().is_empty()
+
+
+@pytest.mark.timeout(60)
+def test_entries_that_are_no_regular_file_are_set_aside_unopened(synced: Database) -> None:
+    import os
+
+    landing_dir = _landing(synced)
+    write_chunk(make_readings(["KhonKaen"], 2), landing_dir, "good.parquet")
+    (landing_dir / "dir.parquet").mkdir()
+    os.mkfifo(landing_dir / "fifo.parquet")
+    (landing_dir / "zero.parquet").symlink_to("/dev/zero")
+
+    reports = {r.chunk: r for r in _load_all()}
+
+    assert reports["good.parquet"].inserted == 2
+    failed = synced.data_dir / "failed"
+    for name, kind in [("dir", "directory"), ("fifo", "FIFO"), ("zero", "symbolic link")]:
+        assert reports[f"{name}.parquet"].status == "unreadable"
+        assert kind in (reports[f"{name}.parquet"].error or "")
+        assert kind in (failed / f"{name}.parquet.reason.txt").read_text()
+    assert (failed / "zero.parquet").is_symlink() and (failed / "dir.parquet").is_dir()
+    assert landing.list_chunks(landing_dir) == []

@@ -25,6 +25,7 @@ LOAD_ALL = (
     "from powerwatch.loader import load_chunk\n"
     "from powerwatch.settings import get_settings\n"
     "s = get_settings()\n"
+    "landing.recover_claims(s.landing_dir)\n"  # the claims of killed runs
     "with bulk_connection() as b:\n"
     "    for c in landing.list_chunks(s.landing_dir):\n"
     "        load_chunk(b, c, s)\n"
@@ -155,3 +156,4 @@ def test_kill_9_at_any_point_then_rerun_gives_the_same_database(
     assert kills >= 2, "the load finished too fast to be interrupted; make the chunks larger"
     assert _snapshot(_db_file(synced)) == expected
     assert list(landing_dir.glob("*.parquet")) == []
+    assert list((landing_dir / ".claimed").glob("*")) == []

@@ -18,8 +18,11 @@ import polars as pl
 import pytest
 import sqlalchemy
 
+from db.engine import bulk_connection
 from powerwatch import landing as landing_zone
 from powerwatch.faults import POINTS
+from powerwatch.loader import load_chunk
+from powerwatch.settings import Settings
 from tests.conftest import T0, Database, make_readings, write_chunk
 from tests.faults.conftest import (
     armed,
@@ -86,6 +89,16 @@ def assert_all_loaded_once(db: Database, truth: pl.DataFrame, chunks: set[str]) 
     assert not claims.exists() or list(claims.iterdir()) == []
     hidden = [p for p in data.rglob(".*") if p.is_file()]
     assert hidden == [], hidden  # no temporary file left behind
+
+
+def preload(url: str, data_dir: Path, first: int) -> pl.DataFrame:
+    """Load one chunk in this process (no Prefect: fast); the stored readings after it."""
+    truth = land(data_dir / "landing", 1, seconds=20, first=first)
+    with bulk_connection(url) as bulk:
+        [chunk] = landing_zone.list_chunks(data_dir / "landing")
+        assert load_chunk(bulk, chunk, Settings(data_dir=data_dir)).status == "loaded"
+    assert stored_keys(url).equals(expected_keys(truth))
+    return truth
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -176,6 +189,7 @@ def test_disk_full_data_dir_fails_at_once_then_completes_after_space_is_freed(
 ) -> None:
     data = small_disk / "data"
     landing = data / "landing"
+    before = preload(synced.url, data, first=100)
     truth = land(landing, 3)
     chunks = names(landing)
     fill(small_disk)
@@ -187,15 +201,18 @@ def test_disk_full_data_dir_fails_at_once_then_completes_after_space_is_freed(
     assert full.returncode == 1
     assert "disk full" in _one_line_error(full)
     assert seconds < 30, f"{seconds:.1f} s: retried?"
-    assert stored_keys(synced.url).is_empty()
-    assert committed_per_chunk(synced.url) == {}
+    assert stored_keys(synced.url).equals(expected_keys(before))  # nothing lost or changed
+    assert committed_per_chunk(synced.url) == {"chunk-100.parquet": 1}
     assert names(landing) == chunks  # back in landing/, no claim kept
     assert not (landing / ".claimed").exists() or not any((landing / ".claimed").iterdir())
 
     free(small_disk)
     again = run_powerwatch("load", env=env)
     assert again.returncode == 0, again.stderr
-    assert_all_loaded_once(Database(synced.backend, synced.url, data), truth, chunks)
+    all_chunks = chunks | {"chunk-100.parquet"}
+    assert_all_loaded_once(
+        Database(synced.backend, synced.url, data), pl.concat([truth, before]), all_chunks
+    )
 
 
 def small_sqlite(disk: Path, registry_file: Path) -> str:
@@ -218,6 +235,7 @@ def test_disk_full_sqlite_database_fails_at_once_then_completes_after_space_is_f
 ) -> None:
     url = small_sqlite(small_disk, registry_file)
     landing = sqlite_database.data_dir / "landing"
+    before = preload(url, sqlite_database.data_dir, first=100)
     truth = land(landing, 3, seconds=2_000)
     chunks = names(landing)
     fill(small_disk, leave_bytes=64 << 10)
@@ -231,12 +249,16 @@ def test_disk_full_sqlite_database_fails_at_once_then_completes_after_space_is_f
     assert seconds < 30, f"{seconds:.1f} s: retried?"
     assert names(landing) == chunks
     free(small_disk)
-    assert stored_keys(url).is_empty()  # nothing of the failed chunk
-    assert committed_per_chunk(url) == {}
+    assert stored_keys(url).equals(expected_keys(before))  # nothing lost or changed
+    assert committed_per_chunk(url) == {"chunk-100.parquet": 1}
 
     again = run_powerwatch("load", env=env)
     assert again.returncode == 0, again.stderr
-    assert_all_loaded_once(Database("sqlite", url, sqlite_database.data_dir), truth, chunks)
+    assert_all_loaded_once(
+        Database("sqlite", url, sqlite_database.data_dir),
+        pl.concat([before, truth]),
+        chunks | {"chunk-100.parquet"},
+    )
 
 
 # --- hostile entries in landing/ ----------------------------------------------------------
