@@ -9,6 +9,11 @@ Contract (must hold on SQLite and PostgreSQL alike):
 - everything of a batch (ledger row, readings, conflicts) commits together or
   not at all, so a crash at any point leaves the database as before the batch.
 
+One ingest rule for every path (chunk load, legacy migration): "loaded already?" is
+asked of the ledger (`load_batches`) inside the write transaction that then stores
+(`find_committed_batch`, `migration.find_imported`), so two processes can never both
+commit one input; then `begin_batch`, `store_readings` per slice, `finish_batch`.
+
 How it stays fast: inside the write lock we read each station's newest stored
 timestamp (one index seek per station). Live data is almost always newer than
 that, and such rows cannot collide with anything: they are appended straight

@@ -15,7 +15,7 @@ from prefect.states import Completed, Failed
 from db.load import require_schema
 from flows.naming import stamped
 from powerwatch import landing
-from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError
+from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError, from_os_error
 from powerwatch.loader import TAKEN, ChunkReport
 from powerwatch.reports import load_summary_rows
 from powerwatch.settings import get_settings
@@ -30,9 +30,13 @@ def load_chunks() -> State:
     logger = get_run_logger()
     try:
         require_schema(settings.database_url, "load")
+        recovered = landing.recover_claims(settings.landing_dir)
     except PowerwatchError as exc:
         return Failed(message=str(exc), data=exc)
-    for chunk in landing.recover_claims(settings.landing_dir):
+    except OSError as exc:
+        failure = from_os_error(exc, "load: recovering claims")
+        return Failed(message=str(failure), data=failure)
+    for chunk in recovered:
         logger.warning("%s: claimed by a loader that died; put back into landing/", chunk.name)
     reports: list[ChunkReport] = []
     failed: list[str] = []

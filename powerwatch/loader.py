@@ -105,7 +105,10 @@ def load_chunk(bulk: BulkConnection, chunk: Path, settings: Settings) -> ChunkRe
     A job failure (the database busy, damaged or full, the disk full) raises, after
     giving the claim back to landing/.
     """
-    claimed = landing.claim(chunk)
+    try:
+        claimed = landing.claim(chunk)
+    except OSError as exc:  # landing/.claimed/ cannot be made (disk full, read-only)
+        raise from_os_error(exc, f"load {chunk.name}") from exc
     if claimed is None:
         return ChunkReport(chunk=chunk.name, status=TAKEN)
     try:

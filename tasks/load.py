@@ -23,8 +23,10 @@ from tasks.retry import retry_when_database_unavailable
     cache_policy=NO_CACHE,
 )
 def load_chunk_task(chunk: Path) -> ChunkReport:
-    """Validate, store and move one chunk; a locked/unreachable database is retried with
-    backoff while the chunk stays in landing/ (nothing moves before the commit)."""
+    """Claim, validate, store and move one chunk; a locked/unreachable database is retried
+    with backoff while the chunk stays in landing/ (the claim is given back, nothing moves
+    before the commit). A full disk, a damaged database or an I/O error is not retried:
+    it would fail the same way again."""
     settings = get_settings()
     with bulk_connection(settings.database_url) as bulk:
         return load_chunk(bulk, chunk, settings)

@@ -101,6 +101,14 @@ def preload(url: str, data_dir: Path, first: int) -> pl.DataFrame:
     return truth
 
 
+def assert_not_retried(result: subprocess.CompletedProcess[str], seconds: float) -> None:
+    """No retry as "database busy": Prefect logs each retry ("Retry 1/5 will start"), and
+    five retries with backoff would take minutes."""
+    assert "will start" not in result.stdout + result.stderr, result.stderr
+    assert "busy" not in result.stderr
+    assert seconds < 120, f"{seconds:.1f} s"
+
+
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("powerwatch:")]
@@ -135,20 +143,24 @@ def test_kill_9_at_each_load_point_then_load_again_gives_ground_truth(
 # --- loaders racing -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loaders", [2, 3])
-def test_concurrent_loaders_load_every_chunk_once_and_all_exit_0(
-    synced: Database, prefect_api: str, tmp_path: Path, loaders: int
+ROUNDS = 10
+
+
+def test_two_and_three_concurrent_loaders_load_every_chunk_once_and_all_exit_0(
+    synced: Database, prefect_api: str, tmp_path: Path
 ) -> None:
+    """Ten rounds of 20 fresh chunks, each taken on by two or three `powerwatch load`
+    started together (alternating): the claim decides who loads which chunk."""
     landing = synced.data_dir / "landing"
     truths: list[pl.DataFrame] = []
     chunks: set[str] = set()
-    rounds = int(os.environ.get("PW_TEST_ROUNDS", "10")) if synced.backend == "sqlite" else 5
-    for round_ in range(rounds):
+    for round_ in range(ROUNDS):
+        loaders = 2 + round_ % 2
         truths.append(land(landing, 20, seconds=5, first=round_ * 20))
         chunks |= names(landing)
         logs = [tmp_path / f"r{round_}-{n}.log" for n in range(loaders)]
         procs = [spawn_powerwatch("load", env=_env(prefect_api), log=log) for log in logs]
-        codes = [proc.wait(timeout=120) for proc in procs]
+        codes = [proc.wait(timeout=300) for proc in procs]
         assert codes == [0] * loaders, [log.read_text()[-2000:] for log in logs]
         assert names(landing) == set()
     assert_all_loaded_once(synced, pl.concat(truths), chunks)
@@ -200,7 +212,7 @@ def test_disk_full_data_dir_fails_at_once_then_completes_after_space_is_freed(
     seconds = time.monotonic() - started
     assert full.returncode == 1
     assert "disk full" in _one_line_error(full)
-    assert seconds < 30, f"{seconds:.1f} s: retried?"
+    assert_not_retried(full, seconds)
     assert stored_keys(synced.url).equals(expected_keys(before))  # nothing lost or changed
     assert committed_per_chunk(synced.url) == {"chunk-100.parquet": 1}
     assert names(landing) == chunks  # back in landing/, no claim kept
@@ -246,7 +258,7 @@ def test_disk_full_sqlite_database_fails_at_once_then_completes_after_space_is_f
     seconds = time.monotonic() - started
     assert full.returncode == 1
     assert "disk full" in _one_line_error(full)
-    assert seconds < 30, f"{seconds:.1f} s: retried?"
+    assert_not_retried(full, seconds)
     assert names(landing) == chunks
     free(small_disk)
     assert stored_keys(url).equals(expected_keys(before))  # nothing lost or changed
@@ -327,8 +339,8 @@ def test_damaged_sqlite_database_is_named_in_one_line_and_left_alone(
     seconds = time.monotonic() - started
     assert result.returncode == 1
     line = _one_line_error(result)
-    assert "damaged" in line and "busy" not in line
-    assert seconds < 30, f"{seconds:.1f} s: retried?"
+    assert "damaged" in line
+    assert_not_retried(result, seconds)
     assert db_file.stat().st_ino == inode and db_file.read_bytes() == damaged
     assert names(landing) == chunks
     assert not (landing / ".claimed").exists() or not any((landing / ".claimed").iterdir())
