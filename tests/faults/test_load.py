@@ -146,6 +146,8 @@ def test_kill_9_at_each_load_point_then_load_again_gives_ground_truth(
 ROUNDS = 10
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # 20-25 powerwatch processes; 5-6 min on a host shared 6 ways
 def test_two_and_three_concurrent_loaders_load_every_chunk_once_and_all_exit_0(
     synced: Database, prefect_api: str, tmp_path: Path
 ) -> None:
