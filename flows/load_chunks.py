@@ -10,6 +10,7 @@ from db.engine import make_engine
 from db.migrate import require_current
 from flows.naming import stamped
 from powerwatch import landing
+from powerwatch.errors import DatabaseUnavailable
 from powerwatch.loader import ChunkReport
 from powerwatch.reports import load_summary_rows
 from powerwatch.settings import get_settings
@@ -20,15 +21,23 @@ from tasks.load import load_chunk_task
 def load_chunks() -> State:
     """Runbook: check the schema, load each chunk in turn, publish the table, fail if any did."""
     settings = get_settings()
-    require_current(make_engine(settings.database_url))
+    require_current(make_engine(settings.database_url, create=False))
+    # Retries (of a busy/unreachable database only) from POWERWATCH_LOAD_RETRIES.
+    load = load_chunk_task.with_options(retries=settings.load_retries)
     reports: list[ChunkReport] = []
     failed: list[str] = []
+    unavailable: DatabaseUnavailable | None = None
     for chunk in landing.list_chunks(settings.landing_dir):
-        state = load_chunk_task(chunk, return_state=True)
+        state = load(chunk, return_state=True)
         if state.is_completed():
             reports.append(state.result())
-        else:
-            failed.append(f"{chunk.name}: {state.message or 'failed'}")
+            continue
+        failed.append(f"{chunk.name}: {state.message or 'failed'}")
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, DatabaseUnavailable):
+            # Every later chunk would wait out the same retries: they stay in landing/.
+            unavailable = error
+            break
     create_table_artifact(
         key="load-chunks",
         table=load_summary_rows(reports),
@@ -38,6 +47,12 @@ def load_chunks() -> State:
     for line in failed:
         logger.error(line)
     unreadable = [r for r in reports if r.status == "unreadable"]
+    if unavailable is not None:
+        return Failed(
+            message=f"database busy or unreachable after {settings.load_retries + 1} "
+            f"attempts: {unavailable}; the chunks wait in {settings.landing_dir}",
+            data=reports,
+        )
     if failed or unreadable:
         # Failed, but still carrying the reports: the CLI prints them, the UI shows red.
         return Failed(
