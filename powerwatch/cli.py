@@ -63,7 +63,9 @@ def _moment(text: str) -> datetime:
     except OverflowError:
         inside = False
     if not inside:
-        raise argparse.ArgumentTypeError(f"out of range (years 1-9999): {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"out of range ({_FIRST:%Y-%m-%d} to {_LAST:%Y-%m-%d}): {text!r}"
+        )
     return moment
 
 
@@ -239,7 +241,9 @@ def _day(text: str) -> date:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from exc
     if not _FIRST.date() <= day < _LAST.date():
-        raise argparse.ArgumentTypeError(f"out of range (years 1-9999): {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"out of range ({_FIRST:%Y-%m-%d} to {_LAST:%Y-%m-%d}): {text!r}"
+        )
     return day
 
 
@@ -471,8 +475,11 @@ def cmd_backup(_args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     # An operator's action on the database itself: no Prefect (it may be what is broken).
     from powerwatch.backup import restore_database
+    from powerwatch.errors import InputError
     from powerwatch.settings import get_settings
 
+    if not args.file.is_file():  # refused before anything (a folder for the target) is made
+        raise InputError(f"{args.file}: no such backup file")
     report = restore_database(args.file, get_settings().database_url, force=args.force)
     print(
         f"{report.target}: restored from {report.backup} "
