@@ -48,7 +48,12 @@ from sqlalchemy.pool import NullPool
 
 from db.bulk import BulkConnection, named_failure
 from db.failures import classify
-from powerwatch.errors import DatabaseUnavailable, InputError, SchemaVersionError
+from powerwatch.errors import (
+    DatabaseCorrupt,
+    DatabaseUnavailable,
+    InputError,
+    SchemaVersionError,
+)
 from powerwatch.settings import get_settings
 
 
@@ -188,6 +193,23 @@ def check_connection(engine: Engine) -> None:
         raise classify(exc, f"cannot use {engine.url.render_as_string()}") from exc
     except DatabaseUnavailable as exc:  # named by the engine already: say what it was doing
         raise DatabaseUnavailable(f"cannot connect: {exc}") from exc
+
+
+def check_integrity(engine: Engine) -> None:
+    """SQLite: `PRAGMA quick_check` (every page read once; O(file size)), so a damaged
+    file is `DatabaseCorrupt` even where no query would touch the damage yet. For
+    `db upgrade` (rare, and about to rewrite the schema); PostgreSQL checks its own pages.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        found = [str(row[0]) for row in conn.execute(text("PRAGMA quick_check"))]
+    if found != ["ok"]:
+        raise DatabaseCorrupt(
+            f"{_where(engine.url)}: the database is damaged ({found[0] if found else 'no answer'}"
+            f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); restore the newest "
+            "backup, then re-load what landed since (README: Recovering)"
+        )
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from db.engine import make_engine
 from db.migrate import require_current
 from flows.naming import stamped
 from powerwatch import landing
-from powerwatch.errors import DatabaseUnavailable
+from powerwatch.errors import DatabaseCorrupt, DatabaseUnavailable
 from powerwatch.loader import ChunkReport
 from powerwatch.reports import load_summary_rows
 from powerwatch.settings import get_settings
@@ -27,6 +27,7 @@ def load_chunks() -> State:
     reports: list[ChunkReport] = []
     failed: list[str] = []
     unavailable: DatabaseUnavailable | None = None
+    damaged: DatabaseCorrupt | None = None
     for chunk in landing.list_chunks(settings.landing_dir):
         state = load(chunk, return_state=True)
         if state.is_completed():
@@ -34,9 +35,13 @@ def load_chunks() -> State:
             continue
         failed.append(f"{chunk.name}: {state.message or 'failed'}")
         error = state.result(raise_on_failure=False)
+        # Every later chunk would fail the same way (after the same retries): stop, they
+        # all wait in landing/.
         if isinstance(error, DatabaseUnavailable):
-            # Every later chunk would wait out the same retries: they stay in landing/.
             unavailable = error
+            break
+        if isinstance(error, DatabaseCorrupt):
+            damaged = error
             break
     create_table_artifact(
         key="load-chunks",
@@ -47,6 +52,8 @@ def load_chunks() -> State:
     for line in failed:
         logger.error(line)
     unreadable = [r for r in reports if r.status == "unreadable"]
+    if damaged is not None:
+        return Failed(message=str(damaged), data=reports)
     if unavailable is not None:
         return Failed(
             message=f"database busy or unreachable after {settings.load_retries + 1} "

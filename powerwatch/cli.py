@@ -157,11 +157,12 @@ def _require_station(bulk: BulkConnection, station: str | None) -> None:
 
 
 def cmd_db_upgrade(_args: argparse.Namespace) -> int:
-    from db.engine import check_connection, make_engine
+    from db.engine import check_connection, check_integrity, make_engine
     from db.migrate import current_revision, upgrade
 
     engine = make_engine()
     check_connection(engine)
+    check_integrity(engine)  # a damaged file is reported, never "upgraded"
     upgrade(engine)
     print(f"database at schema version {current_revision(engine)}")
     return 0

@@ -8,8 +8,10 @@ we support), so a bad value is refused as bad input, one line naming the variabl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,23 +93,28 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        """Parses as a SQLAlchemy URL of SQLite (with a file) or PostgreSQL (port in range)."""
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            url = make_url(value)
-        except (ArgumentError, ValueError) as exc:
-            raise ValueError(f"not a database URL: {value!r}") from exc
-        backend = url.get_backend_name()
+        """A URL of SQLite (with a file) or PostgreSQL (port in range). Parsed here without
+        SQLAlchemy, so a bad value is refused before anything heavy is imported;
+        `db.engine.parse_url` parses it again with SQLAlchemy when a database is used."""
+        scheme, sep, rest = value.partition("://")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9]*(\+[a-z0-9_]+)?", scheme):
+            raise ValueError(f"not a database URL: {value!r}")
+        backend = scheme.partition("+")[0]
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(
                 f"unsupported database {backend!r} (use sqlite:///PATH or postgresql://...)"
             )
-        if backend == "sqlite" and (not url.database or url.database == ":memory:"):
-            raise ValueError(f"a SQLite URL needs a file: sqlite:///PATH, not {value!r}")
-        if url.port is not None and not 1 <= url.port <= 65_535:
-            raise ValueError(f"port out of range (1-65535): {url.port}")
+        if backend == "sqlite":
+            database = rest.partition("?")[0]
+            if not database.startswith("/") or database[1:] in ("", ":memory:"):
+                raise ValueError(f"a SQLite URL needs a file: sqlite:///PATH, not {value!r}")
+            return value
+        try:
+            port = urlsplit(value).port
+        except ValueError as exc:
+            raise ValueError(f"not a database URL ({exc}): {value!r}") from exc
+        if port == 0:
+            raise ValueError(f"port out of range (1-65535): {port}")
         return value
 
     @field_validator("data_dir", "stations")

@@ -39,7 +39,7 @@ BAD_SETTINGS: list[tuple[str, list[str], dict[str, str], str]] = [
         "latest-url-port",
         ["latest"],
         {"DATABASE_URL": "postgresql://u@h:99999/d"},
-        "port out of range",
+        "out of range",
     ),
     (
         "readings-url-port-word",
@@ -297,18 +297,29 @@ class Outcome:
     tmp: Path
 
 
-def _run_case(tmp: Path, args: list[str], settings: dict[str, str]) -> Outcome:
+def _run_case(tmp: Path, args: list[str], settings: dict[str, str]) -> Outcome | Exception:
+    """The case's outcome, or what stopped it (a timeout): reported by its own test."""
     env = _isolated(tmp, settings)
     before = _everything(tmp)
     started = time.monotonic()
-    done = run_powerwatch(
-        *(a.replace("{tmp}", str(tmp)) for a in args), env=env, cwd=tmp, timeout=120
-    )
+    try:
+        done = run_powerwatch(
+            *(a.replace("{tmp}", str(tmp)) for a in args), env=env, cwd=tmp, timeout=120
+        )
+    except subprocess.TimeoutExpired as exc:
+        return exc
     return Outcome(done, time.monotonic() - started, _everything(tmp) - before, tmp)
 
 
+def _outcome(outcomes: dict[str, Outcome | Exception], case: str) -> Outcome:
+    found = outcomes[case]
+    if isinstance(found, Exception):
+        raise AssertionError(f"{case}: {found}")
+    return found
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome | Exception]:
     """Every case of both tables, each a real process in a folder of its own."""
     jobs = {f"setting-{n}": (a, e) for n, a, e, _ in BAD_SETTINGS}
     jobs |= {f"argument-{n}": (a, {}) for n, a, _ in BAD_ARGUMENTS}
@@ -324,9 +335,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
 
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_bad_input_is_one_line_exit_2_and_creates_nothing(
-    outcomes: dict[str, Outcome], case: str
+    outcomes: dict[str, Outcome | Exception], case: str
 ) -> None:
-    outcome = outcomes[case]
+    outcome = _outcome(outcomes, case)
     lines = outcome.done.stderr.strip().splitlines()
     assert outcome.done.returncode == 2, outcome.done.stderr
     assert "Traceback" not in outcome.done.stderr
@@ -337,10 +348,12 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
 
 
 @pytest.mark.parametrize("case", list(MISSING))
-def test_missing_database_is_reported_not_created(outcomes: dict[str, Outcome], case: str) -> None:
+def test_missing_database_is_reported_not_created(
+    outcomes: dict[str, Outcome | Exception], case: str
+) -> None:
     """A mistyped SQLite path: one line naming it and the remedy, exit 1, nothing created
     (read-only commands open with create=False; job commands check before their flow)."""
-    outcome = outcomes[case]
+    outcome = _outcome(outcomes, case)
     lines = outcome.done.stderr.strip().splitlines()
     assert outcome.done.returncode == 1, outcome.done.stderr
     assert "Traceback" not in outcome.done.stderr and len(lines) == 1, outcome.done.stderr
