@@ -415,8 +415,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     if isinstance(report, PowerwatchError):
         raise report
     if not isinstance(report, MigrationReport):
-        print(f"powerwatch: migrate-logs failed: {state.message}", file=sys.stderr)
-        return 1
+        return _exit_status(state, "migrate-logs") or 1
     write_table(pl.DataFrame(report.rows()), sys.stdout)
     if args.report is not None:
         report.write_json(args.report)

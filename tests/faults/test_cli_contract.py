@@ -266,8 +266,10 @@ READ_AND_JOB_COMMANDS: list[list[str]] = [
 EXPECTED = {f"setting-{name}": text for name, _, _, text in BAD_SETTINGS} | {
     f"argument-{name}": text for name, _, text in BAD_ARGUMENTS
 }
-MISSING = {f"missing-db-{'-'.join(a[:2])}": a for a in READ_AND_JOB_COMMANDS}
+MISSING = {f"missing-db-{'-'.join(a[:2]).replace('{tmp}/', '')}": a for a in READ_AND_JOB_COMMANDS}
 WORKERS = 4  # the cases are independent processes, mostly start-up: a few at once
+# ~75 processes of ~1 s each (idle host: ~20 s in all); on a host shared by many, slower.
+pytestmark = pytest.mark.timeout(900)
 
 
 def _everything(folder: Path) -> set[Path]:
@@ -327,7 +329,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome | Ex
     jobs |= {name: (args, typo) for name, args in MISSING.items()}
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = {
-            name: pool.submit(_run_case, tmp_path_factory.mktemp(name[:40]), args, env)
+            name: pool.submit(_run_case, tmp_path_factory.mktemp(name.replace("/", "_")), args, env)
             for name, (args, env) in jobs.items()
         }
         return {name: future.result() for name, future in futures.items()}

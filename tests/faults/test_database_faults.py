@@ -10,20 +10,16 @@ from __future__ import annotations
 import hashlib
 import shutil
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.conftest import (
-    PG_BASE,
-    STATIONS_YAML,
-    Database,
-    make_readings,
-    write_chunk,
-)
+from tests.conftest import STATIONS_YAML, Database, make_readings, write_chunk
 from tests.faults.conftest import (
     expected_keys,
     powerwatch_env,
@@ -150,17 +146,120 @@ def test_damaged_database_one_line_nonzero_file_unchanged(
     seconds = time.monotonic() - started
     assert _sha256(db) == before  # never replaced, never "repaired" with an empty one
     assert not Path(f"{db}-journal").exists()
-    if variant == "middle" and tuple(args[:2]) in UNTOUCHED_BY_MIDDLE | {tuple(args[:1])}:
-        if tuple(args[:2]) in UNTOUCHED_BY_MIDDLE or tuple(args[:1]) in UNTOUCHED_BY_MIDDLE:
-            assert done.returncode in (0, 1), done.stderr
-            if done.returncode:
-                assert DAMAGED in done.stderr.strip().splitlines()[-1]
-            return
+    if variant == "middle" and tuple(args) in UNTOUCHED_BY_MIDDLE:
+        # Reads no damaged page: answers as if healthy, or (refresh-rollups, reading the
+        # pending hours' readings) reports the damage; never anything else.
+        if done.returncode != 0:
+            assert done.returncode == 1 and DAMAGED in _own_lines(done.stderr)[-1]
+        return
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    mine = [line for line in done.stderr.splitlines() if line.startswith("powerwatch")]
+    mine = _own_lines(done.stderr)
     assert len(mine) == 1 and DAMAGED in mine[0], done.stderr
     assert "(README: Recovering)" in mine[0]
     if args == ["load"]:
         assert visible_files(landing) == [chunk]  # waits for the restore, untouched
     assert seconds < 90  # never retried as "busy" (3 retries with backoff would be longer)
+
+
+def _own_lines(stderr: str) -> list[str]:
+    """The command's own lines (Prefect's log lines, `HH:MM:SS.mmm | LEVEL | ...`, aside)."""
+    return [line for line in stderr.splitlines() if line.startswith("powerwatch")]
+
+
+# --- busy, locked, unreachable ---------------------------------------------------------
+
+
+@contextmanager
+def lock_held(database: Database) -> Iterator[None]:
+    """Another connection holds the write lock: SQLite `BEGIN IMMEDIATE`; PostgreSQL
+    `LOCK TABLE power_readings IN ACCESS EXCLUSIVE MODE`, in a transaction kept open."""
+    if database.backend == "sqlite":
+        conn = sqlite3.connect(database.url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database.url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("LOCK TABLE power_readings IN ACCESS EXCLUSIVE MODE"))
+            try:
+                yield
+            finally:
+                conn.rollback()
+    finally:
+        engine.dispose()
+
+
+def test_lock_held_elsewhere_bounded_wait_then_exact_load(
+    synced: Database, prefect_api: str
+) -> None:
+    """A writer waits at most the busy timeout (PostgreSQL: lock_timeout before LOCK
+    TABLE), is retried POWERWATCH_LOAD_RETRIES times with backoff, then ends with one
+    line, exit 1, the chunk still in landing/; once the lock is gone, the same command
+    stores every reading exactly once."""
+    landing = synced.data_dir / "landing"
+    frame = make_readings(STATIONS, 200)
+    chunk = write_chunk(frame, landing, "a.parquet")
+    env = powerwatch_env(
+        {
+            "POWERWATCH_BUSY_TIMEOUT_MS": "500",
+            "POWERWATCH_LOAD_RETRIES": "1",
+            "PREFECT_API_URL": prefect_api,
+        }
+    )
+    with lock_held(synced):
+        started = time.monotonic()
+        blocked = run_powerwatch("load", env=env, timeout=120)
+        seconds = time.monotonic() - started
+    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+    mine = _own_lines(blocked.stderr)
+    assert len(mine) == 1, blocked.stderr
+    assert "database busy or unreachable after 2 attempts" in mine[0], mine[0]
+    assert "Traceback" not in blocked.stderr
+    assert visible_files(landing) == [chunk]
+    assert seconds < 60  # 2 waits of 0.5 s and one backoff (2 s +- 50 %), plus start-up
+    assert stored_keys(synced.url).is_empty()
+
+    again = run_powerwatch("load", env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert stored_keys(synced.url).equals(expected_keys(frame))
+    assert visible_files(landing) == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again on leaving: nothing listens there
+
+
+def test_postgres_unreachable_one_line_exit_1_bounded(tmp_path: Path, prefect_api: str) -> None:
+    """Nothing listens at the URL's port: `load` and a query say so in one line, exit 1,
+    within a bounded time; the chunk waits in landing/."""
+    landing = tmp_path / "data" / "landing"
+    chunk = write_chunk(make_readings(STATIONS, 10), landing, "a.parquet")
+    env = powerwatch_env(
+        {
+            "POWERWATCH_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{_closed_port()}/test",
+            "POWERWATCH_DATA_DIR": str(tmp_path / "data"),
+            "POWERWATCH_BUSY_TIMEOUT_MS": "500",
+            "POWERWATCH_LOAD_RETRIES": "1",
+            "PREFECT_API_URL": prefect_api,
+        }
+    )
+    for args in (["load"], ["latest"]):
+        started = time.monotonic()
+        done = run_powerwatch(*args, env=env, timeout=120)
+        seconds = time.monotonic() - started
+        assert done.returncode == 1, done.stdout + done.stderr
+        mine = _own_lines(done.stderr)
+        assert len(mine) == 1 and "busy or unreachable" in mine[0], done.stderr
+        assert "Traceback" not in done.stderr
+        assert seconds < 60
+    assert visible_files(landing) == [chunk]
