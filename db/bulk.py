@@ -3,6 +3,12 @@
 Only the load hot path uses it. It exists so that code above it writes one SQL
 text with `?` placeholders for both SQLite and PostgreSQL and never touches
 ADBC's per-driver differences (placeholder style, transaction handling).
+
+A driver error that names a failure (damaged file, disk full, I/O error, busy or
+unreachable) leaves every call here as that failure (`named_failure`), so a query
+on a damaged file says so in one line and only "busy" is ever retried as busy.
+PostgreSQL write transactions set `lock_timeout` before `LOCK TABLE`: a lock held
+elsewhere is waited for at most the busy timeout, then `DatabaseUnavailable`.
 """
 
 from __future__ import annotations
@@ -19,14 +25,35 @@ import pyarrow as pa
 from adbc_driver_manager import dbapi
 
 from db.failures import classify
+from powerwatch.errors import JobError
 
 _PLACEHOLDER = re.compile(r"\?")
+
+
+def named_failure(exc: BaseException, doing: str = "database") -> JobError | None:
+    """The named failure (damaged, disk full, I/O, busy/unreachable) a driver error means,
+    or None for any other driver error (a constraint, a bad statement: left as it is)."""
+    failure = classify(exc, doing)
+    return None if type(failure) is JobError else failure
+
+
+@contextmanager
+def _named(where: str) -> Iterator[None]:
+    try:
+        yield
+    except dbapi.Error as exc:
+        failure = named_failure(exc, where)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 @dataclass
 class BulkConnection:
     conn: Any  # adbc_driver_manager.dbapi.Connection
     sqlite: bool
+    lock_timeout_ms: int | None = None  # PostgreSQL: bound of a LOCK TABLE's wait
+    where: str = "database"  # how failures name the database
 
     def _sql(self, sql: str) -> str:
         if self.sqlite:
@@ -35,16 +62,16 @@ class BulkConnection:
         return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self.conn.cursor() as cur:
+        with _named(self.where), self.conn.cursor() as cur:
             cur.execute(self._sql(sql), list(params) if params else None)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.conn.cursor() as cur:
+        with _named(self.where), self.conn.cursor() as cur:
             cur.execute(self._sql(sql), list(params) if params else None)
             return list(cur.fetchall())
 
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
-        with self.conn.cursor() as cur:
+        with _named(self.where), self.conn.cursor() as cur:
             self._batch_rows(cur, 65_536)
             cur.execute(self._sql(sql), list(params) if params else None)
             table: pa.Table = cur.fetch_arrow_table()
@@ -54,7 +81,7 @@ class BulkConnection:
         self, sql: str, params: Sequence[Any] = (), *, rows: int = 65_536
     ) -> Iterator[pa.RecordBatch]:
         """Stream a result as Arrow record batches of about `rows` rows (bounded memory)."""
-        with self.conn.cursor() as cur:
+        with _named(self.where), self.conn.cursor() as cur:
             self._batch_rows(cur, rows)
             cur.execute(self._sql(sql), list(params) if params else None)
             for batch in cur.fetch_record_batch():
@@ -78,7 +105,7 @@ class BulkConnection:
     def ingest(self, table_name: str, data: pa.Table, *, temporary: bool = False) -> None:
         """Append Arrow data to an existing table, or create a temporary one from it."""
         mode = "create" if temporary else "append"
-        with self.conn.cursor() as cur:
+        with _named(self.where), self.conn.cursor() as cur:
             cur.adbc_ingest(table_name, data, mode=mode, temporary=temporary)
 
     @contextmanager
@@ -90,7 +117,7 @@ class BulkConnection:
         try:
             for _ in range(count):
                 opened.append(self.conn.adbc_clone())
-                pool.put(BulkConnection(opened[-1], self.sqlite))
+                pool.put(BulkConnection(opened[-1], self.sqlite, self.lock_timeout_ms, self.where))
             yield pool
         finally:
             for conn in opened:
@@ -139,6 +166,9 @@ class BulkConnection:
             if self.sqlite:
                 self.execute("BEGIN IMMEDIATE")
             else:
+                if lock_tables and self.lock_timeout_ms is not None:
+                    # Bounded: a lock held elsewhere ends as "lock timeout" (DatabaseUnavailable).
+                    self.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
                 for name in lock_tables:
                     self.execute(f"LOCK TABLE {name} IN SHARE ROW EXCLUSIVE MODE")
             try:
@@ -153,7 +183,7 @@ class BulkConnection:
         except dbapi.Error as exc:
             # Locked past the busy timeout or the server gone: DatabaseUnavailable (worth a
             # retry); a full disk, a damaged file, an I/O error: named, never retried.
-            raise classify(exc, "database") from exc
+            raise classify(exc, self.where) from exc
 
     def _rollback(self) -> None:
         try:

@@ -17,10 +17,25 @@ works as SQLite documents.
 SQLite is tuned here for one busy writer and many readers: WAL (readers never
 block the writer), a busy timeout (a second writer waits instead of failing),
 foreign keys on, synchronous=NORMAL (durable at checkpoints; safe under WAL).
+
+Waits are bounded everywhere, from `POWERWATCH_BUSY_TIMEOUT_MS`: SQLite's busy
+timeout; PostgreSQL's `lock_timeout` (every session) and `connect_timeout` (rounded
+up to seconds, at least 2, libpq's minimum). A wait past the bound is
+`DatabaseUnavailable`, which the load retries with backoff.
+
+Failures have names on every path: a driver error meaning "damaged", "disk full",
+"I/O error" or "busy/unreachable" leaves the engine (SQLAlchemy's `handle_error`) or
+an ADBC call (`db.bulk`) as `DatabaseCorrupt` / `DiskFull` / `StorageError` /
+`DatabaseUnavailable`, never as a raw driver error and never retried as busy unless busy.
+
+Commands that only read never create a database: `make_engine(create=False)` and
+`bulk_connection(create=False)` refuse a SQLite file that is not there (SQLite would
+otherwise create it, and its folders, empty).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,9 +46,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
-from db.bulk import BulkConnection
+from db.bulk import BulkConnection, named_failure
 from db.failures import classify
-from powerwatch.errors import InputError
+from powerwatch.errors import (
+    DatabaseCorrupt,
+    DatabaseUnavailable,
+    InputError,
+    SchemaVersionError,
+)
 from powerwatch.settings import get_settings
 
 
@@ -63,6 +83,29 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
+def require_database(url: str | None = None) -> None:
+    """A SQLite database file must be there already (PostgreSQL: the server says so).
+
+    For every command but `db upgrade` and `restore`: a mistyped path is reported, not
+    created empty. Exit 1, like a database without the schema: the remedy is the same.
+    """
+    parsed = parse_url(url)
+    path = sqlite_path(parsed) if is_sqlite(parsed) else None
+    if path is not None and not path.is_file():
+        raise SchemaVersionError(f"no database at {path}: run `powerwatch db upgrade`")
+
+
+def connect_timeout_s(busy_timeout_ms: int) -> int:
+    """PostgreSQL's connect_timeout for a busy timeout: whole seconds, at least 2 (libpq)."""
+    return max(2, math.ceil(busy_timeout_ms / 1000))
+
+
+def _where(parsed: URL) -> str:
+    """How a failure names the database: the SQLite file, or the URL without password."""
+    path = sqlite_path(parsed) if is_sqlite(parsed) else None
+    return str(path) if path is not None else parsed.render_as_string()
+
+
 def _sqlite_pragmas(busy_timeout_ms: int, *, new_file: bool = False) -> list[str]:
     # Archive (powerwatch/archive.py) gives deleted pages back in small steps with
     # `PRAGMA incremental_vacuum`. auto_vacuum can only be chosen while the file has no
@@ -86,22 +129,39 @@ def _sqlite_pragmas(busy_timeout_ms: int, *, new_file: bool = False) -> list[str
     ]
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """Build the engine; for SQLite, create the file's folder and apply the pragmas."""
+def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
+    """Build the engine; for SQLite, create the file's folder and apply the pragmas.
+
+    `create=False`: a SQLite file that is not there is refused (`require_database`).
+    """
     parsed = parse_url(url)
+    busy_timeout_ms = get_settings().busy_timeout_ms
     kwargs: dict[str, Any] = {}
     if is_sqlite(parsed):
         path = sqlite_path(parsed)
-        if path is not None:
+        if not create:
+            require_database(parsed.render_as_string(hide_password=False))
+        elif path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": get_settings().busy_timeout_ms / 1000}
+        kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000}
         kwargs["poolclass"] = NullPool
+    else:
+        kwargs["connect_args"] = {"connect_timeout": connect_timeout_s(busy_timeout_ms)}
     try:
         engine = create_engine(parsed, **kwargs)
     except NoSuchModuleError as exc:
         raise InputError(f"no driver for database URL {parsed.render_as_string()!r}") from exc
+    where = _where(parsed)
+
+    @event.listens_for(engine, "handle_error")
+    def _named(context: Any) -> None:
+        # Damaged / disk full / I/O error / busy: raised by name (SQLAlchemy then skips its
+        # own wrapping); any other driver error stays SQLAlchemy's.
+        failure = named_failure(context.original_exception, where)
+        if failure is not None:
+            raise failure from context.original_exception
+
     if is_sqlite(parsed):
-        busy_timeout_ms = get_settings().busy_timeout_ms
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -110,6 +170,16 @@ def make_engine(url: str | None = None) -> Engine:
             for pragma in _sqlite_pragmas(busy_timeout_ms, new_file=new_file):
                 cursor.execute(pragma)
             cursor.close()
+
+    else:
+
+        @event.listens_for(engine, "connect")
+        def _on_pg_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Session-wide: no statement (LOCK TABLE, DDL of a migration, a read behind an
+            # ACCESS EXCLUSIVE lock) waits for a lock longer than the busy timeout.
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET lock_timeout = {int(busy_timeout_ms)}")
+            dbapi_connection.commit()
 
     return engine
 
@@ -121,16 +191,40 @@ def check_connection(engine: Engine) -> None:
             conn.execute(text("SELECT 1"))
     except DBAPIError as exc:
         raise classify(exc, f"cannot use {engine.url.render_as_string()}") from exc
+    except DatabaseUnavailable as exc:  # named by the engine already: say what it was doing
+        raise DatabaseUnavailable(f"cannot connect: {exc}") from exc
+
+
+def check_integrity(engine: Engine) -> None:
+    """SQLite: `PRAGMA quick_check` (every page read once; O(file size)), so a damaged
+    file is `DatabaseCorrupt` even where no query would touch the damage yet. For
+    `db upgrade` (rare, and about to rewrite the schema); PostgreSQL checks its own pages.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        found = [str(row[0]) for row in conn.execute(text("PRAGMA quick_check"))]
+    if found != ["ok"]:
+        raise DatabaseCorrupt(
+            f"{_where(engine.url)}: the database is damaged ({found[0] if found else 'no answer'}"
+            f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); restore the newest "
+            "backup, then re-load what landed since (README: Recovering)"
+        )
 
 
 @contextmanager
-def bulk_connection(url: str | None = None) -> Iterator[BulkConnection]:
+def bulk_connection(url: str | None = None, *, create: bool = True) -> Iterator[BulkConnection]:
     """An ADBC DB-API connection to the same database, for Arrow bulk loads.
 
     SQLite: opened in autocommit mode so the pragmas apply; the caller issues
-    `BEGIN IMMEDIATE` / `COMMIT` itself. PostgreSQL: a normal transaction.
+    `BEGIN IMMEDIATE` / `COMMIT` itself. PostgreSQL: a normal transaction, with
+    `lock_timeout` set for the session and a `connect_timeout`.
+    `create=False`: a SQLite file that is not there is refused, not created.
     """
     parsed = parse_url(url)
+    busy_timeout_ms = get_settings().busy_timeout_ms
+    if not create:
+        require_database(parsed.render_as_string(hide_password=False))
     try:
         if is_sqlite(parsed):
             import adbc_driver_sqlite.dbapi as adbc_sqlite
@@ -140,18 +234,27 @@ def bulk_connection(url: str | None = None) -> Iterator[BulkConnection]:
             cursor = conn.cursor()
             cursor.execute("PRAGMA page_count")
             new_file = cursor.fetchall()[0][0] == 0
-            for pragma in _sqlite_pragmas(get_settings().busy_timeout_ms, new_file=new_file):
+            for pragma in _sqlite_pragmas(busy_timeout_ms, new_file=new_file):
                 cursor.execute(pragma)
                 cursor.fetchall()
             cursor.close()
         else:
             import adbc_driver_postgresql.dbapi as adbc_pg
 
-            libpq = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+            libpq = parsed.set(
+                drivername="postgresql",
+                query=dict(parsed.query)
+                | {"connect_timeout": str(connect_timeout_s(busy_timeout_ms))},
+            ).render_as_string(hide_password=False)
             conn = adbc_pg.connect(libpq)
+            with conn.cursor() as cursor:
+                cursor.execute(f"SET lock_timeout = {int(busy_timeout_ms)}")
+            conn.commit()
     except Exception as exc:
-        raise classify(exc, f"cannot connect to {parsed.render_as_string()}") from exc
+        raise classify(exc, f"cannot connect to {_where(parsed)}") from exc
     try:
-        yield BulkConnection(conn, sqlite=is_sqlite(parsed))
+        yield BulkConnection(
+            conn, sqlite=is_sqlite(parsed), lock_timeout_ms=busy_timeout_ms, where=_where(parsed)
+        )
     finally:
         conn.close()

@@ -355,7 +355,7 @@ def require_schema(url: str, doing: str) -> None:
     from db.engine import make_engine
     from db.migrate import require_current
 
-    engine = make_engine(url)
+    engine = make_engine(url, create=False)
     try:
         require_current(engine)
     except DBAPIError as exc:

@@ -2,8 +2,9 @@
 
 Claims left by a loader that died are put back into landing/ first (`landing.recover_claims`).
 A failure of the whole job (disk full, a damaged database, an I/O error) ends the run
-at that chunk with that one line: every later chunk would fail the same way. A busy
-database past its retries, like an unreadable chunk, fails only its chunk.
+at that chunk with that one line: every later chunk would fail the same way; so does a
+database still busy or unreachable after its retries (POWERWATCH_LOAD_RETRIES): the
+chunks wait in landing/ for the next run. An unreadable chunk fails only itself.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ def load_chunks() -> State:
     reports: list[ChunkReport] = []
     failed: list[str] = []
     fatal: JobError | None = None
+    # Retries (of a busy/unreachable database only) from POWERWATCH_LOAD_RETRIES.
+    load = load_chunk_task.with_options(retries=settings.load_retries)
+    unavailable: DatabaseUnavailable | None = None
     for chunk in landing.list_chunks(settings.landing_dir):
-        state = load_chunk_task(chunk, return_state=True)
+        state = load(chunk, return_state=True)
         if state.is_completed():
             report: ChunkReport = state.result()
             if report.status != TAKEN:
@@ -53,6 +57,10 @@ def load_chunks() -> State:
             fatal = error
             break
         failed.append(f"{chunk.name}: {state.message or 'failed'}")
+        if isinstance(error, DatabaseUnavailable):
+            # Every later chunk would wait out the same retries: stop, they wait in landing/.
+            unavailable = error
+            break
     create_table_artifact(
         key="load-chunks",
         table=load_summary_rows(reports),
@@ -64,6 +72,12 @@ def load_chunks() -> State:
         # The chunk is back in landing/ (its claim given back); nothing stored is lost.
         return Failed(message=str(fatal), data=reports)
     unreadable = [r for r in reports if r.status == "unreadable"]
+    if unavailable is not None:
+        return Failed(
+            message=f"database busy or unreachable after {settings.load_retries + 1} "
+            f"attempts: {unavailable}; the chunks wait in {settings.landing_dir}",
+            data=reports,
+        )
     if failed or unreadable:
         # Failed, but still carrying the reports: the CLI prints them, the UI shows red.
         return Failed(

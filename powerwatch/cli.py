@@ -4,11 +4,19 @@ Query commands read the database directly and never import Prefect, so they
 answer at once; job commands run their Prefect flow (visible in the UI when
 PREFECT_API_URL points at a server). Errors are one line on stderr, exit 2 for
 bad usage/input and 1 for a job that ran but failed.
+
+Everything that can be checked is checked before a job starts: every argument by its
+argparse type (bounds included), every setting once at the top of `main` (before
+Prefect is imported), the registry of a capture, and that the database exists (only
+`db upgrade` and `restore` create one; read-only commands also open it with
+`create=False`). A failure met later is named (`db.failures.classify`: damaged, disk
+full, I/O, busy/unreachable) and printed as one line, whatever path it took.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -31,44 +39,130 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# Bounds of what the databases and Python can take: LIMIT/OFFSET are 64-bit in SQLite and
+# PostgreSQL; days back from now must stay a datetime (MAX_DAYS: 100 years); seconds for a
+# duration or flush stay far below asyncio's and datetime's limits (MAX_SECONDS: 10 years).
+MAX_ROWS = 2**63 - 1
+MAX_SECONDS = 315_576_000.0
+MAX_STATIONS = 10_000
+# Earliest/latest instant a reading time filter may name: epoch milliseconds of year 1 and
+# 9999 fit an int64, and `datetime.timestamp()` works for them in every zone.
+_FIRST = datetime(1, 1, 2, tzinfo=UTC)
+_LAST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
 def _moment(text: str) -> datetime:
     """ISO-8601; a time without a zone is UTC."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    try:
+        inside = _FIRST <= moment <= _LAST
+    except OverflowError:
+        inside = False
+    if not inside:
+        raise argparse.ArgumentTypeError(
+            f"out of range ({_FIRST:%Y-%m-%d} to {_LAST:%Y-%m-%d}): {text!r}"
+        )
+    return moment
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str, low: int, high: int) -> int:
     try:
         value = int(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    if value < low:
+        words = "must be positive" if low == 1 else f"must be at least {low}"
+        raise argparse.ArgumentTypeError(f"{words}: {text!r}")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high}: {text!r}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def _rows(text: str) -> int:
+    """A row count for LIMIT: 1 .. 2**63-1."""
+    return _whole(text, 1, MAX_ROWS)
+
+
+def _offset(text: str) -> int:
+    """Rows to skip: 0 .. 2**63-1."""
+    return _whole(text, 0, MAX_ROWS)
+
+
+def _flush_rows(text: str) -> int:
+    return _whole(text, 1, 100_000_000)  # as POWERWATCH_CAPTURE_FLUSH_ROWS
+
+
+def _days(text: str) -> int:
+    from powerwatch.settings import MAX_DAYS
+
+    return _whole(text, 1, MAX_DAYS)
+
+
+def _station_count(text: str) -> int:
+    return _whole(text, 1, MAX_STATIONS)
+
+
+def _port(text: str) -> int:
+    """A first TCP port, or 0 for free ports."""
+    return _whole(text, 0, 65_535)
+
+
+def _seed(text: str) -> int:
+    return _whole(text, 0, 2**32 - 1)
+
+
+def _positive_float(text: str, high: float = MAX_SECONDS) -> float:
     try:
         value = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high:g}: {text!r}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _positive_float(text, MAX_SECONDS)
+
+
+def _rate(text: str) -> float:
+    """Frames per second per station: above 1,000 no station sends."""
+    return _positive_float(text, 1_000.0)
 
 
 # --- query commands (no Prefect) ------------------------------------------------------
 
 
+def _require_database() -> None:
+    """Every command but `db upgrade` / `restore`: the database must exist (exit 1 if not)."""
+    from db.engine import require_database
+
+    require_database()
+
+
+def _require_station(bulk: BulkConnection, station: str | None) -> None:
+    """One rule for every query command: an unknown station is bad input (exit 2)."""
+    if station is not None:
+        from db.rollups import require_station_id
+
+        require_station_id(bulk, station)
+
+
 def cmd_db_upgrade(_args: argparse.Namespace) -> int:
-    from db.engine import check_connection, make_engine
+    from db.engine import check_connection, check_integrity, make_engine
     from db.migrate import current_revision, upgrade
 
     engine = make_engine()
     check_connection(engine)
+    check_integrity(engine)  # a damaged file is reported, never "upgraded"
     upgrade(engine)
     print(f"database at schema version {current_revision(engine)}")
     return 0
@@ -83,7 +177,7 @@ def cmd_stations_sync(args: argparse.Namespace) -> int:
 
     path = args.file or get_settings().stations
     registry = load_registry(path)
-    engine = make_engine()
+    engine = make_engine(create=False)
     require_current(engine)
     result = sync_stations(engine, registry)
     print(f"{path}: {result.added} added, {result.updated} updated, {result.unchanged} unchanged")
@@ -94,10 +188,10 @@ def _query_connection() -> AbstractContextManager[BulkConnection]:
     from db.engine import bulk_connection, check_connection, make_engine
     from db.migrate import require_current
 
-    engine = make_engine()
+    engine = make_engine(create=False)
     check_connection(engine)
     require_current(engine)
-    return bulk_connection()
+    return bulk_connection(create=False)
 
 
 def cmd_stations_list(_args: argparse.Namespace) -> int:
@@ -117,6 +211,7 @@ def cmd_readings(args: argparse.Namespace) -> int:
         station=args.station, start=args.start, end=args.end, limit=args.limit, offset=args.offset
     )
     with _query_connection() as bulk:
+        _require_station(bulk, args.station)
         frames = iter_readings(bulk, where)
         if args.format == "csv":
             write_csv(frames)
@@ -136,15 +231,21 @@ def cmd_latest(args: argparse.Namespace) -> int:
     from powerwatch.output import write_table
 
     with _query_connection() as bulk:
+        _require_station(bulk, args.station)
         write_table(latest(bulk, args.station))
     return 0
 
 
 def _day(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from exc
+    if not _FIRST.date() <= day < _LAST.date():
+        raise argparse.ArgumentTypeError(
+            f"out of range ({_FIRST:%Y-%m-%d} to {_LAST:%Y-%m-%d}): {text!r}"
+        )
+    return day
 
 
 def cmd_rollups(args: argparse.Namespace) -> int:
@@ -207,14 +308,28 @@ def cmd_completeness(args: argparse.Namespace) -> int:
 
 
 def _exit_status(state: State[Any], job: str) -> int:
-    """0 for a completed flow run; 1, with its message as one line on stderr, otherwise."""
+    """0 for a completed flow run; otherwise one line on stderr and the failure's exit code
+    (a named failure the flow raised speaks for itself; else the run's message)."""
     if state.is_completed():
         return 0
-    print(f"powerwatch: {job} failed: {state.message}", file=sys.stderr)
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception as exc:  # no result to read (crashed before one): the message says why
+        result = exc
+    if isinstance(result, BaseException) and (failure := _failure(result)) is not None:
+        print(f"powerwatch: {job} failed: {failure}", file=sys.stderr)
+        return failure.exit_code
+    print(f"powerwatch: {job} failed: {_first_line(state.message)}", file=sys.stderr)
     return 1
 
 
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else "failed"
+
+
 def cmd_load(_args: argparse.Namespace) -> int:
+    _require_database()
     import polars as pl
 
     from flows.load_chunks import load_chunks
@@ -229,9 +344,12 @@ def cmd_load(_args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from powerwatch.errors import InputError
     from powerwatch.settings import get_settings
     from powerwatch.simulator import simulate
 
+    if args.port and args.port + args.count - 1 > 65_535:
+        raise InputError(f"--port {args.port} --count {args.count}: ports beyond 65535")
     simulate(
         args.count,
         args.rate,
@@ -245,6 +363,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    from powerwatch.registry import load_registry
+    from powerwatch.settings import get_settings
+
+    load_registry(get_settings().stations)  # missing or malformed: exit 2 before the flow
     import polars as pl
 
     from flows.capture_stations import capture_stations
@@ -279,6 +401,11 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     tz = args.tz or DEFAULT_TZ
     check_time_zone(tz)  # bad input is refused before anything starts (exit 2)
     discover(args.paths)
+    if args.report is not None and not args.report.parent.is_dir():
+        from powerwatch.errors import InputError
+
+        raise InputError(f"--report {args.report}: no such folder {args.report.parent}")
+    _require_database()
     from flows.migrate_logs import migrate_logs
 
     state = migrate_logs(
@@ -288,8 +415,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     if isinstance(report, PowerwatchError):
         raise report
     if not isinstance(report, MigrationReport):
-        print(f"powerwatch: migrate-logs failed: {state.message}", file=sys.stderr)
-        return 1
+        return _exit_status(state, "migrate-logs") or 1
     write_table(pl.DataFrame(report.rows()), sys.stdout)
     if args.report is not None:
         report.write_json(args.report)
@@ -297,6 +423,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
+    _require_database()
     from flows.refresh_rollups import refresh_rollups
 
     state = refresh_rollups(return_state=True)
@@ -311,6 +438,7 @@ def cmd_demo(_args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
+    _require_database()
     import polars as pl
 
     from flows.archive_readings import archive_readings
@@ -329,6 +457,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(_args: argparse.Namespace) -> int:
+    _require_database()
     from flows.backup_database import backup_database
     from powerwatch.settings import get_settings
 
@@ -346,8 +475,11 @@ def cmd_backup(_args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     # An operator's action on the database itself: no Prefect (it may be what is broken).
     from powerwatch.backup import restore_database
+    from powerwatch.errors import InputError
     from powerwatch.settings import get_settings
 
+    if not args.file.is_file():  # refused before anything (a folder for the target) is made
+        raise InputError(f"{args.file}: no such backup file")
     report = restore_database(args.file, get_settings().database_url, force=args.force)
     print(
         f"{report.target}: restored from {report.backup} "
@@ -389,8 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--start", type=_moment, help="ISO-8601, inclusive (no zone = UTC)")
     rd.add_argument("--end", type=_moment, help="ISO-8601, exclusive (no zone = UTC)")
     rd.add_argument("--format", choices=("csv", "json", "table"), default="table")
-    rd.add_argument("--limit", type=_positive_int)
-    rd.add_argument("--offset", type=int, default=0)
+    rd.add_argument("--limit", type=_rows, help="at most this many readings")
+    rd.add_argument("--offset", type=_offset, default=0, help="skip this many readings first")
     rd.set_defaults(handler=cmd_readings)
 
     lt = commands.add_parser("latest", help="newest reading per station")
@@ -434,21 +566,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N simulated stations on 127.0.0.1 and write their registry; "
         "e.g. powerwatch simulate --count 100 --rate 10 --faults",
     )
-    sim.add_argument("--count", type=_positive_int, default=10)
-    sim.add_argument("--rate", type=_positive_float, default=1.0, help="frames/s per station")
-    sim.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
+    sim.add_argument("--count", type=_station_count, default=10)
+    sim.add_argument("--rate", type=_rate, default=1.0, help="frames/s per station")
+    sim.add_argument("--port", type=_port, default=0, help="first port (default: free ports)")
     sim.add_argument("--faults", action="store_true", help="everything the protocol allows")
-    sim.add_argument("--duration", type=_positive_float, help="seconds (default: until stopped)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--duration", type=_seconds, help="seconds (default: until stopped)")
+    sim.add_argument("--seed", type=_seed, default=0)
     sim.set_defaults(handler=cmd_simulate)
     cap = commands.add_parser(
         "capture",
         help="capture every registered station into landing chunks; "
         "e.g. powerwatch capture --duration 60 --flush-seconds 5",
     )
-    cap.add_argument("--duration", type=_positive_float, help="seconds (default: until stopped)")
-    cap.add_argument("--flush-seconds", type=_positive_float, help="default: settings")
-    cap.add_argument("--flush-rows", type=_positive_int, help="default: settings")
+    cap.add_argument("--duration", type=_seconds, help="seconds (default: until stopped)")
+    cap.add_argument("--flush-seconds", type=_seconds, help="default: settings")
+    cap.add_argument("--flush-rows", type=_flush_rows, help="default: settings")
     cap.set_defaults(handler=cmd_capture)
     mig = commands.add_parser(
         "migrate-logs",
@@ -465,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="move readings older than the retention into data/archive/ (Parquet); "
         "e.g. powerwatch archive --older-than 90",
     )
-    arc.add_argument("--older-than", type=_positive_int, metavar="DAYS", help="default: settings")
+    arc.add_argument("--older-than", type=_days, metavar="DAYS", help="default: settings")
     arc.set_defaults(handler=cmd_archive)
     commands.add_parser(
         "backup", help="a verified, compressed online backup into data/backups/, then rotate"
@@ -481,6 +613,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DRIVER_ERRORS = (
+    ("sqlite3", "Error"),
+    ("sqlalchemy.exc", "SQLAlchemyError"),
+    ("adbc_driver_manager.dbapi", "Error"),
+    ("psycopg", "Error"),
+)
+
+
+def _failure(exc: BaseException) -> PowerwatchError | None:
+    """The named, one-line failure for an exception, or None if it is none we know.
+
+    Ours as they are; an `OSError` met during a job: disk full / storage error (bad input
+    paths are refused up front); any database driver's error: `db.failures.classify`.
+    Only driver modules already imported are looked at (a query imports no Prefect).
+    """
+    if isinstance(exc, PowerwatchError):
+        return exc
+    if isinstance(exc, OSError):
+        return from_os_error(exc)
+    for module, name in _DRIVER_ERRORS:
+        kind = getattr(sys.modules.get(module), name, None)
+        if isinstance(kind, type) and isinstance(exc, kind):
+            from db.failures import classify
+
+            return classify(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Offline by design: no telemetry from Prefect's client or its temporary server.
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -489,14 +649,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
+        from powerwatch.settings import get_settings
+
+        get_settings()  # every setting checked (exit 2, naming it) before any command starts
         return handler(args)
-    except PowerwatchError as exc:
-        print(f"powerwatch: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:  # met while the job ran (bad input paths are refused up front)
-        failure = from_os_error(exc)
+    except Exception as exc:
+        failure = _failure(exc)
+        if failure is None:
+            raise
         print(f"powerwatch: error: {failure}", file=sys.stderr)
         return failure.exit_code
 

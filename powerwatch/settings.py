@@ -1,17 +1,36 @@
-"""The one settings object. Every knob an operator may turn is declared (and documented) here."""
+"""The one settings object. Every knob an operator may turn is declared (and documented) here.
+
+Every setting is checked when it is read (bounds, a URL that parses and names a backend
+we support), so a bad value is refused as bad input, one line naming the variable
+(`POWERWATCH_BUSY_TIMEOUT_MS: not a whole number: 'abc'`), before any job starts:
+`get_settings` turns pydantic's `ValidationError` into an `InputError` (exit 2).
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from powerwatch.errors import InputError
+
+ENV_PREFIX = "POWERWATCH_"
+# A millisecond count both SQLite (`busy_timeout`, a C int) and PostgreSQL
+# (`lock_timeout`, an int4 of ms) accept.
+MAX_TIMEOUT_MS = 2**31 - 1
+# Days back from now that Python's datetime (year 1) and any retention anyone means
+# can take: 100 years.
+MAX_DAYS = 36_525
 
 
 class Settings(BaseSettings):
     """Read from `POWERWATCH_*` environment variables and an optional `.env` file."""
 
-    model_config = SettingsConfigDict(env_prefix="POWERWATCH_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     database_url: str = Field(
         "sqlite:///data/powerwatch.db",
@@ -22,30 +41,88 @@ class Settings(BaseSettings):
     )
     stations: Path = Field(Path("stations.yaml"), description="The station registry (YAML).")
     busy_timeout_ms: int = Field(
-        30_000, description="How long a SQLite writer waits for the lock before failing."
+        30_000,
+        ge=1,
+        le=MAX_TIMEOUT_MS,
+        description="How long a writer waits for a lock before failing (SQLite's busy "
+        "timeout; PostgreSQL's lock_timeout and, rounded up to seconds, its connect_timeout).",
     )
     load_retries: int = Field(
-        5, description="Retries (with backoff) of a chunk load whose database is busy/unreachable."
+        5,
+        ge=0,
+        le=100,
+        description="Retries (with backoff) of a chunk load whose database is busy/unreachable.",
     )
     capture_flush_seconds: float = Field(
         10.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
         description="A capture writes a landing chunk at least this often (seconds): the "
         "largest share of a reading's way to the database besides the load interval.",
     )
     capture_flush_rows: int = Field(
         40_000,
+        ge=1,
+        le=100_000_000,
         description="... or as soon as it holds this many frames: bounds a capture's memory.",
     )
-    retention_days: int = Field(90, description="Readings older than this move to the archive.")
+    retention_days: int = Field(
+        90, ge=1, le=MAX_DAYS, description="Readings older than this move to the archive."
+    )
     prefect_port: int = Field(
-        4200, description="Port of the Prefect server and UI that `powerwatch demo` starts."
+        4200,
+        ge=1,
+        le=65_535,
+        description="Port of the Prefect server and UI that `powerwatch demo` starts.",
     )
     backup_keep_hourly: int = Field(
-        24, description="Backups kept for the most recent hours (the newest of each hour)."
+        24,
+        ge=0,
+        le=100_000,
+        description="Backups kept for the most recent hours (the newest of each hour; the "
+        "newest backup is always kept).",
     )
     backup_keep_daily: int = Field(
-        14, description="Backups kept for the most recent days (the newest of each day)."
+        14,
+        ge=0,
+        le=100_000,
+        description="Backups kept for the most recent days (the newest of each day).",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        """A URL of SQLite (with a file) or PostgreSQL (port in range). Parsed here without
+        SQLAlchemy, so a bad value is refused before anything heavy is imported;
+        `db.engine.parse_url` parses it again with SQLAlchemy when a database is used."""
+        scheme, sep, rest = value.partition("://")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9]*(\+[a-z0-9_]+)?", scheme):
+            raise ValueError(f"not a database URL: {value!r}")
+        backend = scheme.partition("+")[0]
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"unsupported database {backend!r} (use sqlite:///PATH or postgresql://...)"
+            )
+        if backend == "sqlite":
+            database = rest.partition("?")[0]
+            if not database.startswith("/") or database[1:] in ("", ":memory:"):
+                raise ValueError(f"a SQLite URL needs a file: sqlite:///PATH, not {value!r}")
+            return value
+        try:
+            port = urlsplit(value).port
+        except ValueError as exc:
+            raise ValueError(f"not a database URL ({exc}): {value!r}") from exc
+        if port == 0:
+            raise ValueError(f"port out of range (1-65535): {port}")
+        return value
+
+    @field_validator("data_dir", "stations")
+    @classmethod
+    def _path(cls, value: Path) -> Path:
+        if not str(value).strip() or str(value) == ".":
+            raise ValueError("must name a path")
+        return value
 
     @property
     def landing_dir(self) -> Path:
@@ -77,6 +154,45 @@ class Settings(BaseSettings):
         return self.data_dir / "backups"
 
 
+_WORDING = {
+    "int_parsing": "not a whole number",
+    "int_from_float": "not a whole number",
+    "int_type": "not a whole number",
+    "float_parsing": "not a number",
+    "float_type": "not a number",
+    "finite_number": "not a finite number",
+    "path_type": "not a path",
+}
+_BOUNDS = {
+    "greater_than": ("gt", "must be greater than"),
+    "greater_than_equal": ("ge", "must be at least"),
+    "less_than": ("lt", "must be less than"),
+    "less_than_equal": ("le", "must be at most"),
+}
+
+
+def describe(error: Any) -> str:
+    """One pydantic error (an `ErrorDetails`) as `POWERWATCH_NAME: reason: 'input'`."""
+    field = str(error["loc"][0]) if error.get("loc") else "?"
+    variable = f"{ENV_PREFIX}{field.upper()}"
+    kind = str(error.get("type", ""))
+    given = error.get("input")
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        reason = f"{words} {error.get('ctx', {}).get(key)}"
+    elif kind == "value_error":
+        return f"{variable}: {error['ctx']['error']}"
+    else:
+        reason = _WORDING.get(kind, str(error.get("msg", kind)))
+    return f"{variable}: {reason}: {given!r}"
+
+
 def get_settings() -> Settings:
-    """Fresh each call (cheap): tests and the CLI change the environment between calls."""
-    return Settings()
+    """Fresh each call (cheap): tests and the CLI change the environment between calls.
+
+    A bad setting is bad input: `InputError` naming the first bad variable, one line.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InputError(describe(exc.errors()[0])) from None

@@ -36,15 +36,20 @@ def armed(point: str, fault: str = "kill", at: int = 1) -> dict[str, str]:
 
 
 def run_powerwatch(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`powerwatch ARGS` as a real process; its exit status, stdout and stderr."""
+    """`powerwatch ARGS` as a real process (in `cwd`, if given: where relative default
+    paths such as `data/` would land); its exit status, stdout and stderr."""
     return subprocess.run(
         [sys.executable, "-m", "powerwatch.cli", *args],
         capture_output=True,
         text=True,
         env=env if env is not None else powerwatch_env(),
         timeout=timeout,
+        cwd=cwd,
     )
 
 
