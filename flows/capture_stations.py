@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.naming import stamped
 from powerwatch.capture import CaptureReport, run_capture
+from powerwatch.errors import StorageError
 from powerwatch.registry import load_registry
 from powerwatch.settings import get_settings
 
@@ -31,24 +32,32 @@ def capture_stations(
         settings.landing_dir,
         settings.dead_letter_dir,
         duration=duration,
-        flush_seconds=flush_seconds or settings.capture_flush_seconds,
-        flush_rows=flush_rows or settings.capture_flush_rows,
+        flush_seconds=settings.capture_flush_seconds if flush_seconds is None else flush_seconds,
+        flush_rows=settings.capture_flush_rows if flush_rows is None else flush_rows,
     )
     create_markdown_artifact(
         key="capture-stations",
         markdown=report.markdown(),
         description=f"{report.readings} readings in {len(report.chunks)} chunks",
     )
-    get_run_logger().info(
-        "capture ended by %s: %d frames, %d readings, rejected %s, %d chunks",
+    logger = get_run_logger()
+    logger.info(
+        "capture ended by %s: %d frames, %d readings, rejected %s, %d chunks, "
+        "%d station task crashes, %d failed flushes",
         report.ended_by,
         report.frames,
         report.readings,
         report.rejects or "none",
         len(report.chunks),
+        report.crashes,
+        report.flush_failures,
     )
     if interruption is not None:
         # Everything is flushed and published: now the signal ends the run as it ends any
         # (Prefect: Cancelled when its runner cancelled it, else Crashed; Ctrl-C: exit 130).
         raise interruption
+    if report.unwritten:  # the last write failed too: the run failed (exit 1), said in one line
+        raise StorageError(
+            f"capture could not write {report.unwritten} frames: {report.last_flush_error}"
+        )
     return report
