@@ -13,7 +13,6 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.naming import stamped
 from powerwatch.capture import CaptureReport, run_capture
-from powerwatch.errors import StorageError
 from powerwatch.registry import load_registry
 from powerwatch.settings import get_settings
 
@@ -56,8 +55,6 @@ def capture_stations(
         # Everything is flushed and published: now the signal ends the run as it ends any
         # (Prefect: Cancelled when its runner cancelled it, else Crashed; Ctrl-C: exit 130).
         raise interruption
-    if report.unwritten:  # the last write failed too: the run failed (exit 1), said in one line
-        raise StorageError(
-            f"capture could not write {report.unwritten} frames: {report.last_flush_error}"
-        )
+    if report.failure is not None:  # the last write failed too: frames unwritten (exit 1)
+        raise report.failure
     return report

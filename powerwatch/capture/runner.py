@@ -48,7 +48,7 @@ from powerwatch.capture.frames import (
     check_frames,
     reason_class,
 )
-from powerwatch.errors import InputError
+from powerwatch.errors import DiskFull, InputError, JobError, StorageError, from_os_error
 from powerwatch.faults import fault_point
 from powerwatch.jsonlines import RAW
 from powerwatch.registry import Station
@@ -74,6 +74,7 @@ class CaptureReport:
     flush_failures: int = 0  # flushes whose write failed (their frames were kept and retried)
     last_flush_error: str = ""
     unwritten: int = 0  # frames still unwritten when the run ended (its last write failed)
+    failure: JobError | None = None  # set with `unwritten`: what the run failed with
 
     @property
     def crashes(self) -> int:
@@ -187,6 +188,7 @@ class Capture:
         self._buffer: FrameBuffer | None = None
         self._pending: list[_Batch] = []  # judged, not yet (completely) written, oldest first
         self._failing = False  # the last flush failed
+        self._last_error: Exception | None = None
 
     def stop(self, reason: str = "stop") -> None:
         """Ask the run to end (safe from a signal handler via `call_soon_threadsafe`)."""
@@ -224,6 +226,7 @@ class Capture:
             unwritten = sum(batch.rows for batch in self._pending)
             if unwritten:
                 self.report.unwritten = unwritten
+                self.report.failure = _job_error(self._last_error, unwritten)
                 logger.error(
                     "capture: %d frames could not be written before the end of the run (%s)",
                     unwritten,
@@ -274,6 +277,7 @@ class Capture:
         except Exception as exc:  # kept and retried, reported, never dropped
             self.report.flush_failures += 1
             self.report.last_flush_error = _failure(exc)
+            self._last_error = exc
             logger.error(
                 "capture: flush failed (%s); %d frames kept in memory, retried at the next flush",
                 self.report.last_flush_error,
@@ -451,6 +455,17 @@ def _append_durably(path: Path, data: bytes) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _job_error(exc: Exception | None, unwritten: int) -> JobError:
+    """The run's failure when frames stayed unwritten: disk full or a storage error."""
+    doing = f"capture could not write {unwritten} frames"
+    if isinstance(exc, OSError):
+        return from_os_error(exc, doing)
+    text = _failure(exc) if exc is not None else "unknown error"
+    if "No space left on device" in text:  # polars' writer wraps the OSError in its own error
+        return DiskFull(f"{doing}: disk full: {text}")
+    return StorageError(f"{doing}: {text}")
 
 
 def _failure(exc: BaseException) -> str:

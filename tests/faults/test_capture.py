@@ -20,7 +20,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from powerwatch.capture import Capture
 from powerwatch.errors import InputError, RegistryError
 from powerwatch.registry import Station, load_registry, write_registry
 from schemas.reading import CHANNEL_KEYS
+from tests.conftest import Database
 from tests.faults.conftest import (
     armed,
     fill,
@@ -132,7 +132,7 @@ def reading(ts_ms: int, value: float = 1.5) -> str:
     )
 
 
-def good_frames(count: int, start_ms: int) -> list[str]:
+def good_frames(count: int, start_ms: int) -> Script:
     return [reading(start_ms + 1000 * i, float(i)) for i in range(count)]
 
 
@@ -213,8 +213,8 @@ def test_hostile_frames_are_dead_lettered_and_every_good_frame_of_every_station_
     evil_script, evil_good = hostile_script(now, rng)
     servers = [
         StationServer("Evil", evil_script),
-        StationServer("Calm-1", list(good_frames(15, now))),
-        StationServer("Calm-2", list(good_frames(9, now + 1))),
+        StationServer("Calm-1", good_frames(15, now)),
+        StationServer("Calm-2", good_frames(9, now + 1)),
     ]
     data = tmp_path / "data"
     with Stations(servers) as stations:
@@ -248,3 +248,182 @@ def test_hostile_frames_are_dead_lettered_and_every_good_frame_of_every_station_
         [*bad_texts, *[f for f in evil_script if isinstance(f, bytes)]]
     )
     assert not leftovers(data)
+
+
+def bad_frames(rng: random.Random) -> Script:
+    return ["not json at all", BadText(b"\xc3\x28 broken"), rng.randbytes(64)]
+
+
+def expected_stored(servers: list[StationServer], start: dict[str, int], good: int) -> pl.DataFrame:
+    """`stored_keys`' shape for the good frames each server sends."""
+    rows = [
+        (server.name, start[server.name] + 1000 * i, float(i), float(i))
+        for server in servers
+        for i in range(good)
+    ]
+    return pl.DataFrame(
+        rows,
+        schema={"station": pl.String, "ts": pl.Int64, "p1": pl.Float64, "m1": pl.Float64},
+        orient="row",
+    ).sort("station", "ts")
+
+
+def test_disk_full_keeps_every_frame_and_writes_them_once_space_returns(
+    tmp_path: Path, small_disk: Path, api: str
+) -> None:
+    rng = random.Random(3)
+    now = int(time.time() * 1000) - 120_000
+    servers = [
+        StationServer("Full-1", [*good_frames(400, now), *bad_frames(rng)]),
+        StationServer("Full-2", [*good_frames(300, now + 1), *bad_frames(rng)]),
+    ]
+    data = small_disk / "data"  # landing/ and dead-letter/ on the small disk
+    data.mkdir()
+    fill(small_disk, 0)
+    log = tmp_path / "capture.log"
+    total = sum(len(s.script) for s in servers)
+
+    def accounted() -> int:
+        return chunk_readings(data).height + len(dead_letters(data))
+
+    with Stations(servers) as stations:
+        registry = stations.registry(tmp_path / "stations.yaml")
+        env = capture_env(data, registry, api)
+        proc = spawn_powerwatch("capture", "--flush-seconds", "0.3", env=env, log=log)
+        try:
+            wait_until(
+                lambda: (
+                    all(s.sent == len(s.script) for s in servers)
+                    and len(log_lines(log, "flush failed")) >= 3
+                ),
+                proc,
+                "every frame delivered and three failed flushes",
+                60,
+            )
+            assert accounted() == 0  # nothing could be written ...
+            assert not leftovers(data)  # ... and no failed write left its temporary file
+            free(small_disk)
+            wait_until(lambda: accounted() == total, proc, "every frame written", 30)
+            seconds = signal_group(proc, signal.SIGTERM, 60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    readings = chunk_readings(data)
+    assert readings.height == 700 and readings.unique(["station", "timestamp"]).height == 700
+    assert len(dead_letters(data)) == 6  # zero lost: 706 delivered = 700 readings + 6 letters
+    assert not leftovers(data)
+    failures = log_lines(log, "flush failed")
+    assert len(failures) >= 3
+    assert all("No space left on device" in line for line in failures), failures
+    assert "Traceback" not in log.read_text()  # one line per failed flush, no traceback
+    assert log_lines(log, "writing works again")
+    print(f"failed flushes: {len(failures)}; exit after SIGTERM: {seconds:.1f} s")
+
+
+@pytest.mark.parametrize(
+    "point", ["capture.batch_taken", "capture.chunk_written", "capture.dead_letters_written"]
+)
+def test_kill_9_at_each_fault_point_leaves_whole_chunks_and_a_new_capture_carries_on(
+    point: str, sqlite_database: Database, tmp_path: Path, api: str
+) -> None:
+    from tests.faults.conftest import stored_keys
+    from tests.test_capture import load_all, register
+
+    rng = random.Random(5)
+    now = int(time.time() * 1000) - 120_000
+    servers = [
+        StationServer("Kill-1", [*good_frames(30, now), *bad_frames(rng)]),
+        StationServer("Kill-2", [*good_frames(30, now + 1), *bad_frames(rng)]),
+    ]
+    data = sqlite_database.data_dir
+    with Stations(servers) as stations:
+        registry = stations.registry(tmp_path / "stations.yaml")
+        register(sqlite_database, [s.station for s in servers])
+        env = capture_env(data, registry, api)
+        killed = run_powerwatch(
+            "capture", "--flush-seconds", "0.3", env=env | armed(point, "kill"), timeout=90
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        first_chunks = visible_files(data / "landing", "*.parquet")
+        before = chunk_readings(data)  # every visible chunk reads back whole
+        assert before.unique(["station", "timestamp"]).height == before.height
+        first_letters = dead_letters(data)  # every dead-letter line is whole JSON
+        assert not leftovers(data)
+        if point != "capture.batch_taken":  # the flush got as far as its chunk
+            assert first_chunks
+        if point == "capture.dead_letters_written":
+            assert first_letters
+
+        again = run_powerwatch("capture", "--duration", "3", "--flush-seconds", "0.3", env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+    new_chunks = set(visible_files(data / "landing", "*.parquet")) - set(first_chunks)
+    assert new_chunks
+    # the new capture received each script whole: all of it is accounted for once more
+    new_readings = pl.concat([landing.read_chunk(path) for path in sorted(new_chunks)])
+    new_letters = len(dead_letters(data)) - len(first_letters)
+    assert new_readings.height == 60 and new_letters == 6
+    loads = load_all(data / "landing")
+    assert all(r.status == "loaded" for r in loads)
+    got = stored_keys(sqlite_database.url)
+    start = {"Kill-1": now, "Kill-2": now + 1}
+    assert got.equals(expected_stored(servers, start, 30))  # none missing, none doubled
+
+
+def test_a_crashed_station_task_is_logged_counted_and_restarted(tmp_path: Path, api: str) -> None:
+    now = int(time.time() * 1000) - 60_000
+    servers = [
+        StationServer("Crash-1", good_frames(20, now)),
+        StationServer("Crash-2", good_frames(20, now + 1)),
+    ]
+    data = tmp_path / "data"
+    with Stations(servers) as stations:
+        registry = stations.registry(tmp_path / "stations.yaml")
+        # the first station task to (re)connect raises an error nobody expects there
+        env = capture_env(data, registry, api) | armed("capture.station_connecting", "ioerror")
+        done = run_powerwatch("capture", "--duration", "4", "--flush-seconds", "0.3", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    crashed = [line for line in output.splitlines() if "receive task crashed" in line]
+    assert len(crashed) == 1, output[-3000:]
+    assert "OSError" in crashed[0] and "restarting it" in crashed[0]
+    assert "Traceback" not in output
+    assert "1 station task crashes" in output  # the run's own account counts it
+    table = [line for line in done.stdout.splitlines() if "Crash-" in line]
+    assert len(table) == 2
+    # restarted: both stations delivered everything
+    readings = chunk_readings(data)
+    assert dict(readings.group_by("station").len().iter_rows()) == {"Crash-1": 20, "Crash-2": 20}
+    assert sum(s.connections for s in servers) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ws://", "has no host"),
+        ("ws://station one:8765/", "contains spaces"),
+        ("ws://10.0.0.1:8765/ live", "contains spaces"),
+        ("ws://:8765/", "has no host"),
+        ("ws://10.0.0.1:99999/", "bad URL"),
+    ],
+)
+def test_registry_refuses_a_url_without_host_or_with_spaces(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    path = tmp_path / "stations.yaml"
+    entry = {"name": "TX-7", "uuid": str(uuid.uuid4()), "ip_address": "10.0.0.1", "url": url}
+    path.write_text(json.dumps({"stations": [entry]}))  # JSON is YAML
+    with pytest.raises(RegistryError) as caught:
+        load_registry(path)
+    text = str(caught.value)
+    assert "TX-7" in text and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("rows", "seconds"), [(0, 1.0), (-5, 1.0), (10, 0.0), (10, -1.0), (10, float("nan"))]
+)
+def test_capture_refuses_bad_flush_parameters(tmp_path: Path, rows: int, seconds: float) -> None:
+    station = Station("TX-1", str(uuid.uuid4()), "127.0.0.1", "", "ws://127.0.0.1:9/")
+    with pytest.raises(InputError) as caught:
+        Capture([station], tmp_path, tmp_path, flush_seconds=seconds, flush_rows=rows)
+    assert "must be" in str(caught.value) and "\n" not in str(caught.value)
