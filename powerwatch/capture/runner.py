@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 from array import array
@@ -57,6 +59,7 @@ from schemas.reading import REASON, RECEIVED_AT, TIMESTAMP_DTYPE
 logger = logging.getLogger(__name__)
 
 CHECK_ROWS = 10_000  # frames judged at once in a flush
+NEARLY_FULL = 1 << 20  # bytes free under which a failed chunk write is taken as a full disk
 STOP_GRACE = 1.0  # seconds, after the closing handshakes (themselves at most CLOSE_TIMEOUT),
 # for the receive loops to end before they are cancelled: a stop flushes well within 5 s
 
@@ -225,13 +228,14 @@ class Capture:
             await self._flush(buffer)
             unwritten = sum(batch.rows for batch in self._pending)
             if unwritten:
-                self.report.unwritten = unwritten
-                self.report.failure = _job_error(self._last_error, unwritten)
+                self.report.unwritten += unwritten
                 logger.error(
                     "capture: %d frames could not be written before the end of the run (%s)",
                     unwritten,
                     self.report.last_flush_error,
                 )
+            if self.report.unwritten:
+                self.report.failure = _job_error(self._last_error, self.report.unwritten)
             for state in self.report.stations:
                 state.finish()
             self.report.ended_at = datetime.now(UTC)
@@ -261,12 +265,21 @@ class Capture:
         A failed write (disk full, I/O error) keeps it, and every later batch, for the
         next flush: logged (one line each time) and counted, never dropped.
         """
+        taken = buffer.take()
+        judged = False
+        if taken.ends or taken.early_rejects:
+            rows = len(taken.ends) + len(taken.early_rejects)
+            try:
+                self._pending.append(await asyncio.to_thread(self._judge, taken))
+                judged = True
+            except Exception as exc:  # cannot happen short of memory: said, counted, not silent
+                buffer.release(rows)
+                self.report.unwritten += rows
+                self._last_error = exc
+                logger.error("capture: %d frames lost, cannot be judged (%s)", rows, _failure(exc))
+        del taken
         try:
-            taken = buffer.take()
-            if taken.ends or taken.early_rejects:
-                batch = await asyncio.to_thread(self._judge, taken)
-                del taken
-                self._pending.append(batch)
+            if judged:
                 fault_point("capture.batch_taken")
             while self._pending:
                 batch = self._pending[0]
@@ -427,13 +440,28 @@ def _check_slice(frames: pl.DataFrame, uuids: pl.DataFrame) -> CheckedFrames:
 
 
 def _write_chunk(readings: pl.DataFrame, path: Path) -> None:
-    """`landing.write_atomically`, leaving no temporary file behind when it fails."""
+    """`landing.write_atomically`, leaving no temporary file behind when it fails.
+
+    polars' Parquet writer reports a full disk as its own error, and not always with
+    the OS's words ("Invalid thrift: transport error" when the file's footer fails): a
+    failure while the file system is (nearly) full is said as the `OSError` it is.
+    """
     try:
         landing.write_atomically(readings, path)
-    except BaseException:
+    except BaseException as exc:
         for temporary in path.parent.glob(f".{path.name}*.tmp"):
             temporary.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, OSError) and _nearly_full(path):
+            raise OSError(errno.ENOSPC, f"No space left on device ({_failure(exc)})") from exc
         raise
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        usage = shutil.disk_usage(path.parent)
+    except OSError:
+        return False
+    return usage.free < NEARLY_FULL
 
 
 def _append_durably(path: Path, data: bytes) -> None:
