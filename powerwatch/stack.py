@@ -79,7 +79,9 @@ class LocalStack:
         if self.server_database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server_database_url
         if self.scheduler_loop_seconds:
-            env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = str(self.scheduler_loop_seconds)
+            env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = str(
+                self.scheduler_loop_seconds
+            )
         return env
 
     # --- lifecycle --------------------------------------------------------------------
