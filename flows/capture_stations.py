@@ -31,24 +31,30 @@ def capture_stations(
         settings.landing_dir,
         settings.dead_letter_dir,
         duration=duration,
-        flush_seconds=flush_seconds or settings.capture_flush_seconds,
-        flush_rows=flush_rows or settings.capture_flush_rows,
+        flush_seconds=settings.capture_flush_seconds if flush_seconds is None else flush_seconds,
+        flush_rows=settings.capture_flush_rows if flush_rows is None else flush_rows,
     )
     create_markdown_artifact(
         key="capture-stations",
         markdown=report.markdown(),
         description=f"{report.readings} readings in {len(report.chunks)} chunks",
     )
-    get_run_logger().info(
-        "capture ended by %s: %d frames, %d readings, rejected %s, %d chunks",
+    logger = get_run_logger()
+    logger.info(
+        "capture ended by %s: %d frames, %d readings, rejected %s, %d chunks, "
+        "%d station task crashes, %d failed flushes",
         report.ended_by,
         report.frames,
         report.readings,
         report.rejects or "none",
         len(report.chunks),
+        report.crashes,
+        report.flush_failures,
     )
     if interruption is not None:
         # Everything is flushed and published: now the signal ends the run as it ends any
         # (Prefect: Cancelled when its runner cancelled it, else Crashed; Ctrl-C: exit 130).
         raise interruption
+    if report.failure is not None:  # the last write failed too: frames unwritten (exit 1)
+        raise report.failure
     return report

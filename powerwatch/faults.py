@@ -53,9 +53,12 @@ POINTS: dict[str, str] = {
     "backup.renamed": "the compressed backup has its final name, no manifest yet",
     "backup.rotated": "older backups beyond the rotation are removed",
     # capture (one flush)
-    "capture.batch_taken": "frames are taken from the buffer for a flush",
-    "capture.chunk_written": "the flush's landing chunk is renamed into landing/",
-    "capture.dead_letters_written": "the flush's rejected frames are in the dead-letter file",
+    "capture.batch_taken": "a flush took the buffered frames and judged them; nothing written",
+    "capture.chunk_written": "the flush's landing chunk (if it has readings) is in landing/",
+    "capture.dead_letters_written": "the flush's rejected frames are appended and fsynced",
+    # capture (one station's task)
+    "capture.station_connecting": "a station's task is about to (re)connect; outside its "
+    "connection error handling, so a fault here is a crash of the task",
 }
 
 

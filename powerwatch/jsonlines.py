@@ -11,6 +11,14 @@ polars decodes pieces of lines at once; a line it would refuse, known in advance
 fails, is decoded on its own (`orjson`) to tell exactly what is wrong with it.
 Only what cannot be read is flagged here; value ranges and time rules are
 `schemas.reading.split_valid`'s.
+
+Hostile input: polars' JSON decoder recurses per nesting level and overflows its
+stack (a segfault: the whole process gone) at ~20,000 nested arrays, which fit in
+one 64 KiB frame. A line with more than `_MAX_OPENERS` `[`/`{` (a valid line has
+two) is therefore never given to polars but to the per-line decoder, where orjson
+stops at 1,024 levels. The per-line decoder never raises: a line it cannot judge
+for any reason is `malformed JSON` with the reason, so one line never costs the
+lines around it.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ _JSON_PIECE: Final = 4096  # lines polars decodes at once (larger pieces decode 
 _JSON_SPLIT: Final = 16  # a refused piece is retried in this many parts ...
 _JSON_LINE_BY_LINE: Final = 256  # ... down to this size, then decoded line by line
 _QUOTE_LIMIT: Final = 60
+_MAX_OPENERS: Final = 16  # more `[`/`{` in a line: decoded per line (see the docstring)
 
 _CHANNELS_STRUCT: Final = pl.Struct({key: pl.Float64 for key in CHANNEL_KEYS})
 _CHANNEL_ALTERNATIVES: Final = "|".join(CHANNEL_KEYS)
@@ -120,8 +129,10 @@ def decode_json_lines(candidates: pl.DataFrame, shape: JsonShape) -> pl.DataFram
     (a string or boolean where a number belongs, a station that is not a string).
     """
     raw = pl.col(RAW)
-    suspect = ~(raw.str.starts_with("{") & raw.str.ends_with("}")) | raw.str.contains(
-        _CHANNEL_STRING
+    suspect = (
+        ~(raw.str.starts_with("{") & raw.str.ends_with("}"))
+        | raw.str.contains(_CHANNEL_STRING)
+        | (raw.str.count_matches(r"[\[{]") > _MAX_OPENERS)
     )
     odd_rows = candidates.select(suspect).to_series()
     plain = candidates.filter(~odd_rows)
@@ -221,13 +232,30 @@ _NOT_JSON: Final = object()
 
 
 def _decode_line(line: str, shape: JsonShape) -> tuple[object, ...]:
+    """One line's fields; never raises (a line nothing can judge is malformed, with why)."""
+    try:
+        return _judge_line(line, shape)
+    except Exception as exc:  # any failure is this line's, not the batch's
+        nothing = (None,) * (len(shape.strings) + 2 + len(CHANNEL_KEYS))
+        return (*nothing, f"{MALFORMED_JSON} (cannot be decoded: {_failure(exc)})", None, False)
+
+
+def _failure(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:_QUOTE_LIMIT]}" if text else type(exc).__name__
+
+
+def _judge_line(line: str, shape: JsonShape) -> tuple[object, ...]:
     nothing = (None,) * (len(shape.strings) + 2 + len(CHANNEL_KEYS))  # + timestamp, has_channels
     value: object = _NOT_JSON
     try:
         value = orjson.loads(line)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson's nesting limit: deeper than any valid line
+            return (*nothing, f"{MALFORMED_JSON} (nested too deeply)", None, False)
         if shape.allow_constants:
-            with contextlib.suppress(ValueError):  # NaN, Infinity, 1e400: judged as values
+            # NaN, Infinity, 1e400: judged as values (json's recursion limit: malformed)
+            with contextlib.suppress(ValueError, RecursionError):
                 value = json.loads(line)
     if value is _NOT_JSON:
         return (*nothing, MALFORMED_JSON, None, False)

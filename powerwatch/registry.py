@@ -7,6 +7,7 @@ import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -72,8 +73,23 @@ def _station(entry: Any, position: int) -> Station:
     url = entry.get("url") or f"ws://{ip_address}:8765/"
     if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
         raise RegistryError(f"{where}: bad URL scheme in {url!r} (only ws:// and wss://)")
+    _check_url(url, where)
     scene = entry.get("scene") or ""
     return Station(name, station_uuid, ip_address, str(scene), url)
+
+
+def _check_url(url: str, where: str) -> None:
+    """A URL the capture can connect to: a host, a valid port, no blanks or control
+    characters (websockets would fail on it at every reconnect, for the whole run)."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise RegistryError(f"{where}: URL {url!r} contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise RegistryError(f"{where}: bad URL {url!r}: {exc}") from exc
+    if not parts.hostname:
+        raise RegistryError(f"{where}: URL {url!r} has no host")
 
 
 def write_registry(path: Path, stations: list[Station]) -> None:

@@ -170,7 +170,7 @@ async def test_simulator_to_database_is_exactly_the_delivered_valid_readings(
     assert report.rejects == dict(expected_rejects)
     letters = dead_letters(report)
     assert Counter(letters.select(reason_class(pl.col(REASON))).to_series()) == expected_rejects
-    assert set(letters.columns) == {"station", "received_at", "reason", "raw"}
+    assert set(letters.columns) == {"station", "received_at", "reason", "raw", "raw_base64"}
     sent = read_record(record).filter(pl.col("event").is_null())
     assert report.frames == sent.height
     assert sum(r.duplicates for r in loads) == sent.filter(pl.col("expect") == "duplicate").height

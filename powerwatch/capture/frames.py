@@ -39,6 +39,8 @@ STATION_MISMATCH: Final = "station mismatch"
 INVALID_VALUE: Final = "invalid value"  # NaN/Infinity, strings, booleans
 BAD_TIMESTAMP: Final = "bad timestamp"
 BINARY: Final = "binary frame"
+INVALID_UTF8: Final = "invalid UTF-8"  # a text frame whose bytes are not UTF-8
+UNJUDGEABLE: Final = "malformed frame"  # the decoder failed on it: judged malformed
 OVERSIZED: Final = "oversized frame"
 # ... and those of split_valid: "out of range", "timestamp in the future",
 # "timestamp before 2000-01-01".
@@ -56,6 +58,10 @@ FRAME_COLUMNS: Final[dict[str, pl.DataType]] = {
     RAW: pl.String(),
 }
 REJECTED_COLUMNS: Final[dict[str, pl.DataType]] = {**FRAME_COLUMNS, REASON: pl.String()}
+# A dead letter: a rejected frame, plus its exact bytes (base64) when they were not UTF-8
+# text (binary frames, invalid UTF-8); `raw` then shows them with U+FFFD replacements.
+RAW_BASE64: Final = "raw_base64"
+DEAD_LETTER_COLUMNS: Final[dict[str, pl.DataType]] = {**REJECTED_COLUMNS, RAW_BASE64: pl.String()}
 CHUNK_COLUMNS: Final[dict[str, pl.DataType]] = {
     STATION: pl.String(),
     TIMESTAMP: TIMESTAMP_DTYPE,

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import math
+import os
+import shutil
 import signal
 import threading
 from array import array
@@ -32,18 +36,22 @@ import pyarrow as pa
 import uvloop
 
 from powerwatch import landing
-from powerwatch.capture.connections import FrameBuffer, StationClient, StationState
+from powerwatch.capture.connections import FrameBuffer, StationClient, StationState, Taken
 from powerwatch.capture.frames import (
     CHUNK_COLUMNS,
+    DEAD_LETTER_COLUMNS,
     FRAME_COLUMNS,
+    RAW_BASE64,
     REJECTED_COLUMNS,
     STATION,
+    UNJUDGEABLE,
     UUID,
     CheckedFrames,
     check_frames,
     reason_class,
 )
-from powerwatch.errors import InputError
+from powerwatch.errors import DiskFull, InputError, JobError, StorageError, from_os_error
+from powerwatch.faults import fault_point
 from powerwatch.jsonlines import RAW
 from powerwatch.registry import Station
 from schemas.reading import REASON, RECEIVED_AT, TIMESTAMP_DTYPE
@@ -51,7 +59,9 @@ from schemas.reading import REASON, RECEIVED_AT, TIMESTAMP_DTYPE
 logger = logging.getLogger(__name__)
 
 CHECK_ROWS = 10_000  # frames judged at once in a flush
-STOP_GRACE = 5.0  # seconds for the stations' close frames before connections are dropped
+NEARLY_FULL = 1 << 20  # bytes free under which a failed chunk write is taken as a full disk
+STOP_GRACE = 1.0  # seconds, after the closing handshakes (themselves at most CLOSE_TIMEOUT),
+# for the receive loops to end before they are cancelled: a stop flushes well within 5 s
 
 
 @dataclass
@@ -64,6 +74,14 @@ class CaptureReport:
     chunks: list[str] = field(default_factory=list)
     dead_letter: str | None = None  # the run's dead-letter file, if anything was rejected
     stations: list[StationState] = field(default_factory=list)
+    flush_failures: int = 0  # flushes whose write failed (their frames were kept and retried)
+    last_flush_error: str = ""
+    unwritten: int = 0  # frames still unwritten when the run ended (its last write failed)
+    failure: JobError | None = None  # set with `unwritten`: what the run failed with
+
+    @property
+    def crashes(self) -> int:
+        return sum(s.crashes for s in self.stations)
 
     @property
     def readings(self) -> int:
@@ -97,6 +115,7 @@ class CaptureReport:
                 "gaps": s.gaps,
                 "down s": round(s.down_seconds, 1),
                 "failed attempts": s.failed_attempts,
+                "crashes": s.crashes,
                 "last frame": _iso(s.last_frame_ms),
                 "last error": s.last_error or "",
             }
@@ -112,6 +131,11 @@ class CaptureReport:
             f"{self.ended_by}: {self.frames} frames, {self.readings} readings, rejected "
             f"{self.rejects or 'none'}.",
             "",
+            f"Station task crashes: {self.crashes}. Failed flushes: {self.flush_failures}"
+            + (f" (last: {self.last_flush_error})" if self.flush_failures else "")
+            + (f". NOT WRITTEN: {self.unwritten} frames" if self.unwritten else "")
+            + ".",
+            "",
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),
             *("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows),
@@ -122,6 +146,16 @@ class CaptureReport:
             *(f"- `{name}`" for name in self.chunks),
         ]
         return "\n".join(lines)
+
+
+@dataclass
+class _Batch:
+    """One flush's frames, judged; held in memory until its chunk and dead letters are written."""
+
+    checked: CheckedFrames
+    rows: int  # frames taken from the buffer (what `FrameBuffer.held` counts)
+    chunk_written: bool = False
+    letters_written: bool = False
 
 
 class Capture:
@@ -138,13 +172,15 @@ class Capture:
     ) -> None:
         if not stations:
             raise InputError("the registry has no stations to capture from")
-        if flush_seconds <= 0 or flush_rows <= 0:
-            raise InputError("flush seconds and flush rows must be positive")
+        if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
+            raise InputError(f"capture flush rows must be a whole number >= 1, not {flush_rows!r}")
+        if not (isinstance(flush_seconds, int | float) and 0 < flush_seconds < math.inf):
+            raise InputError(f"capture flush seconds must be a number > 0, not {flush_seconds!r}")
         self.landing_dir = landing_dir
         self.dead_letter_path = dead_letter_dir / landing.chunk_name("capture").replace(
             ".parquet", ".jsonl"
         )
-        self.flush_seconds = flush_seconds
+        self.flush_seconds = float(flush_seconds)
         self.flush_rows = flush_rows
         self.names = pl.Series(STATION, [s.name for s in stations], pl.String)
         self.uuids = pl.DataFrame({STATION: self.names, UUID: [s.uuid for s in stations]})
@@ -153,6 +189,9 @@ class Capture:
         )
         self._stop_reason: str | None = None
         self._buffer: FrameBuffer | None = None
+        self._pending: list[_Batch] = []  # judged, not yet (completely) written, oldest first
+        self._failing = False  # the last flush failed
+        self._last_error: Exception | None = None
 
     def stop(self, reason: str = "stop") -> None:
         """Ask the run to end (safe from a signal handler via `call_soon_threadsafe`)."""
@@ -166,7 +205,7 @@ class Capture:
         loop = asyncio.get_running_loop()
         buffer = self._buffer = FrameBuffer(self.flush_rows)
         clients = [StationClient(i, state, buffer) for i, state in enumerate(self.report.stations)]
-        tasks = [loop.create_task(c.run(), name=f"station {c.state.name}") for c in clients]
+        tasks = [loop.create_task(c.supervise(), name=f"station {c.state.name}") for c in clients]
         deadline = None if duration is None else loop.time() + duration
         try:
             next_flush = loop.time() + self.flush_seconds
@@ -182,10 +221,21 @@ class Capture:
                 wake_at = next_flush if deadline is None else min(next_flush, deadline)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(buffer.wanted.wait(), wake_at - now)
+                buffer.wanted.clear()  # the conditions above decide; no spinning on it
         finally:
             buffer.drain()
             await self._close(clients, tasks)
             await self._flush(buffer)
+            unwritten = sum(batch.rows for batch in self._pending)
+            if unwritten:
+                self.report.unwritten += unwritten
+                logger.error(
+                    "capture: %d frames could not be written before the end of the run (%s)",
+                    unwritten,
+                    self.report.last_flush_error,
+                )
+            if self.report.unwritten:
+                self.report.failure = _job_error(self._last_error, self.report.unwritten)
             for state in self.report.stations:
                 state.finish()
             self.report.ended_at = datetime.now(UTC)
@@ -200,13 +250,59 @@ class Capture:
         _done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE) if tasks else ((), ())
         for task in pending:  # a station that never answers our close
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for client, outcome in zip(clients, outcomes, strict=True):
+            if isinstance(outcome, Exception):  # `supervise` catches these: a bug if seen
+                client.state.crashes += 1
+                logger.error(
+                    "station %s: task failed while stopping: %r", client.state.name, outcome
+                )
 
     async def _flush(self, buffer: FrameBuffer) -> None:
+        """Take what the buffer holds, judge it, then write every batch not yet written.
+
+        A batch leaves memory only once its chunk and its dead letters are durably written.
+        A failed write (disk full, I/O error) keeps it, and every later batch, for the
+        next flush: logged (one line each time) and counted, never dropped.
+        """
         taken = buffer.take()
+        judged = False
+        if taken.ends or taken.early_rejects:
+            rows = len(taken.ends) + len(taken.early_rejects)
+            try:
+                self._pending.append(await asyncio.to_thread(self._judge, taken))
+                judged = True
+            except Exception as exc:  # cannot happen short of memory: said, counted, not silent
+                buffer.release(rows)
+                self.report.unwritten += rows
+                self._last_error = exc
+                logger.error("capture: %d frames lost, cannot be judged (%s)", rows, _failure(exc))
+        del taken
+        try:
+            if judged:
+                fault_point("capture.batch_taken")
+            while self._pending:
+                batch = self._pending[0]
+                await asyncio.to_thread(self._write, batch)
+                self._pending.pop(0)
+                self._count(batch.checked)
+                buffer.release(batch.rows)
+        except Exception as exc:  # kept and retried, reported, never dropped
+            self.report.flush_failures += 1
+            self.report.last_flush_error = _failure(exc)
+            self._last_error = exc
+            logger.error(
+                "capture: flush failed (%s); %d frames kept in memory, retried at the next flush",
+                self.report.last_flush_error,
+                sum(batch.rows for batch in self._pending),
+            )
+        if self.report.flush_failures and not self._pending and self._failing:
+            logger.warning("capture: writing works again; every frame held is written")
+        self._failing = bool(self._pending)
+
+    def _judge(self, taken: Taken) -> _Batch:
+        """The taken frames as a judged batch (worker thread); counts what arrived."""
         early = taken.early_rejects
-        if not taken.ends and not early:
-            return
         offsets = array("q", [0])
         offsets.extend(taken.ends)
         text = pa.LargeStringArray.from_buffers(
@@ -220,58 +316,75 @@ class Capture:
             },
             schema=FRAME_COLUMNS,
         )
-        del taken, text  # the frame holds its own copy of the text now
+        del text  # the frame holds its own copy of the text now
         early_frame = pl.DataFrame(
             {
-                STATION: self.names.gather(pl.Series([r[0] for r in early], dtype=pl.UInt32)),
-                RECEIVED_AT: pl.Series([r[1] for r in early], dtype=pl.Int64).cast(TIMESTAMP_DTYPE),
-                RAW: [r[2] for r in early],
-                REASON: [r[3] for r in early],
+                STATION: self.names.gather(pl.Series([r.station for r in early], dtype=pl.UInt32)),
+                RECEIVED_AT: pl.Series([r.received_ms for r in early], dtype=pl.Int64).cast(
+                    TIMESTAMP_DTYPE
+                ),
+                RAW: [r.raw for r in early],
+                REASON: [r.reason for r in early],
+                RAW_BASE64: pl.Series([r.raw_base64 for r in early], dtype=pl.String),
             },
-            schema=REJECTED_COLUMNS,
+            schema=DEAD_LETTER_COLUMNS,
         )
-        checked, chunk = await asyncio.to_thread(self._write, frames, early_frame)
-        if chunk is not None:
-            self.report.chunks.append(chunk)
-        self._count(frames, early_frame, checked)
-
-    def _write(self, frames: pl.DataFrame, early: pl.DataFrame) -> tuple[CheckedFrames, str | None]:
-        """Check a batch, write its chunk atomically, append its rejects (worker thread)."""
         # Judged in slices: the decode's working memory follows CHECK_ROWS, not the flush size.
         parts = [
-            check_frames(frames.slice(start, CHECK_ROWS), self.uuids)
+            _check_slice(frames.slice(start, CHECK_ROWS), self.uuids)
             for start in range(0, frames.height, CHECK_ROWS)
         ]
         checked = CheckedFrames(
             readings=pl.concat([p.readings for p in parts] or [pl.DataFrame(schema=CHUNK_COLUMNS)]),
-            rejected=pl.concat([*(p.rejected for p in parts), early]),
+            rejected=pl.concat(
+                [
+                    *(
+                        p.rejected.with_columns(pl.lit(None, pl.String).alias(RAW_BASE64))
+                        for p in parts
+                    ),
+                    early_frame,
+                ]
+            ),
             heartbeats=_sum_counts([p.heartbeats for p in parts]),
             hellos=_sum_counts([p.hellos for p in parts]),
         )
-        rejected = checked.rejected
-        if rejected.height:
-            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
-            lines = rejected.select(
-                STATION,
-                pl.col(RECEIVED_AT).dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                REASON,
-                RAW,
+        self._count_arrivals(
+            pl.concat(
+                [frames.select(STATION, RECEIVED_AT), early_frame.select(STATION, RECEIVED_AT)]
             )
-            with open(self.dead_letter_path, "ab") as handle:
-                lines.write_ndjson(handle)
-            self.report.dead_letter = str(self.dead_letter_path)
-        if checked.readings.is_empty():
-            return checked, None
-        path = self.landing_dir / landing.chunk_name("capture")
-        landing.write_atomically(checked.readings, path)
-        return checked, path.name
-
-    def _count(self, frames: pl.DataFrame, early: pl.DataFrame, checked: CheckedFrames) -> None:
-        """Per-station counts from the batch (never per message on the hot path)."""
-        index = {state.name: state for state in self.report.stations}
-        arrived = pl.concat(
-            [frames.select(STATION, RECEIVED_AT), early.select(STATION, RECEIVED_AT)]
         )
+        return _Batch(checked, rows=len(taken.ends) + len(early))
+
+    def _write(self, batch: _Batch) -> None:
+        """Write a batch's chunk atomically, then append its dead letters (worker thread).
+
+        Each step is done once: a retry after a failure redoes only what is not written.
+        """
+        checked = batch.checked
+        if not batch.chunk_written:
+            if not checked.readings.is_empty():
+                path = self.landing_dir / landing.chunk_name("capture")
+                _write_chunk(checked.readings, path)
+                self.report.chunks.append(path.name)
+            batch.chunk_written = True
+            fault_point("capture.chunk_written")
+        if not batch.letters_written:
+            rejected = checked.rejected
+            if rejected.height:
+                lines = rejected.select(
+                    STATION,
+                    pl.col(RECEIVED_AT).dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    REASON,
+                    RAW,
+                    RAW_BASE64,
+                )
+                _append_durably(self.dead_letter_path, lines.write_ndjson().encode())
+                self.report.dead_letter = str(self.dead_letter_path)
+            batch.letters_written = True
+            fault_point("capture.dead_letters_written")
+
+    def _count_arrivals(self, arrived: pl.DataFrame) -> None:
+        index = {state.name: state for state in self.report.stations}
         per_station = arrived.group_by(STATION).agg(
             pl.len(), pl.col(RECEIVED_AT).max().dt.epoch("ms").alias("last")
         )
@@ -279,6 +392,10 @@ class Capture:
             state = index[name]
             state.frames += count
             state.last_frame_ms = max(state.last_frame_ms or 0, last)
+
+    def _count(self, checked: CheckedFrames) -> None:
+        """Per-station counts of a written batch (never per message on the hot path)."""
+        index = {state.name: state for state in self.report.stations}
         for name, count in checked.readings.group_by(STATION).len().iter_rows():
             index[name].readings += count
         for name, count in checked.heartbeats.iter_rows():
@@ -292,6 +409,96 @@ class Capture:
         )
         for name, reason, count in by_reason.iter_rows():
             index[name].rejects[reason] += count
+
+
+def _check_slice(frames: pl.DataFrame, uuids: pl.DataFrame) -> CheckedFrames:
+    """`check_frames`, and if it fails on the slice (anything polars or a rule did not
+    foresee), frame by frame: a frame that still cannot be judged is rejected with why."""
+    try:
+        return check_frames(frames, uuids)
+    except Exception as exc:  # judged one by one below
+        logger.warning(
+            "capture: a batch could not be judged at once (%s); frame by frame", _failure(exc)
+        )
+    parts: list[CheckedFrames] = []
+    for row in range(frames.height):
+        frame = frames.slice(row, 1)
+        try:
+            parts.append(check_frames(frame, uuids))
+        except Exception as exc:  # this frame's reason
+            rejected = frame.with_columns(
+                pl.lit(f"{UNJUDGEABLE}: cannot be judged ({_failure(exc)})").alias(REASON)
+            ).select(list(REJECTED_COLUMNS))
+            empty = pl.DataFrame(schema={STATION: pl.String, "count": pl.UInt32})
+            parts.append(CheckedFrames(pl.DataFrame(schema=CHUNK_COLUMNS), rejected, empty, empty))
+    return CheckedFrames(
+        readings=pl.concat([p.readings for p in parts] or [pl.DataFrame(schema=CHUNK_COLUMNS)]),
+        rejected=pl.concat([p.rejected for p in parts] or [pl.DataFrame(schema=REJECTED_COLUMNS)]),
+        heartbeats=_sum_counts([p.heartbeats for p in parts]),
+        hellos=_sum_counts([p.hellos for p in parts]),
+    )
+
+
+def _write_chunk(readings: pl.DataFrame, path: Path) -> None:
+    """`landing.write_atomically`, leaving no temporary file behind when it fails.
+
+    polars' Parquet writer reports a full disk as its own error, and not always with
+    the OS's words ("Invalid thrift: transport error" when the file's footer fails): a
+    failure while the file system is (nearly) full is said as the `OSError` it is.
+    """
+    try:
+        landing.write_atomically(readings, path)
+    except BaseException as exc:
+        for temporary in path.parent.glob(f".{path.name}*.tmp"):
+            temporary.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, OSError) and _nearly_full(path):
+            raise OSError(errno.ENOSPC, f"No space left on device ({_failure(exc)})") from exc
+        raise
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        usage = shutil.disk_usage(path.parent)
+    except OSError:
+        return False
+    return usage.free < NEARLY_FULL
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    """Append `data` whole and fsync it, or leave the file as it was (a failed append is
+    cut off again: the next flush's retry never follows a half line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            if size == 0:
+                path.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _job_error(exc: Exception | None, unwritten: int) -> JobError:
+    """The run's failure when frames stayed unwritten: disk full or a storage error."""
+    doing = f"capture could not write {unwritten} frames"
+    if isinstance(exc, OSError):
+        return from_os_error(exc, doing)
+    text = _failure(exc) if exc is not None else "unknown error"
+    if "No space left on device" in text:  # polars' writer wraps the OSError in its own error
+        return DiskFull(f"{doing}: disk full: {text}")
+    return StorageError(f"{doing}: {text}")
+
+
+def _failure(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _sum_counts(parts: list[pl.DataFrame]) -> pl.DataFrame:
