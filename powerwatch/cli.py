@@ -142,10 +142,16 @@ def _rate(text: str) -> float:
 
 
 def _require_database() -> None:
-    """Every command but `db upgrade` / `restore`: the database must exist (exit 1 if not)."""
-    from db.engine import require_database
+    """Every command but `db upgrade` / `restore`: the database must exist (exit 1 if not).
 
-    require_database()
+    Checked from the settings alone, before anything heavy is imported (the same check as
+    `db.engine.require_database`, which the engines of read-only commands apply again)."""
+    from powerwatch.errors import SchemaVersionError
+    from powerwatch.settings import get_settings
+
+    path = get_settings().sqlite_file
+    if path is not None and not path.is_file():
+        raise SchemaVersionError(f"no database at {path}: run `powerwatch db upgrade`")
 
 
 def _require_station(bulk: BulkConnection, station: str | None) -> None:
@@ -177,6 +183,7 @@ def cmd_stations_sync(args: argparse.Namespace) -> int:
 
     path = args.file or get_settings().stations
     registry = load_registry(path)
+    _require_database()
     engine = make_engine(create=False)
     require_current(engine)
     result = sync_stations(engine, registry)
@@ -195,6 +202,7 @@ def _query_connection() -> AbstractContextManager[BulkConnection]:
 
 
 def cmd_stations_list(_args: argparse.Namespace) -> int:
+    _require_database()  # before the heavy imports
     from db.queries import station_summary
     from powerwatch.output import write_table
 
@@ -204,6 +212,7 @@ def cmd_stations_list(_args: argparse.Namespace) -> int:
 
 
 def cmd_readings(args: argparse.Namespace) -> int:
+    _require_database()  # before the heavy imports
     from db.queries import ReadingFilter, iter_readings
     from powerwatch.output import write_csv, write_json_lines, write_table
 
@@ -227,6 +236,7 @@ def cmd_readings(args: argparse.Namespace) -> int:
 
 
 def cmd_latest(args: argparse.Namespace) -> int:
+    _require_database()  # before the heavy imports
     from db.queries import latest
     from powerwatch.output import write_table
 
@@ -250,6 +260,7 @@ def _day(text: str) -> date:
 
 def cmd_rollups(args: argparse.Namespace) -> int:
     """Stored hourly/daily rollups; e.g. powerwatch rollups --station KhonKaen --interval day"""
+    _require_database()  # before the heavy imports
     import polars as pl
 
     from db.rollups import pending_hours, rollups
@@ -284,6 +295,7 @@ def cmd_rollups(args: argparse.Namespace) -> int:
 
 def cmd_completeness(args: argparse.Namespace) -> int:
     """Readings received vs expected on one day, with the missing ranges."""
+    _require_database()  # before the heavy imports
     import json
 
     import polars as pl
@@ -345,11 +357,12 @@ def cmd_load(_args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from powerwatch.errors import InputError
-    from powerwatch.settings import get_settings
-    from powerwatch.simulator import simulate
 
     if args.port and args.port + args.count - 1 > 65_535:
         raise InputError(f"--port {args.port} --count {args.count}: ports beyond 65535")
+    from powerwatch.settings import get_settings
+    from powerwatch.simulator import simulate
+
     simulate(
         args.count,
         args.rate,
@@ -391,6 +404,22 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_logs(args: argparse.Namespace) -> int:
+    import zoneinfo
+
+    from powerwatch.errors import InputError
+
+    # Bad input first, before anything heavy is imported (exit 2); then the database.
+    for path in args.paths:
+        if not path.exists():
+            raise InputError(f"no such file or folder: {path}")
+    if args.tz is not None:
+        try:
+            zoneinfo.ZoneInfo(args.tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise InputError(f"unknown time zone {args.tz!r}") from exc
+    if args.report is not None and not args.report.parent.is_dir():
+        raise InputError(f"--report {args.report}: no such folder {args.report.parent}")
+    _require_database()
     import polars as pl
 
     from powerwatch.legacy import DEFAULT_TZ, check_time_zone
@@ -401,11 +430,6 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     tz = args.tz or DEFAULT_TZ
     check_time_zone(tz)  # bad input is refused before anything starts (exit 2)
     discover(args.paths)
-    if args.report is not None and not args.report.parent.is_dir():
-        from powerwatch.errors import InputError
-
-        raise InputError(f"--report {args.report}: no such folder {args.report.parent}")
-    _require_database()
     from flows.migrate_logs import migrate_logs
 
     state = migrate_logs(
@@ -474,12 +498,13 @@ def cmd_backup(_args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     # An operator's action on the database itself: no Prefect (it may be what is broken).
-    from powerwatch.backup import restore_database
     from powerwatch.errors import InputError
-    from powerwatch.settings import get_settings
 
     if not args.file.is_file():  # refused before anything (a folder for the target) is made
         raise InputError(f"{args.file}: no such backup file")
+    from powerwatch.backup import restore_database
+    from powerwatch.settings import get_settings
+
     report = restore_database(args.file, get_settings().database_url, force=args.force)
     print(
         f"{report.target}: restored from {report.backup} "

@@ -125,6 +125,14 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file the URL names (None for PostgreSQL); no SQLAlchemy."""
+        scheme, _, rest = self.database_url.partition("://")
+        if scheme.partition("+")[0] != "sqlite":
+            return None
+        return Path(rest.partition("?")[0][1:])
+
+    @property
     def landing_dir(self) -> Path:
         return self.data_dir / "landing"
 

@@ -175,13 +175,13 @@ def lock_held(database: Database) -> Iterator[None]:
     """Another connection holds the write lock: SQLite `BEGIN IMMEDIATE`; PostgreSQL
     `LOCK TABLE power_readings IN ACCESS EXCLUSIVE MODE`, in a transaction kept open."""
     if database.backend == "sqlite":
-        conn = sqlite3.connect(database.url.removeprefix("sqlite:///"), isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
+        lite = sqlite3.connect(database.url.removeprefix("sqlite:///"), isolation_level=None)
+        lite.execute("BEGIN IMMEDIATE")
         try:
             yield
         finally:
-            conn.execute("ROLLBACK")
-            conn.close()
+            lite.execute("ROLLBACK")
+            lite.close()
         return
     import sqlalchemy
 
