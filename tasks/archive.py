@@ -16,9 +16,12 @@ from tasks.retry import retry_when_database_unavailable
 
 @task(task_run_name="plan archive older than {retention_days} days", cache_policy=NO_CACHE)
 def plan_archive_task(retention_days: int) -> tuple[archive.Cutoff, list[date]]:
-    """The cut-off (clock witnessed by the data) and the days before it that hold readings."""
-    with bulk_connection(get_settings().database_url) as bulk:
+    """The cut-off (clock witnessed by the data) and the days before it that hold readings;
+    first, under the archive lock, what crashed runs left behind is cleaned up."""
+    settings = get_settings()
+    with bulk_connection(settings.database_url) as bulk:
         cutoff = archive.retention_cutoff(bulk, retention_days)
+        archive.start_run(settings.archive_dir)  # a damaged manifest stops the run here
         return cutoff, list(archive.days_to_archive(bulk, cutoff.before))
 
 
