@@ -62,8 +62,9 @@ from db.bulk import BulkConnection
 from db.queries import epoch_ms
 from db.tables import READING_VALUE_COLUMNS, power_readings, stations
 from powerwatch.concurrency import map_ahead
-from powerwatch.errors import ArchiveError, DiskFull, InputError, JobError, from_os_error
+from powerwatch.errors import ArchiveError, InputError
 from powerwatch.faults import fault_point
+from powerwatch.storage import storage_failure
 from schemas.channels import CHANNELS, FUTURE_TOLERANCE, LANDING_COLUMNS
 
 ARCHIVE_FILE = "readings.parquet"
@@ -240,15 +241,6 @@ def start_run(archive_root: Path) -> list[Path]:
     except OSError as exc:
         raise storage_failure(exc, "archive") from exc
     return removed
-
-
-def storage_failure(exc: OSError, doing: str) -> JobError:
-    """`errors.from_os_error`, also for pyarrow's I/O errors, which carry the errno only
-    in their message ("[Errno 28] No space left on device")."""
-    if exc.errno is None and "no space left on device" in str(exc).lower():
-        return DiskFull(f"{doing}: disk full: {str(exc).splitlines()[0]}")
-    failure = from_os_error(exc, doing)
-    return failure
 
 
 def _fsync(path: Path) -> None:

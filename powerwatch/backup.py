@@ -61,7 +61,6 @@ from sqlalchemy.engine import URL
 
 from db.engine import is_sqlite, make_engine, parse_url, sqlite_path
 from db.failures import classify
-from powerwatch.archive import storage_failure
 from powerwatch.errors import (
     BackupError,
     DiskFull,
@@ -70,6 +69,7 @@ from powerwatch.errors import (
     RestoreRefused,
 )
 from powerwatch.faults import fault_point
+from powerwatch.storage import storage_failure
 
 PREFIX = "powerwatch-"
 SQLITE_SUFFIX = ".db.zst"
