@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import date
+from typing import cast
+
 from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
@@ -26,19 +29,23 @@ def archive_readings(older_than_days: int | None = None) -> State:
     settings = get_settings()
     days_kept = settings.retention_days if older_than_days is None else older_than_days
     if days_kept < 0:
-        raise InputError(f"archive retention must not be negative (got {days_kept} days)")
+        bad = InputError(f"archive retention must not be negative (got {days_kept} days)")
+        return Failed(message=str(bad), data=bad)
     require_current(make_engine(settings.database_url))
-    cutoff, days = plan_archive_task(days_kept)
+    planned = plan_archive_task(days_kept, return_state=True)
+    if not planned.is_completed():
+        return Failed(message=planned.message, data=planned.result(raise_on_failure=False))
+    cutoff, days = cast(tuple[archive.Cutoff, list[date]], planned.result())
     reports: list[archive.DayReport] = []
     failed: list[str] = []
     for day in days:
         state = archive_day_task(day, return_state=True)
         if state.is_completed():
-            reports.append(state.result())
+            reports.append(cast(archive.DayReport, state.result()))
             continue
         error = state.result(raise_on_failure=False)
-        if isinstance(error, DiskFull | StorageError):
-            raise error
+        if isinstance(error, DiskFull | StorageError):  # every further day would meet it
+            return Failed(message=str(error), data=error)
         failed.append(f"{day}: {error}" if isinstance(error, Exception) else f"{day}: failed")
     reclaimed = reclaim_space_task() if reports else None
     run = archive.ArchiveRun(cutoff, reports, failed, reclaimed)

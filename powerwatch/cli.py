@@ -340,7 +340,7 @@ def cmd_backup(_args: argparse.Namespace) -> int:
         raise failure
     if _exit_status(state, "backup"):
         return 1
-    manifest = state.result()
+    manifest: Any = state.result()  # backup.Manifest
     print(
         f"{get_settings().backups_dir / manifest.file}: {manifest.bytes:,} bytes, "
         f"{manifest.rows.get('power_readings', 0):,} readings, {manifest.integrity_check}"

@@ -81,6 +81,7 @@ def assert_backups_consistent(folder: Path) -> None:
 POINTS = ["backup.copied", "backup.verified", "backup.renamed", "backup.rotated"]
 
 
+@pytest.mark.timeout(900)  # 5 job processes at 20-40 s each on the shared host
 def test_kill_at_each_backup_point_then_rerun_leaves_only_verified_backups(
     sqlite_synced: Database, prefect_api: str
 ) -> None:
@@ -120,7 +121,7 @@ def test_backup_on_a_full_disk_fails_in_one_line_and_completes_after_space_is_fr
     assert full.returncode == 1, full.stderr[-2000:]
     last = full.stderr.strip().splitlines()[-1]
     assert last.startswith("powerwatch: error:") and "disk full" in last, full.stderr[-2000:]
-    assert "Traceback" not in full.stderr and "Retry" not in full.stderr
+    assert "Traceback" not in full.stderr and "Retry 1/" not in full.stderr
     assert _backup_files(folder) == set()
     assert [p.name for p in _temps(folder)] == []  # no copy, no -journal, no packed temp
     assert stored_keys(sqlite_synced.url).equals(before)
