@@ -183,7 +183,13 @@ def test_postgresql_password_goes_to_pg_dump_by_environment_never_its_command_li
     folder = get_settings().backups_dir
 
     killed = run_powerwatch("backup", env=env | armed("backup.renamed"))
-    done = run_powerwatch("backup", env=env)  # settles the unrecorded dump, makes a new one
+    [orphan] = _backup_files(folder)  # visible, no manifest
+    assert not backup.manifest_of(orphan).exists()
+    # What the next run does first, here in-process to see which way it went: the
+    # killed run's dump verifies (pg_restore --list) and gets its manifest.
+    assert backup.recover(folder) == [f"completed {orphan.name} (verified again, manifest written)"]
+    backup.verify_backup(orphan)
+    done = run_powerwatch("backup", env=env)
 
     assert killed.returncode == -9 and done.returncode == 0, done.stderr[-2000:]
     argv = argv_log.read_text()
@@ -191,7 +197,9 @@ def test_postgresql_password_goes_to_pg_dump_by_environment_never_its_command_li
     assert password not in argv and "--dbname=postgresql://" in argv
     assert env_log.read_text().split() == ["password-in-env"] * 2
     assert password not in done.stdout + done.stderr + killed.stdout + killed.stderr
-    assert len(_backup_files(folder)) == 2  # the settled one and the new one
+    # Rotation saw the settled dump (same hour as the new one): it went.
+    [kept] = _backup_files(folder)
+    assert kept != orphan and not orphan.exists()
     assert_backups_consistent(folder)
 
 
