@@ -46,7 +46,8 @@ def archive_readings(older_than_days: int | None = None) -> State:
         error = state.result(raise_on_failure=False)
         if isinstance(error, DiskFull | StorageError):  # every further day would meet it
             return Failed(message=str(error), data=error)
-        failed.append(f"{day}: {error}" if isinstance(error, Exception) else f"{day}: failed")
+        line = str(error) if isinstance(error, Exception) else "failed"
+        failed.append(line if line.startswith(str(day)) else f"{day}: {line}")
     reclaimed = reclaim_space_task() if reports else None
     run = archive.ArchiveRun(cutoff, reports, failed, reclaimed)
     create_table_artifact(
