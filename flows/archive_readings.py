@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import date
+from typing import cast
+
 from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed
@@ -10,6 +13,7 @@ from db.engine import make_engine
 from db.migrate import require_current
 from flows.naming import stamped
 from powerwatch import archive
+from powerwatch.errors import DiskFull, InputError, StorageError
 from powerwatch.settings import get_settings
 from tasks.archive import archive_day_task, plan_archive_task, reclaim_space_task
 
@@ -17,19 +21,33 @@ from tasks.archive import archive_day_task, plan_archive_task, reclaim_space_tas
 @flow(name="archive-readings", flow_run_name=stamped("archive-readings"), log_prints=True)
 def archive_readings(older_than_days: int | None = None) -> State:
     """Runbook: check the schema, find the cut-off, archive day by day, give the space
-    back, publish the table; fail (visibly) if any day stayed in the database."""
+    back, publish the table; fail (visibly) if any day stayed in the database.
+
+    A full disk or a storage error stops the run at once with its one line (every
+    further day would meet it too); a day that could not be archived safely is kept
+    and the run goes on."""
     settings = get_settings()
-    require_current(make_engine(settings.database_url))
     days_kept = settings.retention_days if older_than_days is None else older_than_days
-    cutoff, days = plan_archive_task(days_kept)
+    if days_kept < 0:
+        bad = InputError(f"archive retention must not be negative (got {days_kept} days)")
+        return Failed(message=str(bad), data=bad)
+    require_current(make_engine(settings.database_url))
+    planned = plan_archive_task(days_kept, return_state=True)
+    if not planned.is_completed():
+        return Failed(message=planned.message, data=planned.result(raise_on_failure=False))
+    cutoff, days = cast(tuple[archive.Cutoff, list[date]], planned.result())
     reports: list[archive.DayReport] = []
     failed: list[str] = []
     for day in days:
         state = archive_day_task(day, return_state=True)
         if state.is_completed():
-            reports.append(state.result())
-        else:
-            failed.append(f"{day}: {state.message or 'failed'}")
+            reports.append(cast(archive.DayReport, state.result()))
+            continue
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, DiskFull | StorageError):  # every further day would meet it
+            return Failed(message=str(error), data=error)
+        line = str(error) if isinstance(error, Exception) else "failed"
+        failed.append(line if line.startswith(str(day)) else f"{day}: {line}")
     reclaimed = reclaim_space_task() if reports else None
     run = archive.ArchiveRun(cutoff, reports, failed, reclaimed)
     create_table_artifact(
@@ -43,5 +61,7 @@ def archive_readings(older_than_days: int | None = None) -> State:
     for line in failed:
         logger.error(line)
     if failed:
-        return Failed(message=f"{len(failed)} day(s) could not be archived", data=run)
+        return Failed(
+            message=f"{len(failed)} day(s) could not be archived; first: {failed[0]}", data=run
+        )
     return Completed(message=f"{len(reports)} day(s) archived", data=run)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from pathlib import Path
+from typing import cast
+
+from prefect import State, flow
 from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, Failed
 
 from db.engine import make_engine
 from db.migrate import require_current
@@ -14,11 +18,18 @@ from tasks.backup import backup_database_task, rotate_backups_task
 
 
 @flow(name="backup-database", flow_run_name=stamped("backup-database"), log_prints=True)
-def backup_database() -> Manifest:
-    """Runbook: check the schema, back up (checked before it counts), rotate, publish."""
+def backup_database() -> State:
+    """Runbook: check the schema, back up (checked before it counts), rotate, publish.
+    A named failure (disk full) fails the run with its one line (the error as data)."""
     require_current(make_engine(get_settings().database_url))
-    _path, manifest = backup_database_task()
-    removed = rotate_backups_task()
+    made = backup_database_task(return_state=True)
+    if not made.is_completed():
+        return Failed(message=made.message, data=made.result(raise_on_failure=False))
+    _path, manifest = cast(tuple[Path, Manifest], made.result())
+    rotated = rotate_backups_task(return_state=True)
+    if not rotated.is_completed():
+        return Failed(message=rotated.message, data=rotated.result(raise_on_failure=False))
+    removed = cast(list[str], rotated.result())
     create_table_artifact(
         key="backup-database",
         table=[
@@ -34,4 +45,4 @@ def backup_database() -> Manifest:
         ],
         description=f"backup {manifest.file}; {len(removed)} old backup(s) rotated out",
     )
-    return manifest
+    return Completed(message=f"backup {manifest.file}", data=manifest)

@@ -21,11 +21,17 @@ nothing (tested):
    reading that arrived meanwhile makes it differ) while, at the same time, the
    temp file is read back (row count and content checksum must equal those of the
    rows written);
-3. only if both passed: rename it over `readings.parquet` (atomic), record the
-   day in the manifest, COMMIT. Anything failing before the commit rolls the
-   deletes back and removes the temp file: the day stays in the database.
+3. only if both passed: write the new manifest under a temp name (the last step
+   that needs space: a full disk fails here at the latest, before anything is
+   renamed), rename the file over `readings.parquet` (atomic), rename the
+   manifest into place, COMMIT. Anything failing before the commit rolls the
+   deletes back and removes the temp files: the day stays in the database.
 A crash between the rename and the commit leaves rows in both places; the next
-run merges them away (they are equal) and deletes them.
+run merges them away (they are equal) and deletes them. A crash anywhere leaves
+at most hidden temp files, which the next run removes at its start (it holds the
+archive lock, so no live archiver owns them). Fault points `archive.*`
+(powerwatch.faults) mark each step; docs/design.md says what recovery
+guarantees after each.
 
 No Prefect here: plain functions over a `BulkConnection`, testable alone.
 """
@@ -56,7 +62,9 @@ from db.bulk import BulkConnection
 from db.queries import epoch_ms
 from db.tables import READING_VALUE_COLUMNS, power_readings, stations
 from powerwatch.concurrency import map_ahead
-from powerwatch.errors import ArchiveError
+from powerwatch.errors import ArchiveError, InputError
+from powerwatch.faults import fault_point
+from powerwatch.storage import storage_failure
 from schemas.channels import CHANNELS, FUTURE_TOLERANCE, LANDING_COLUMNS
 
 ARCHIVE_FILE = "readings.parquet"
@@ -107,7 +115,7 @@ def retention_cutoff(
     midnight: the archive works in whole days.
     """
     if retention_days < 0:
-        raise ValueError("retention must not be negative")
+        raise InputError(f"archive retention must not be negative (got {retention_days} days)")
     wall = now if now is not None else datetime.now(UTC)
     newest = bulk.frame(
         f"SELECT (SELECT max(p.ts) FROM {power_readings.name} p "
@@ -163,16 +171,34 @@ def manifest_path(archive_root: Path) -> Path:
     return archive_root.parent / MANIFEST_FILE
 
 
+_ENTRY_KEYS = {"file", "rows", "checksum"}
+
+
 def read_manifest(archive_root: Path) -> dict[str, dict[str, Any]]:
-    """Partition name (`date=…`) -> its entry; empty when nothing was archived yet."""
+    """Partition name (`date=…`) -> its entry; empty when nothing was archived yet.
+
+    The archive writes the manifest itself, so a damaged one is a failed job
+    (ArchiveError, exit 1, one line) and nothing is archived until an operator looks."""
     path = manifest_path(archive_root)
     if not path.exists():
         return {}
-    entries: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["partitions"]
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["partitions"]
+        if not isinstance(entries, dict) or not all(
+            isinstance(e, dict) and e.keys() >= _ENTRY_KEYS for e in entries.values()
+        ):
+            raise ValueError("an entry lacks file, rows or checksum")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ArchiveError(
+            f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            "nothing archived: rebuild or restore it"
+        ) from None
     return entries
 
 
-def _record(archive_root: Path, entry: PartitionEntry) -> None:
+def _prepare_manifest(archive_root: Path, entry: PartitionEntry) -> Path:
+    """The manifest with `entry` recorded, written and synced under a hidden temp name
+    (renamed into place by the caller once the day's file is in place)."""
     entries = read_manifest(archive_root)
     entries[entry.partition] = asdict(entry)
     body = {
@@ -182,9 +208,39 @@ def _record(archive_root: Path, entry: PartitionEntry) -> None:
     }
     path = manifest_path(archive_root)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
-    _fsync(tmp)
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+        _fsync(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def remove_leftovers(archive_root: Path) -> list[Path]:
+    """Remove the temp files of archivers that died (kill -9, power loss): day files
+    being written and manifests being replaced. Call only under `_exclusive`: the
+    lock is held by every live archiver while it has a temp file, so whatever is
+    found while holding it belongs to a dead process."""
+    found = [
+        *archive_root.glob(f"date=*/.{ARCHIVE_FILE}.*.tmp"),
+        *archive_root.parent.glob(f".{MANIFEST_FILE}.*.tmp"),
+    ]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+def start_run(archive_root: Path) -> list[Path]:
+    """What every run does first, under the archive lock: remove dead archivers' temp
+    files and check the manifest can be read (a damaged one stops the run here)."""
+    try:
+        with _exclusive(archive_root):
+            removed = remove_leftovers(archive_root)
+            read_manifest(archive_root)
+    except OSError as exc:
+        raise storage_failure(exc, "archive") from exc
+    return removed
 
 
 def _fsync(path: Path) -> None:
@@ -371,9 +427,15 @@ def _exclusive(archive_root: Path) -> Iterator[None]:
 
 
 def archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayReport:
-    """Archive one UTC day: write (merging an existing file), verify, rename, record, delete."""
-    with _exclusive(archive_root):
-        return _archive_day(bulk, archive_root, day)
+    """Archive one UTC day: write (merging an existing file), verify, rename, record, delete.
+
+    A full disk or another I/O failure of the archive's file system is a failed job
+    (DiskFull / StorageError, never retried as "busy"); the day stays in the database."""
+    try:
+        with _exclusive(archive_root):
+            return _archive_day(bulk, archive_root, day)
+    except OSError as exc:
+        raise storage_failure(exc, f"archive {day}") from exc
 
 
 def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayReport:
@@ -400,6 +462,7 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
     expected: dict[int, int] = {}  # station id -> rows to delete
     written = ContentChecksum()
     bounds: list[datetime] = []
+    manifest_tmp: Path | None = None
     try:
         old = pq.ParquetFile(final) if old_groups else None
         with pq.ParquetWriter(
@@ -426,6 +489,7 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
                 written.update(group)
                 bounds += [group["timestamp"][0], group["timestamp"][-1]]  # sorted by time
         _fsync(tmp)
+        fault_point("archive.written")
 
         def verify() -> None:
             rows, checksum = content_checksum(tmp)
@@ -434,10 +498,11 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
                     f"{day}: the written file reads back as {rows} rows / {checksum[:12]}…, "
                     f"expected {written.rows} / {written.hexdigest()[:12]}…; nothing deleted"
                 )
+            fault_point("archive.verified")
 
         def publish() -> None:
-            tmp.replace(final)
-            _record(
+            nonlocal manifest_tmp
+            manifest_tmp = _prepare_manifest(
                 archive_root,
                 PartitionEntry(
                     partition=folder.name,
@@ -450,12 +515,18 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
                     archived_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 ),
             )
+            tmp.replace(final)
+            fault_point("archive.renamed")
+            manifest_tmp.replace(manifest_path(archive_root))
+            fault_point("archive.manifest_written")
 
         deleting = time.perf_counter()
         report.archived = _delete_day(bulk, start, expected, day, verify=verify, publish=publish)
         report.delete_seconds = time.perf_counter() - deleting
     finally:
         tmp.unlink(missing_ok=True)
+        if manifest_tmp is not None:
+            manifest_tmp.unlink(missing_ok=True)
     report.file_rows, report.checksum = written.rows, written.hexdigest()
     report.seconds = time.perf_counter() - started
     return report
@@ -491,6 +562,7 @@ def _delete_day(
             verify()  # if it raises, leaving the pool waits for the deletes, then rollback
             deleted.result()
         publish()
+    fault_point("archive.deleted")
     return sum(expected.values())
 
 
@@ -590,6 +662,7 @@ def archive_readings(
     (The `archive-readings` flow runs the same steps as Prefect tasks.)
     """
     cutoff = retention_cutoff(bulk, retention_days, now)
+    start_run(archive_root)
     reports: list[DayReport] = []
     failed: list[str] = []
     for day in list(days_to_archive(bulk, cutoff.before)):

@@ -19,11 +19,26 @@ snapshot is exported to `pg_dump --snapshot`, so dump and counts agree; the
 dump (custom format) must list cleanly with `pg_restore --list`. Restoring a
 PostgreSQL dump is `pg_restore`'s job; `restore` says how.
 
+Crashes and full disks (fault points `backup.*`, powerwatch.faults): one backup
+or rotation at a time per folder (`flock` on `data/.backups.lock`, released by
+the kernel when its holder dies, so a killed run never blocks the next). Every
+run starts, under that lock, by removing the temp files of dead runs (the hidden
+`.powerwatch-*` copies, their SQLite `-journal`, unpacked `.verify` files) and by
+settling every backup left without its manifest (killed between the rename and the
+manifest): it is verified again and its manifest written, or, if it does not
+verify, removed. So rotation sees every backup. A full disk is `DiskFull` (one line,
+exit 1, never retried as busy); what the failed run wrote is removed.
+
+The PostgreSQL password never reaches a command line (`ps` shows those to every
+user): pg_dump gets the URL without it and the password in `PGPASSWORD`, which
+only the process's owner can read; error messages never include it.
+
 No Prefect here; the flows call these functions.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -45,7 +60,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from db.engine import is_sqlite, make_engine, parse_url, sqlite_path
-from powerwatch.errors import BackupError, InputError, RestoreRefused
+from db.failures import classify
+from powerwatch.errors import (
+    BackupError,
+    DiskFull,
+    InputError,
+    PowerwatchError,
+    RestoreRefused,
+)
+from powerwatch.faults import fault_point
+from powerwatch.storage import storage_failure
 
 PREFIX = "powerwatch-"
 SQLITE_SUFFIX = ".db.zst"
@@ -53,6 +77,7 @@ POSTGRES_SUFFIX = ".pgdump"
 MANIFEST_SUFFIX = ".json"
 STAMP = "%Y%m%dT%H%M%S%fZ"
 BLOCK = 4 << 20
+LOCK_FILE = ".backups.lock"  # beside the folder, like the archive's: not a file in it
 
 
 @dataclass
@@ -71,11 +96,23 @@ class Manifest:
     seconds: float = 0.0
 
     @classmethod
-    def read(cls, backup: Path) -> Manifest:
+    def read(cls, backup: Path, invalid: type[PowerwatchError] = BackupError) -> Manifest:
+        """The manifest beside `backup`. Missing or damaged: `invalid` with one line
+        (BackupError for the system's own backups, InputError for a file an operator
+        hands to `restore`)."""
         path = manifest_of(backup)
         if not path.exists():
-            raise BackupError(f"{backup.name}: no manifest beside it; not a verified backup")
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+            raise invalid(f"{backup.name}: no manifest beside it; not a verified backup")
+        try:
+            manifest = cls(**json.loads(path.read_text(encoding="utf-8")))
+            if not isinstance(manifest.rows, dict) or not isinstance(manifest.sha256, str):
+                raise ValueError("rows or sha256 of the wrong type")
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise invalid(
+                f"{path.name}: damaged manifest ({detail}); not a verified backup"
+            ) from None
+        return manifest
 
     def write(self, backup: Path) -> None:
         _write_atomically(manifest_of(backup), json.dumps(asdict(self), indent=1) + "\n")
@@ -87,9 +124,12 @@ def manifest_of(backup: Path) -> Path:
 
 def _write_atomically(path: Path, body: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    _fsync(tmp)
-    tmp.replace(path)
+    try:
+        tmp.write_text(body, encoding="utf-8")
+        _fsync(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:
@@ -122,6 +162,94 @@ def list_backups(folder: Path) -> list[Path]:
         and manifest_of(p).exists()
     ]
     return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+@contextmanager
+def _locked(folder: Path, shared: bool = False) -> Iterator[None]:
+    """Backups, rotation and clean-up of one folder exclusively; verifying (which unpacks
+    a temp file beside the backup) shared. A dead holder's lock is released by the kernel."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _storage(exc: OSError) -> bool:
+    """An OS-level failure (errno set, or pyarrow's "No space left"), as opposed to
+    pyarrow's I/O error for undecodable data, which means a damaged backup."""
+    return exc.errno is not None or isinstance(storage_failure(exc, ""), DiskFull)
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    """Hidden files of unfinished backups and verifies: `.powerwatch-…tmp`, its
+    `-journal`, `.…verify`, and manifests' temps. Only dead runs' while `_locked`."""
+    return [p for p in folder.glob(f".{PREFIX}*") if p.is_file()]
+
+
+def recover(folder: Path) -> list[str]:
+    """Under the exclusive lock: remove dead runs' temp files; give every backup left
+    without its manifest its manifest again if it verifies (else remove it); remove
+    manifests whose backup is gone. What was done, one line each."""
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    for path in _temp_files(folder):
+        path.unlink(missing_ok=True)
+        done.append(f"removed {path.name} (temp file of an interrupted run)")
+    for path in sorted(folder.glob(f"{PREFIX}*")):
+        if path.name.endswith(MANIFEST_SUFFIX):
+            if not path.with_name(path.name.removesuffix(MANIFEST_SUFFIX)).exists():
+                path.unlink(missing_ok=True)
+                done.append(f"removed {path.name} (its backup is gone)")
+        elif path.name.endswith((SQLITE_SUFFIX, POSTGRES_SUFFIX)) and not (
+            manifest_of(path).exists()
+        ):
+            done.append(_settle_orphan(path))
+    return done
+
+
+def _settle_orphan(backup: Path) -> str:
+    """A backup renamed into place whose manifest was never written (the run died in
+    between): it was checked before the rename; check it again now and write the
+    manifest, or remove it if it does not pass."""
+    started = time.perf_counter()
+    try:
+        if backup.name.endswith(POSTGRES_SUFFIX):
+            kind, rows, raw_sha, raw_bytes = "postgresql", {}, "", 0
+            check = _pg_list(backup) + "; row counts not known (manifest rewritten)"
+        else:
+            kind = "sqlite"
+            unpacked = backup.with_name(f".{backup.name}.{uuid.uuid4().hex[:8]}.verify")
+            try:
+                raw_sha = _decompress(backup, unpacked)
+                raw_bytes = unpacked.stat().st_size
+                with _open_copy(unpacked) as conn:
+                    rows = _table_rows(conn)
+                check = check_sqlite_copy(unpacked, rows)
+            finally:
+                unpacked.unlink(missing_ok=True)
+    except (BackupError, sqlite3.DatabaseError, OSError) as exc:
+        if isinstance(exc, OSError) and _storage(exc):
+            raise  # the disk, not the backup: settled by a later run
+        manifest_of(backup).unlink(missing_ok=True)
+        backup.unlink(missing_ok=True)
+        return f"removed {backup.name} (no manifest, does not verify: {exc})"
+    Manifest(
+        file=backup.name,
+        kind=kind,
+        created_at=backup_time(backup).isoformat(),
+        bytes=backup.stat().st_size,
+        sha256=file_sha256(backup),
+        rows=rows,
+        raw_bytes=raw_bytes,
+        raw_sha256=raw_sha,
+        integrity_check=check,
+        seconds=round(time.perf_counter() - started, 3),
+    ).write(backup)
+    return f"completed {backup.name} (verified again, manifest written)"
 
 
 # --- SQLite files -----------------------------------------------------------------------
@@ -206,28 +334,43 @@ def _decompress(source: Path, target: Path) -> str:
 
 
 def backup_database(url: str, folder: Path, now: datetime | None = None) -> tuple[Path, Manifest]:
-    """Take, verify and record one backup of the database `url` names."""
-    started = time.perf_counter()
+    """Take, verify and record one backup of the database `url` names (first settling
+    what an interrupted run left, see `recover`). A full disk or I/O failure is
+    DiskFull / StorageError and leaves nothing of this run behind."""
     parsed = parse_url(url)
+    if is_sqlite(parsed) and sqlite_path(parsed) is None:
+        raise InputError("an in-memory SQLite database cannot be backed up")
+    try:
+        with _locked(folder):
+            recover(folder)
+            return _backup(parsed, folder, now)
+    except sqlite3.Error as exc:  # the copy's own writes (the live database's go via db/)
+        raise classify(exc, "backup") from exc
+    except OSError as exc:
+        raise storage_failure(exc, "backup") from exc
+
+
+def _backup(parsed: URL, folder: Path, now: datetime | None) -> tuple[Path, Manifest]:
+    started = time.perf_counter()
     moment = now if now is not None else datetime.now(UTC)
-    folder.mkdir(parents=True, exist_ok=True)
     stem = f"{PREFIX}{moment.strftime(STAMP)}"
     if not is_sqlite(parsed):
         return _backup_postgres(parsed, folder, stem, moment, started)
-    if sqlite_path(parsed) is None:
-        raise InputError("an in-memory SQLite database cannot be backed up")
     final = folder / f"{stem}{SQLITE_SUFFIX}"
     raw = folder / f".{stem}.db.{uuid.uuid4().hex[:8]}.tmp"
     packed = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         rows = _snapshot_copy(parsed, raw)
+        fault_point("backup.copied")
         integrity = check_sqlite_copy(raw, rows)
+        fault_point("backup.verified")
         raw_sha, raw_bytes = _compress(raw, packed)
         _fsync(packed)
         packed.replace(final)
+        fault_point("backup.renamed")
     finally:
-        raw.unlink(missing_ok=True)
-        packed.unlink(missing_ok=True)
+        for temp in (raw, Path(f"{raw}-journal"), packed):
+            temp.unlink(missing_ok=True)
     manifest = Manifest(
         file=final.name,
         kind="sqlite",
@@ -240,15 +383,39 @@ def backup_database(url: str, folder: Path, now: datetime | None = None) -> tupl
         integrity_check=integrity,
         seconds=round(time.perf_counter() - started, 3),
     )
-    manifest.write(final)  # from here on the backup counts
+    _record(manifest, final)
     return final, manifest
+
+
+def _record(manifest: Manifest, final: Path) -> None:
+    """Write the manifest: from here on the backup counts. If that fails (disk full),
+    the backup goes too: nothing half-made stays behind a failed run."""
+    try:
+        manifest.write(final)
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
 
 
-def _libpq(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+def _libpq(url: URL) -> tuple[str, dict[str, str]]:
+    """The libpq URL *without* the password, and the environment that carries it: a
+    command line is visible to every user in `ps`, a process's environment only to
+    its owner (and root)."""
+    env = dict(os.environ)
+    if url.password is not None:
+        env["PGPASSWORD"] = str(url.password)
+    else:
+        env.pop("PGPASSWORD", None)
+    return url.set(drivername="postgresql", password=None).render_as_string(), env
+
+
+def _redact(text: str, url: URL) -> str:
+    """`text` with the URL's password (if any) masked: messages may be logged."""
+    password = str(url.password) if url.password is not None else ""
+    return text.replace(password, "***") if password else text
 
 
 def _pg_tool(name: str) -> str:
@@ -267,6 +434,7 @@ def _backup_postgres(
     pg_dump = _pg_tool("pg_dump")
     final = folder / f"{stem}{POSTGRES_SUFFIX}"
     tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    dbname, env = _libpq(url)
     engine = make_engine(url.render_as_string(hide_password=False))
     try:
         with engine.connect() as conn:
@@ -287,18 +455,25 @@ def _backup_postgres(
                     f"--snapshot={snapshot}",
                     f"--schema={schema}",
                     f"--file={tmp}",
-                    f"--dbname={_libpq(url)}",
+                    f"--dbname={dbname}",
                 ],
                 capture_output=True,
                 text=True,
                 check=False,
+                env=env,
             )
             conn.rollback()
         if done.returncode != 0:
-            raise BackupError(f"pg_dump failed: {done.stderr.strip().splitlines()[-1:]}")
+            last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+            if "no space left on device" in last.lower() or "could not write" in last.lower():
+                raise OSError(28, f"pg_dump: {_redact(last, url)}")
+            raise BackupError(f"pg_dump failed: {_redact(last, url)}")
+        fault_point("backup.copied")
         listed = _pg_list(tmp)
+        fault_point("backup.verified")
         _fsync(tmp)
         tmp.replace(final)
+        fault_point("backup.renamed")
     finally:
         engine.dispose()
         tmp.unlink(missing_ok=True)
@@ -312,7 +487,7 @@ def _backup_postgres(
         integrity_check=listed,
         seconds=round(time.perf_counter() - started, 3),
     )
-    manifest.write(final)
+    _record(manifest, final)
     return final, manifest
 
 
@@ -329,19 +504,41 @@ def _pg_list(dump: Path) -> str:
 # --- verify and restore -----------------------------------------------------------------
 
 
-def verify_backup(backup: Path, unpack_to: Path | None = None) -> Manifest:
+def verify_backup(
+    backup: Path, unpack_to: Path | None = None, invalid: type[PowerwatchError] = BackupError
+) -> Manifest:
     """Check a backup against its manifest: file checksum, and for SQLite the unpacked
     database's checksum, integrity and row counts (unpacked into `unpack_to`, or a temp
-    file removed afterwards)."""
+    file beside the backup, removed afterwards). A backup that is not valid raises
+    `invalid` with one line (InputError when an operator named the file)."""
     if not backup.is_file():
         raise InputError(f"{backup}: no such backup file")
-    manifest = Manifest.read(backup)
+    manifest = Manifest.read(backup, invalid)
     if file_sha256(backup) != manifest.sha256:
-        raise BackupError(f"{backup.name}: checksum differs from its manifest (damaged file)")
-    if manifest.kind == "postgresql":
-        _pg_list(backup)
-        return manifest
-    target = unpack_to or backup.with_name(f".{backup.name}.{uuid.uuid4().hex[:8]}.verify")
+        raise invalid(f"{backup.name}: checksum differs from its manifest (damaged file)")
+    try:
+        if manifest.kind == "postgresql":
+            _pg_list(backup)
+            return manifest
+        if unpack_to is not None:
+            _check_unpacked(backup, manifest, unpack_to)
+            return manifest
+        with _locked(backup.parent, shared=True):  # a backup's start removes dead temps
+            target = backup.with_name(f".{backup.name}.{uuid.uuid4().hex[:8]}.verify")
+            try:
+                _check_unpacked(backup, manifest, target)
+            finally:
+                target.unlink(missing_ok=True)
+    except (BackupError, sqlite3.DatabaseError, OSError) as exc:
+        if isinstance(exc, OSError) and _storage(exc):
+            raise  # the disk, not the backup (exit 1 via the CLI)
+        if invalid is BackupError and isinstance(exc, BackupError):
+            raise
+        raise invalid(f"{backup.name}: not a valid backup ({str(exc).splitlines()[0]})") from None
+    return manifest
+
+
+def _check_unpacked(backup: Path, manifest: Manifest, target: Path) -> None:
     try:
         if _decompress(backup, target) != manifest.raw_sha256:
             raise BackupError(f"{backup.name}: unpacked database differs from its manifest")
@@ -349,9 +546,6 @@ def verify_backup(backup: Path, unpack_to: Path | None = None) -> Manifest:
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    if unpack_to is None:
-        target.unlink(missing_ok=True)
-    return manifest
 
 
 @dataclass
@@ -362,8 +556,14 @@ class RestoreReport:
     seconds: float
 
 
-def restore_database(backup: Path, url: str, *, force: bool = False) -> RestoreReport:
+def restore_database(
+    backup: Path, url: str, *, force: bool = False, invalid: type[PowerwatchError] = InputError
+) -> RestoreReport:
     """Verify `backup`, then put it in place of the database `url` names.
+
+    A file that is not a valid backup (no or a damaged manifest, checksum differing)
+    is refused with one line: `invalid`, by default InputError (exit 2: the operator
+    named it); the drill, restoring the system's own newest backup, passes BackupError.
 
     Refuses (RestoreRefused) to replace an existing, non-empty database unless
     `force`; stop capture and load first (a forced restore replaces the file under
@@ -382,7 +582,7 @@ def restore_database(backup: Path, url: str, *, force: bool = False) -> RestoreR
         raise InputError("cannot restore into an in-memory SQLite database")
     target.parent.mkdir(parents=True, exist_ok=True)
     unpacked = target.with_name(f".{target.name}.restore-{uuid.uuid4().hex[:8]}.tmp")
-    manifest = verify_backup(backup, unpack_to=unpacked)
+    manifest = verify_backup(backup, unpack_to=unpacked, invalid=invalid)
     try:
         if target.exists() and target.stat().st_size > 0 and not force:
             raise RestoreRefused(
@@ -403,7 +603,21 @@ def restore_database(backup: Path, url: str, *, force: bool = False) -> RestoreR
 def rotate_backups(folder: Path, keep_hourly: int, keep_daily: int) -> list[str]:
     """Keep the newest backup of each of the last `keep_hourly` hours and `keep_daily`
     days that have backups (and always the newest); remove the rest with their manifests.
-    Leftover temp files of a crashed backup (older than a day) go too."""
+    Under the folder's lock, after settling what interrupted runs left (`recover`), so
+    every backup is seen."""
+    if not folder.is_dir():
+        return []
+    try:
+        with _locked(folder):
+            removed = [line for line in recover(folder) if line.startswith("removed")]
+            removed += _rotate(folder, keep_hourly, keep_daily)
+    except OSError as exc:
+        raise storage_failure(exc, "rotate backups") from exc
+    fault_point("backup.rotated")
+    return removed
+
+
+def _rotate(folder: Path, keep_hourly: int, keep_daily: int) -> list[str]:
     backups = list_backups(folder)
     keep = set(backups[:1])
     for width, count in ((11, keep_hourly), (8, keep_daily)):  # YYYYmmddTHH / YYYYmmdd
@@ -419,11 +633,6 @@ def rotate_backups(folder: Path, keep_hourly: int, keep_daily: int) -> list[str]
             manifest_of(path).unlink(missing_ok=True)  # first: it no longer counts
             path.unlink(missing_ok=True)
             removed.append(path.name)
-    cutoff = time.time() - 86_400
-    for stale in folder.glob(f".{PREFIX}*.tmp") if folder.is_dir() else []:
-        if stale.stat().st_mtime < cutoff:
-            stale.unlink(missing_ok=True)
-            removed.append(stale.name)
     return removed
 
 
@@ -450,7 +659,7 @@ def restore_drill(folder: Path, now: datetime | None = None) -> DrillReport:
         if manifest.kind == "sqlite":
             target = Path(scratch) / "restored.db"
             # restore_database verifies what it puts in place: checksums, integrity, counts.
-            restore_database(newest, f"sqlite:///{target}")
+            restore_database(newest, f"sqlite:///{target}", invalid=BackupError)
             check = f"restored; integrity_check {manifest.integrity_check}; row counts match"
         else:
             check = verify_backup(newest).integrity_check

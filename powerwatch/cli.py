@@ -471,6 +471,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
     state = archive_readings(older_than_days=args.older_than, return_state=True)
     run = state.result(raise_on_failure=False)
+    if isinstance(run, PowerwatchError):  # disk full, bad retention, damaged manifest
+        raise run
     if isinstance(run, ArchiveRun):
         print(
             f"cut-off {run.cutoff.before:%Y-%m-%d} (retention counted back from "
@@ -486,9 +488,12 @@ def cmd_backup(_args: argparse.Namespace) -> int:
     from powerwatch.settings import get_settings
 
     state = backup_database(return_state=True)
+    failure = state.result(raise_on_failure=False)
+    if isinstance(failure, PowerwatchError):  # disk full, damaged manifest: one line, exit 1
+        raise failure
     if _exit_status(state, "backup"):
         return 1
-    manifest = state.result()
+    manifest: Any = state.result()  # backup.Manifest
     print(
         f"{get_settings().backups_dir / manifest.file}: {manifest.bytes:,} bytes, "
         f"{manifest.rows.get('power_readings', 0):,} readings, {manifest.integrity_check}"

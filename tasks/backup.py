@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from prefect import task
+from prefect import State, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from powerwatch import backup
 from powerwatch.settings import get_settings
+from tasks.outcome import named_failure_as_state
 from tasks.retry import retry_when_database_unavailable
 
 
@@ -20,17 +22,22 @@ from tasks.retry import retry_when_database_unavailable
     retry_condition_fn=retry_when_database_unavailable,
     cache_policy=NO_CACHE,
 )
-def backup_database_task() -> tuple[Path, backup.Manifest]:
-    """One online backup; it counts only once its checks passed and its manifest exists."""
+def backup_database_task() -> tuple[Path, backup.Manifest] | State[Any]:
+    """One online backup; it counts only once its checks passed and its manifest exists.
+    A named failure (disk full) is the Failed state with its one line."""
     settings = get_settings()
-    return backup.backup_database(settings.database_url, settings.backups_dir)
+    return named_failure_as_state(
+        lambda: backup.backup_database(settings.database_url, settings.backups_dir)
+    )
 
 
 @task(task_run_name="rotate backups", cache_policy=NO_CACHE)
-def rotate_backups_task() -> list[str]:
+def rotate_backups_task() -> list[str] | State[Any]:
     settings = get_settings()
-    return backup.rotate_backups(
-        settings.backups_dir, settings.backup_keep_hourly, settings.backup_keep_daily
+    return named_failure_as_state(
+        lambda: backup.rotate_backups(
+            settings.backups_dir, settings.backup_keep_hourly, settings.backup_keep_daily
+        )
     )
 
 

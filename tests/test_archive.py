@@ -13,13 +13,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from adbc_driver_manager import dbapi
 
 from db import queries
 from db.engine import bulk_connection
 from db.load import begin_batch, finish_batch, store_readings
 from powerwatch import archive
-from powerwatch.errors import ArchiveError
+from powerwatch.errors import ArchiveError, JobError
 from powerwatch.loader import load_chunk
 from powerwatch.settings import get_settings
 from tests.conftest import T0, Database, make_readings, write_chunk
@@ -362,7 +361,7 @@ def test_the_delete_skips_parent_lookups_only_inside_its_transaction(
         with pytest.raises(ArchiveError), bulk.transaction(check_foreign_keys=False):
             raise ArchiveError("rolled back")
         assert bulk.scalar("PRAGMA foreign_keys") == 1
-        with pytest.raises(dbapi.Error, match="FOREIGN KEY"), bulk.transaction():
+        with pytest.raises(JobError, match="FOREIGN KEY"), bulk.transaction():
             bulk.execute(orphan)  # a load's insert is checked again
 
 

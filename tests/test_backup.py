@@ -139,13 +139,16 @@ def test_a_damaged_or_unrecorded_backup_is_not_restored(
     path.write_bytes(bytes(data))
     target = tmp_path / "new.db"
 
-    with pytest.raises(BackupError, match="checksum differs"):
+    # An operator's file that is not a valid backup is bad input (exit 2), refused.
+    with pytest.raises(InputError, match="checksum differs"):
         backup.restore_database(path, f"sqlite:///{target}")
     assert not target.exists()
+    with pytest.raises(BackupError, match="checksum differs"):  # the system's own: a failure
+        backup.verify_backup(path)
 
     backup.manifest_of(path).unlink()
     assert backup.list_backups(folder) == []
-    with pytest.raises(BackupError, match="no manifest"):
+    with pytest.raises(InputError, match="no manifest"):
         backup.restore_database(path, f"sqlite:///{target}")
     with pytest.raises(InputError, match="no such backup"):
         backup.restore_database(folder / "nope.db.zst", f"sqlite:///{target}")
