@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from powerwatch.errors import PowerwatchError, from_os_error
+from powerwatch.jobs import JOBS, run_job
 
 if TYPE_CHECKING:
     from prefect import State
@@ -489,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
+        if args.command in JOBS:  # signals: keep what is done, exit within 5 s (jobs.py)
+            return run_job(args.command, lambda: handler(args))
         return handler(args)
     except PowerwatchError as exc:
         print(f"powerwatch: error: {exc}", file=sys.stderr)

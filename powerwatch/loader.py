@@ -26,6 +26,7 @@ from db.tables import load_batches, power_readings, reading_conflicts
 from powerwatch import landing
 from powerwatch.concurrency import ReadAhead
 from powerwatch.errors import ChunkError
+from powerwatch.faults import fault_point
 from powerwatch.settings import Settings
 from schemas.reading import REASON, split_valid
 
@@ -113,6 +114,7 @@ def load_chunk(bulk: BulkConnection, chunk: Path, settings: Settings) -> ChunkRe
                 for rows_in, valid, invalid in slices:
                     report.rows_in += rows_in
                     stored = store_readings(bulk, valid, batch_id)
+                    fault_point("load.slice_stored")
                     rejected += [invalid, stored.unknown]
                     result += stored
             quarantined = pl.concat([pl.DataFrame(), *rejected], how="diagonal_relaxed")
