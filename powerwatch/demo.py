@@ -9,12 +9,16 @@ Runbook (each step is what an operator would do by hand on a site):
 5. one capture run and one load run started at once, so the UI has runs to show before
    the schedules' first ticks.
 Ctrl-C (or SIGTERM) stops the worker, the server and the simulator, in that order; the
-data stays in `data/` for the next start.
+data stays in `data/` for the next start. If the demo is killed instead (kill -9, an OOM
+kill), its children die with it (`powerwatch.lifecycle`), and the next start crashes the
+runs the dead one left behind and frees their concurrency slots (`LocalStack.prepare`),
+so capture and load resume by themselves. A port held by something else: one line, exit 1.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from powerwatch.errors import JobError
+from powerwatch.lifecycle import die_with_parent
 from powerwatch.settings import Settings
 from powerwatch.stack import LocalStack, offline_environment
 
@@ -45,8 +50,24 @@ def absolute_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def start_simulator(settings: Settings, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The stations, as a child process that writes the registry when its servers listen."""
+def check_ports_free(first: int, count: int) -> None:
+    """The simulator's ports, before anything starts: one clear line if one is taken."""
+    for port in range(first, first + count):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise JobError(
+                    f"port {port} (the demo's simulated stations) is in use by another "
+                    "process; stop it (an earlier demo?) and start again"
+                ) from None
+
+
+def start_simulator(
+    settings: Settings, env: dict[str, str], stack: LocalStack
+) -> subprocess.Popen[bytes]:
+    """The stations, as a child process that writes the registry when its servers listen;
+    tied to our life (`stack.adopt`)."""
     command = [
         sys.executable,
         "-m",
@@ -71,7 +92,9 @@ def start_simulator(settings: Settings, env: dict[str, str]) -> subprocess.Popen
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
+    stack.adopt(child)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if child.poll() is not None:
@@ -106,9 +129,10 @@ def run_demo(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    simulator = start_simulator(settings, child_env)
     stack = LocalStack(home=settings.data_dir.resolve() / "prefect", port=settings.prefect_port)
     stack.env = env
+    check_ports_free(DEMO_FIRST_PORT, DEMO_STATIONS)
+    simulator = start_simulator(settings, child_env, stack)
     try:
         registry = load_registry(settings.stations)
         print(f"stations: {sync_stations(engine, registry)} ({settings.stations})")
@@ -116,6 +140,12 @@ def run_demo(settings: Settings) -> int:
         stack.start_server()
         print("deploying prefect.yaml, starting a worker ...", flush=True)
         stack.prepare()
+        if stack.abandoned:
+            print(
+                f"crashed {len(stack.abandoned)} run(s) the previous start left behind, "
+                "and freed their concurrency slots",
+                flush=True,
+            )
         stack.start_worker()
         for deployment in KICK_OFF:
             stack.run_prefect("deployment", "run", deployment)

@@ -147,7 +147,7 @@ def temporary_server() -> None:
 
     if None in SubprocessASGIServer._instances:
         return
-    server = _DetachedServer()  # registered under Prefect's default key (None)
+    server = _detached_server()  # registered under Prefect's default key (None)
     server.start()
 
 
@@ -196,5 +196,5 @@ def _detached_server_class() -> type[Any]:
     return DetachedServer
 
 
-def _DetachedServer() -> Any:  # noqa: N802 - reads as the class it builds
+def _detached_server() -> Any:
     return _detached_server_class()()

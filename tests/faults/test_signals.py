@@ -67,14 +67,10 @@ def two_chunks(db: Database) -> tuple[pl.DataFrame, pl.DataFrame]:
     return first, second
 
 
-def check_load_interrupted(
-    db: Database, tmp_path: Path, env: dict[str, str], signum: int
-) -> None:
+def check_load_interrupted(db: Database, tmp_path: Path, env: dict[str, str], signum: int) -> None:
     first, second = two_chunks(db)
     # the 2nd slice stored is the second chunk's first: the first chunk is committed
-    status, seconds, log = interrupt_at(
-        "load.slice_stored", ["load"], env, tmp_path, signum, at=2
-    )
+    status, seconds, log = interrupt_at("load.slice_stored", ["load"], env, tmp_path, signum, at=2)
     assert_interrupted(status, seconds, log, "load", signum)
     assert stored_keys(db.url).equals(expected_keys(first))  # chunk 2 rolled back whole
     assert [p.name for p in visible_files(db.data_dir / "landing")] == ["manual-0002.parquet"]
@@ -88,7 +84,9 @@ def check_load_interrupted(
 def test_load_signalled_with_a_server_keeps_committed_chunks_and_exits_in_time(
     synced: Database, tmp_path: Path, prefect_api: str, signum: int
 ) -> None:
-    check_load_interrupted(synced, tmp_path, powerwatch_env({"PREFECT_API_URL": prefect_api}), signum)
+    check_load_interrupted(
+        synced, tmp_path, powerwatch_env({"PREFECT_API_URL": prefect_api}), signum
+    )
 
 
 @pytest.mark.slow
