@@ -57,6 +57,7 @@ from db.queries import epoch_ms
 from db.tables import READING_VALUE_COLUMNS, power_readings, stations
 from powerwatch.concurrency import map_ahead
 from powerwatch.errors import ArchiveError
+from powerwatch.faults import fault_point
 from schemas.channels import CHANNELS, FUTURE_TOLERANCE, LANDING_COLUMNS
 
 ARCHIVE_FILE = "readings.parquet"
@@ -426,6 +427,7 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
                 written.update(group)
                 bounds += [group["timestamp"][0], group["timestamp"][-1]]  # sorted by time
         _fsync(tmp)
+        fault_point("archive.written")
 
         def verify() -> None:
             rows, checksum = content_checksum(tmp)

@@ -46,6 +46,7 @@ from sqlalchemy.engine import URL
 
 from db.engine import is_sqlite, make_engine, parse_url, sqlite_path
 from powerwatch.errors import BackupError, InputError, RestoreRefused
+from powerwatch.faults import fault_point
 
 PREFIX = "powerwatch-"
 SQLITE_SUFFIX = ".db.zst"
@@ -221,6 +222,7 @@ def backup_database(url: str, folder: Path, now: datetime | None = None) -> tupl
     packed = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         rows = _snapshot_copy(parsed, raw)
+        fault_point("backup.copied")
         integrity = check_sqlite_copy(raw, rows)
         raw_sha, raw_bytes = _compress(raw, packed)
         _fsync(packed)

@@ -17,6 +17,7 @@ so capture and load resume by themselves. A port held by something else: one lin
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -33,7 +34,7 @@ from powerwatch.stack import LocalStack, offline_environment
 
 DEMO_STATIONS = 5
 DEMO_RATE_HZ = 1.0
-DEMO_FIRST_PORT = 19100
+DEMO_FIRST_PORT = 19100  # POWERWATCH_DEMO_STATION_PORT moves it (tests, a second demo)
 # Started once at start-up; afterwards their schedules take over.
 KICK_OFF = ("capture-stations/overlapping-windows", "load-chunks/every-minute")
 
@@ -63,6 +64,10 @@ def check_ports_free(first: int, count: int) -> None:
                 ) from None
 
 
+def station_port() -> int:
+    return int(os.environ.get("POWERWATCH_DEMO_STATION_PORT", DEMO_FIRST_PORT))
+
+
 def start_simulator(
     settings: Settings, env: dict[str, str], stack: LocalStack
 ) -> subprocess.Popen[bytes]:
@@ -78,7 +83,7 @@ def start_simulator(
         "--rate",
         str(DEMO_RATE_HZ),
         "--port",
-        str(DEMO_FIRST_PORT),
+        str(station_port()),
         "--faults",
     ]
     log = settings.data_dir.resolve() / "simulator.log"
@@ -107,8 +112,6 @@ def start_simulator(
 
 
 def run_demo(settings: Settings) -> int:
-    import os
-
     from db.engine import make_engine
     from db.migrate import upgrade
     from db.stations import sync_stations
@@ -131,7 +134,7 @@ def run_demo(settings: Settings) -> int:
 
     stack = LocalStack(home=settings.data_dir.resolve() / "prefect", port=settings.prefect_port)
     stack.env = env
-    check_ports_free(DEMO_FIRST_PORT, DEMO_STATIONS)
+    check_ports_free(station_port(), DEMO_STATIONS)
     simulator = start_simulator(settings, child_env, stack)
     try:
         registry = load_registry(settings.stations)

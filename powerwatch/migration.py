@@ -38,6 +38,7 @@ from db.load import (
 from db.tables import data_sources, load_batches
 from powerwatch.concurrency import ReadAhead
 from powerwatch.errors import InputError
+from powerwatch.faults import fault_point
 from powerwatch.jsonlines import LINE
 from powerwatch.landing import file_hash
 from powerwatch.legacy import (
@@ -152,6 +153,7 @@ def import_file(
             )
             ledger = StoreResult()  # as the ledger counts: duplicates and conflicts apart
             for part in ahead:
+                fault_point("migrate.parsed")
                 stored = store_readings(bulk, part.valid, batch_id)
                 ledger += stored
                 part.add_to(report, stored)
