@@ -215,9 +215,18 @@ SIMULATE = (
 
 
 def sent_frames(record: Path) -> pl.DataFrame:
-    from powerwatch.simulator import read_record
+    """The frames the simulator recorded as sent so far (complete lines only: it is
+    still writing)."""
+    import io
 
-    return read_record(record).filter(pl.col("event").is_null())
+    from powerwatch.simulator import RECORD_SCHEMA
+
+    text = record.read_bytes()
+    text = text[: text.rfind(b"\n") + 1]
+    if not text:
+        return pl.DataFrame(schema=RECORD_SCHEMA)
+    frames = pl.read_ndjson(io.BytesIO(text), schema=RECORD_SCHEMA)
+    return frames.filter(pl.col("event").is_null())
 
 
 def check_capture_interrupted(
@@ -249,7 +258,8 @@ def check_capture_interrupted(
         deadline = time.monotonic() + 240
         while True:  # the capture is connected and 2 s of frames were sent to it
             frames = sent_frames(record) if record.exists() else pl.DataFrame()
-            if frames.height and frames["sent_ms"].max() - frames["sent_ms"].min() >= 2000:
+            sent_ms = frames["sent_ms"].to_list() if frames.height else []
+            if sent_ms and max(sent_ms) - min(sent_ms) >= 2000:
                 break
             assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
             time.sleep(0.1)
