@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 
 from powerwatch.errors import JobError
-from powerwatch.lifecycle import die_with_parent
+from powerwatch.lifecycle import SITE_ENV, die_with_parent
 from powerwatch.settings import Settings
 from powerwatch.stack import LocalStack, offline_environment
 
@@ -55,6 +55,8 @@ def check_ports_free(first: int, count: int) -> None:
     """The simulator's ports, before anything starts: one clear line if one is taken."""
     for port in range(first, first + count):
         with socket.socket() as probe:
+            # as the simulator binds: a dead demo's connections in TIME_WAIT do not count
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
@@ -135,7 +137,7 @@ def run_demo(settings: Settings) -> int:
     stack = LocalStack(home=settings.data_dir.resolve() / "prefect", port=settings.prefect_port)
     stack.env = env
     check_ports_free(station_port(), DEMO_STATIONS)
-    simulator = start_simulator(settings, child_env, stack)
+    simulator = start_simulator(settings, child_env | {SITE_ENV: stack.site_id}, stack)
     try:
         registry = load_registry(settings.stations)
         print(f"stations: {sync_stations(engine, registry)} ({settings.stations})")

@@ -8,9 +8,13 @@ crash SIGKILLs it. Two tools keep children from outliving us, both Linux:
   Used for a child we start in its own session (out of reach of our group's signals,
   so that we decide when and in which order it stops).
 - `Watchdog`: a tiny process in its own session that holds the read end of a pipe from
-  us. When we die (the pipe's end closes, whatever killed us) it SIGKILLs every process
-  of the sessions we registered with it. PDEATHSIG is not inherited by a child's own
-  children (the worker's flow-run processes), a session is: the watchdog reaches them.
+  us. When we die (the pipe's end closes, whatever killed us) it ends every process of
+  the sessions we registered with it and every process whose environment carries our
+  site's mark (`SITE_ENV`, set in every child's environment and inherited by theirs):
+  PDEATHSIG is not inherited by a child's own children, and Prefect's worker starts its
+  flow runs in sessions of their own (`prefect.runner._workspace_supervisor`); the mark
+  reaches them. They get SIGTERM (a capture run flushes what it received) and SIGKILL
+  after `GRACE` seconds.
 
 Elsewhere PR_SET_PDEATHSIG is unavailable; `die_with_parent` then does nothing and the
 watchdog alone bounds what can be left behind.
@@ -24,9 +28,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+SITE_ENV = "POWERWATCH_SITE_ID"  # the mark of every process a site started
+GRACE = 3.0  # seconds between the watchdog's SIGTERM and SIGKILL
 
 
 def die_with_parent() -> None:
@@ -39,32 +46,43 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def session_members(sessions: set[int]) -> list[int]:
-    """Every process whose session is one of `sessions` (read from /proc)."""
+def site_members(sessions: set[int], mark: str | None) -> list[int]:
+    """Every process whose session is one of `sessions` or whose environment holds
+    `SITE_ENV=mark` (read from /proc; other users' processes are skipped)."""
     members = []
+    needle = f"{SITE_ENV}={mark}".encode() if mark else None
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             stat = (entry / "stat").read_text()
-        except OSError:
+            # pid (comm) state ppid pgrp session ...: comm may hold spaces and parentheses
+            state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2 :].split()[:4]
+            if state == "Z":  # dead already, only not reaped yet
+                continue
+            marked = needle is not None and needle in (entry / "environ").read_bytes().split(b"\0")
+            if int(session) in sessions or marked:
+                members.append(int(entry.name))
+        except (OSError, ValueError):
             continue
-        # pid (comm) state ppid pgrp session ...: comm may hold spaces and parentheses
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) in sessions:
-            members.append(int(entry.name))
     return members
 
 
-def kill_sessions(sessions: set[int]) -> int:
-    """SIGKILL every process of `sessions`; how many were signalled."""
-    if not sessions:
-        return 0
-    victims = [pid for pid in session_members(sessions) if pid != os.getpid()]
-    for pid in victims:
+def end_site(sessions: set[int], mark: str | None, grace: float = GRACE) -> int:
+    """SIGTERM every member (`site_members`), SIGKILL those left after `grace` s;
+    how many there were."""
+    first = site_members(sessions, mark)
+    for pid in first:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return len(victims)
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and site_members(sessions, mark):
+        time.sleep(0.1)
+    for _ in range(2):  # twice: a process may fork while we kill (a worker starting a run)
+        for pid in site_members(sessions, mark):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return len(first)
 
 
 class Watchdog:
@@ -73,9 +91,9 @@ class Watchdog:
     `watch(pid)` after starting a child with `start_new_session=True`; `close()` on an
     orderly stop (after the children were stopped, so nothing is left to kill)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mark: str | None = None) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "powerwatch.lifecycle"],
+            [sys.executable, "-m", "powerwatch.lifecycle", *([mark] if mark else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -94,20 +112,18 @@ class Watchdog:
             self._process.wait(10)
 
 
-def _watch(stdin: int) -> None:
-    """The watchdog's body: collect session ids until EOF, then kill what is left."""
+def _watch(stdin: int, mark: str | None) -> None:
+    """The watchdog's body: collect session ids until EOF, then end what is left."""
     sessions: set[int] = set()
     pending = b""
     while chunk := os.read(stdin, 4096):
         pending += chunk
         *lines, pending = pending.split(b"\n")
         sessions.update(int(line) for line in lines if line.strip())
-    # Twice: a process may fork while we kill its session (a worker starting a run).
-    for _ in range(2):
-        kill_sessions(sessions)
+    end_site(sessions, mark)
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only EOF ends the watch
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _watch(sys.stdin.fileno())
+    _watch(sys.stdin.fileno(), sys.argv[1] if len(sys.argv) > 1 else None)

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -35,7 +36,7 @@ from typing import IO
 import httpx
 
 from powerwatch.errors import JobError
-from powerwatch.lifecycle import Watchdog, die_with_parent
+from powerwatch.lifecycle import SITE_ENV, Watchdog, die_with_parent
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORK_POOL = "powerwatch"
@@ -64,6 +65,7 @@ class LocalStack:
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
     _watchdog: Watchdog | None = None
+    site_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # SITE_ENV's value
     abandoned: list[str] = field(default_factory=list)  # runs `prepare()` crashed
 
     @property
@@ -83,6 +85,7 @@ class LocalStack:
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(self.port),
+            SITE_ENV: self.site_id,  # inherited by the worker's flow runs: the watchdog's mark
         }
         if self.server_database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server_database_url
@@ -147,7 +150,7 @@ class LocalStack:
         """Tie a child started elsewhere (in its own session, `die_with_parent`) to our life
         the way ours are: the watchdog kills its session if we die."""
         if self._watchdog is None:
-            self._watchdog = Watchdog()
+            self._watchdog = Watchdog(self.site_id)
         self._watchdog.watch(child.pid)
 
     def alive(self) -> dict[str, bool]:

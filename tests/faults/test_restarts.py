@@ -40,7 +40,9 @@ def free_port(span: int = 1) -> int:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens there (a server could bind it: TIME_WAIT leftovers do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
