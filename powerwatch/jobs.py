@@ -78,8 +78,20 @@ def _notice(job: str, signum: int) -> str:
 def interruptible(job: str) -> Iterator[Callable[[], int | None]]:
     """Within the block, SIGINT/SIGTERM raise `Interrupted` and arm the exit deadline.
 
-    Yields a function giving the signal received (None if none)."""
+    Yields a function giving the signal received (None if none). The deadline is armed
+    when the signal arrives, not when our handler runs: during a flow Prefect's SIGTERM
+    bridge runs first and reports the crash to the API (seconds on a busy server) before
+    it passes the signal on, so the arrival is taken from the interpreter's wakeup fd."""
     received: list[int] = []
+    raised: list[int] = []
+    lock = threading.Lock()
+
+    def arm(signum: int) -> None:
+        with lock:
+            if received:
+                return
+            received.append(signum)
+        threading.Thread(target=deadline, args=(signum,), daemon=True).start()
 
     def deadline(signum: int) -> None:
         time.sleep(EXIT_DEADLINE)
@@ -88,18 +100,33 @@ def interruptible(job: str) -> Iterator[Callable[[], int | None]]:
         os._exit(exit_status(signum))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if received:  # a second signal: no more waiting
-            os._exit(exit_status(received[0]))
-        received.append(signum)
-        threading.Thread(target=deadline, args=(signum,), daemon=True).start()
+        if raised:  # a second signal: no more waiting
+            os._exit(exit_status(received[0] if received else signum))
+        raised.append(signum)
+        arm(signum)
         raise Interrupted(signum)
 
+    def watch(fd: int) -> None:
+        while data := os.read(fd, 64):
+            for signum in data:
+                if signum in (signal.SIGINT, signal.SIGTERM):
+                    arm(signum)
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, args=(read_end,), name="signal-arrival", daemon=True)
+    watcher.start()
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield lambda: received[0] if received else None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_end)  # the watcher reads EOF and ends
+        watcher.join(1.0)
+        os.close(read_end)
 
 
 # The job commands, and whether each runs a Prefect flow (restore deliberately does not).
