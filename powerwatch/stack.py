@@ -95,7 +95,8 @@ class LocalStack:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start_server(self, timeout: float = 120.0) -> None:
+    def start_server(self, timeout: float = 300.0) -> None:
+        # 300 s: on a 2-core host shared with other jobs, start-up took over 120 s.
         if _answers(self.api_url):
             raise JobError(
                 f"something already answers on 127.0.0.1:{self.port}; stop it or choose "
