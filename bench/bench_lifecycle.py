@@ -2,6 +2,7 @@
 time to healthy after its restart.
 
     python -m bench.bench_lifecycle            # every job command, 3 rounds; 1 restart
+    python -m bench.bench_lifecycle --rounds 1 --skip-restart   # a busy host's short run
     python -m bench.bench_lifecycle --quick    # load and backup, 1 round; no restart
 
 1. Each job command is paused at a fault point (`pause`: the moment is the job's own),
@@ -17,6 +18,7 @@ time to healthy after its restart.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import statistics
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from bench.report import bench_arguments, publish, table
+from bench.report import publish, table
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
 
@@ -146,9 +148,19 @@ def _median(measure: Callable[[], float], rounds: int) -> tuple[float, float]:
     return statistics.median(values), max(values)
 
 
+def _arguments() -> argparse.Namespace:
+    """`bench_arguments`' flags plus --rounds and --skip-restart."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-restart", action="store_true")
+    return parser.parse_args()
+
+
 def main() -> None:
-    args = bench_arguments(__doc__)
-    rounds = 1 if args.quick else 3
+    args = _arguments()
+    rounds = 1 if args.quick else args.rounds
     jobs = ["load", "backup"] if args.quick else list(JOBS)
     rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as home:
@@ -182,7 +194,7 @@ def main() -> None:
             "capture 161 s, load still running after 60 s.\n\n"
             + table(rows, ("command", "Prefect API", "SIGTERM -> exit, s", "worst, s"))
         )
-        if not args.quick:
+        if not args.quick and not args.skip_restart:
             total, after_running = restart_to_healthy(Path(tmp) / "restart")
             markdown += (
                 "\n\n`powerwatch demo` killed with -9 (its group) while its worker had a run "
