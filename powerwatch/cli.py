@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from powerwatch.errors import PowerwatchError, from_os_error
+from powerwatch.jobs import JOBS, run_job
 
 if TYPE_CHECKING:
     from prefect import State
@@ -682,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from powerwatch.settings import get_settings
 
         get_settings()  # every setting checked (exit 2, naming it) before any command starts
+        if args.command in JOBS:  # signals: keep what is done, exit within 5 s (jobs.py)
+            return run_job(args.command, lambda: handler(args))
         return handler(args)
     except KeyboardInterrupt:
         return 130

@@ -9,12 +9,17 @@ Runbook (each step is what an operator would do by hand on a site):
 5. one capture run and one load run started at once, so the UI has runs to show before
    the schedules' first ticks.
 Ctrl-C (or SIGTERM) stops the worker, the server and the simulator, in that order; the
-data stays in `data/` for the next start.
+data stays in `data/` for the next start. If the demo is killed instead (kill -9, an OOM
+kill), its children die with it (`powerwatch.lifecycle`), and the next start crashes the
+runs the dead one left behind and frees their concurrency slots (`LocalStack.prepare`),
+so capture and load resume by themselves. A port held by something else: one line, exit 1.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,12 +28,13 @@ from pathlib import Path
 from types import FrameType
 
 from powerwatch.errors import JobError
+from powerwatch.lifecycle import SITE_ENV, die_with_parent
 from powerwatch.settings import Settings
 from powerwatch.stack import LocalStack, offline_environment
 
 DEMO_STATIONS = 5
 DEMO_RATE_HZ = 1.0
-DEMO_FIRST_PORT = 19100
+DEMO_FIRST_PORT = 19100  # POWERWATCH_DEMO_STATION_PORT moves it (tests, a second demo)
 # Started once at start-up; afterwards their schedules take over.
 KICK_OFF = ("capture-stations/overlapping-windows", "load-chunks/every-minute")
 
@@ -45,8 +51,30 @@ def absolute_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def start_simulator(settings: Settings, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The stations, as a child process that writes the registry when its servers listen."""
+def check_ports_free(first: int, count: int) -> None:
+    """The simulator's ports, before anything starts: one clear line if one is taken."""
+    for port in range(first, first + count):
+        with socket.socket() as probe:
+            # as the simulator binds: a dead demo's connections in TIME_WAIT do not count
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise JobError(
+                    f"port {port} (the demo's simulated stations) is in use by another "
+                    "process; stop it (an earlier demo?) and start again"
+                ) from None
+
+
+def station_port() -> int:
+    return int(os.environ.get("POWERWATCH_DEMO_STATION_PORT", DEMO_FIRST_PORT))
+
+
+def start_simulator(
+    settings: Settings, env: dict[str, str], stack: LocalStack
+) -> subprocess.Popen[bytes]:
+    """The stations, as a child process that writes the registry when its servers listen;
+    tied to our life (`stack.adopt`)."""
     command = [
         sys.executable,
         "-m",
@@ -57,7 +85,7 @@ def start_simulator(settings: Settings, env: dict[str, str]) -> subprocess.Popen
         "--rate",
         str(DEMO_RATE_HZ),
         "--port",
-        str(DEMO_FIRST_PORT),
+        str(station_port()),
         "--faults",
     ]
     log = settings.data_dir.resolve() / "simulator.log"
@@ -71,7 +99,9 @@ def start_simulator(settings: Settings, env: dict[str, str]) -> subprocess.Popen
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
+    stack.adopt(child)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if child.poll() is not None:
@@ -84,8 +114,6 @@ def start_simulator(settings: Settings, env: dict[str, str]) -> subprocess.Popen
 
 
 def run_demo(settings: Settings) -> int:
-    import os
-
     from db.engine import make_engine
     from db.migrate import upgrade
     from db.stations import sync_stations
@@ -106,9 +134,10 @@ def run_demo(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    simulator = start_simulator(settings, child_env)
     stack = LocalStack(home=settings.data_dir.resolve() / "prefect", port=settings.prefect_port)
     stack.env = env
+    check_ports_free(station_port(), DEMO_STATIONS)
+    simulator = start_simulator(settings, child_env | {SITE_ENV: stack.site_id}, stack)
     try:
         registry = load_registry(settings.stations)
         print(f"stations: {sync_stations(engine, registry)} ({settings.stations})")
@@ -116,6 +145,12 @@ def run_demo(settings: Settings) -> int:
         stack.start_server()
         print("deploying prefect.yaml, starting a worker ...", flush=True)
         stack.prepare()
+        if stack.abandoned:
+            print(
+                f"crashed {len(stack.abandoned)} run(s) the previous start left behind, "
+                "and freed their concurrency slots",
+                flush=True,
+            )
         stack.start_worker()
         for deployment in KICK_OFF:
             stack.run_prefect("deployment", "run", deployment)

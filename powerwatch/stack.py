@@ -10,7 +10,12 @@
 
 The demo (`powerwatch demo`) and the end-to-end tests use this one class, so what the
 tests prove is what an operator runs. Every child gets its own session (Ctrl-C in the
-terminal reaches only us) and is stopped by us, in order, so nothing is left behind.
+terminal reaches only us) and is stopped by us, in order. If we die without stopping
+them (kill -9, an OOM kill), nothing is left behind either: each child has
+PR_SET_PDEATHSIG, and a watchdog (`powerwatch.lifecycle`) kills the children's whole
+sessions, the worker's flow-run processes included. `prepare()` crashes the runs a
+previous, dead site left Pending/Running and frees their concurrency slots
+(`powerwatch.automations.release_abandoned_runs`), so capture and load resume.
 The same commands, run by hand on other machines, are the production layout
 (docs/operations.md).
 """
@@ -23,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -30,6 +36,7 @@ from typing import IO
 import httpx
 
 from powerwatch.errors import JobError
+from powerwatch.lifecycle import SITE_ENV, Watchdog, die_with_parent
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORK_POOL = "powerwatch"
@@ -57,6 +64,9 @@ class LocalStack:
     scheduler_loop_seconds: int | None = None  # tests shorten the scheduler's 60 s loop
     _children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
+    _watchdog: Watchdog | None = None
+    site_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # SITE_ENV's value
+    abandoned: list[str] = field(default_factory=list)  # runs `prepare()` crashed
 
     @property
     def api_url(self) -> str:
@@ -75,6 +85,7 @@ class LocalStack:
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(self.port),
+            SITE_ENV: self.site_id,  # inherited by the worker's flow runs: the watchdog's mark
         }
         if self.server_database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server_database_url
@@ -84,7 +95,8 @@ class LocalStack:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start_server(self, timeout: float = 120.0) -> None:
+    def start_server(self, timeout: float = 300.0) -> None:
+        # 300 s: on a 2-core host shared with other jobs, start-up took over 120 s.
         if _answers(self.api_url):
             raise JobError(
                 f"something already answers on 127.0.0.1:{self.port}; stop it or choose "
@@ -96,11 +108,18 @@ class LocalStack:
         self._wait_healthy(timeout)
 
     def prepare(self) -> None:
-        """Work pool, zombie-run automation and every deployment of prefect.yaml (idempotent)."""
+        """Work pool, automations, the dead site's runs released, every deployment of
+        prefect.yaml (idempotent). Before `start_worker`: no live worker owns a run then."""
         self.run_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
-        from powerwatch.automations import ensure_zombie_automation
+        from powerwatch.automations import ensure_zombie_automation, release_abandoned_runs
 
         ensure_zombie_automation(self.api_url, HEARTBEAT_SECONDS)
+        self.abandoned = release_abandoned_runs(
+            self.api_url,
+            WORK_POOL,
+            "The site restarted: no live worker owned this run (its process died with the "
+            "previous site); crashed at start-up to free its concurrency slot.",
+        )
         self.run_prefect("--no-prompt", "deploy", "--all")
 
     def start_worker(self) -> None:
@@ -118,12 +137,22 @@ class LocalStack:
         for log in self._logs:
             log.close()
         self._logs.clear()
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
 
     def __enter__(self) -> LocalStack:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+    def adopt(self, child: subprocess.Popen[bytes]) -> None:
+        """Tie a child started elsewhere (in its own session, `die_with_parent`) to our life
+        the way ours are: the watchdog kills its session if we die."""
+        if self._watchdog is None:
+            self._watchdog = Watchdog(self.site_id)
+        self._watchdog.watch(child.pid)
 
     def alive(self) -> dict[str, bool]:
         return {name: child.poll() is None for name, child in self._children.items()}
@@ -157,7 +186,9 @@ class LocalStack:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # our Ctrl-C is ours; we stop children in order
+            preexec_fn=die_with_parent,  # and our death, however it comes, is theirs
         )
+        self.adopt(self._children[name])  # the worker's flow runs are in its session
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
