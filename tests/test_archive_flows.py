@@ -94,7 +94,6 @@ def test_backup_flow_rotates(
     folder: Path = get_settings().backups_dir
     backup.backup_database(sqlite_database.url, folder, now=T0)  # an old one
 
-    # A flow that returns a State gives its caller the state's data.
-    manifest = cast(backup.Manifest, backup_database())
+    manifest = cast(backup.Manifest, backup_database())  # the Completed state's data
 
     assert [p.name for p in backup.list_backups(folder)] == [manifest.file]
