@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     backup_keep_daily: int = Field(
         14, description="Backups kept for the most recent days (the newest of each day)."
     )
+    energy_max_power_kw: float = Field(
+        2000.0,
+        description="The most power one kWh meter can plausibly draw: a delta implying more "
+        "is flagged and excluded from consumption (with the reason).",
+    )
+    energy_tz: str = Field(
+        "Asia/Bangkok", description="The site's zone: energy statements' month boundaries."
+    )
+
+    @property
+    def statements_dir(self) -> Path:
+        """Monthly energy statements, CSV and Parquet, one pair per month and revision."""
+        return self.data_dir / "statements"
 
     @property
     def landing_dir(self) -> Path:
