@@ -174,6 +174,13 @@ def meter_steps(
         bad = steps.filter(pl.col("kind").is_in(FLAGGED))
         if bad.is_empty() or attempt == DROP_PASSES:
             break
+        # Only the first of consecutive bad readings goes in this pass: the one after a
+        # spike is judged again against the last good value (5000 -> 9e6 -> 5001).
+        bad = bad.join(
+            bad.select("station_id", pl.col("ts").alias("prev_ts")),
+            on=["station_id", "prev_ts"],
+            how="anti",
+        )
         dropped.append(bad.with_columns(pl.lit(False).alias("kept")))
         values = values.join(bad.select("station_id", "ts"), on=["station_id", "ts"], how="anti")
     return pl.concat([steps, *dropped], how="vertical").select(

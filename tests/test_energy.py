@@ -104,3 +104,147 @@ def test_issue_example_outage_inside_a_day_is_counted_exactly(synced: Database) 
     [gap] = events().to_dicts()
     assert (gap["kind"], gap["gap"], gap["spread"]) == ("normal", 1, 1)
     assert gap["kwh"] == pytest.approx(7210 / 60)
+
+
+def test_gap_across_midnight_is_spread_and_the_days_telescope(synced: Database) -> None:
+    # 22:00-23:00 on day 1, 01:00-02:00 on day 2; the register counts 1 kWh a minute.
+    seconds = [*range(22 * HOUR, 23 * HOUR, 10), *range(25 * HOUR, 26 * HOUR, 10)]
+    values = one_kwh_a_minute(seconds)
+    load(synced, meter(seconds, values))
+    days = table("day")
+    # The gap: 22:59:50 -> 01:00:00 (7,210 s, 120.17 kWh); 10 s + 3,600 s of it fall on
+    # day 1, 3,600 s on day 2: those parts are estimated, both days' rest is measured.
+    assert days["muxPower1_estimated_kwh"].to_list() == pytest.approx(
+        [3610 / 60, 3600 / 60], abs=1e-6
+    )
+    assert days["muxPower1_kwh"].to_list() == pytest.approx([3590 / 60, 3590 / 60], abs=1e-6)
+    consumption = days["muxPower1_kwh"].sum() + days["muxPower1_estimated_kwh"].sum()
+    assert consumption == pytest.approx(values[-1] - values[0], abs=1e-6)  # telescopes
+
+
+# Bangkok (UTC+7): October ends at 2026-10-31T17:00Z. Readings 16:00-16:30Z and
+# 17:30-18:00Z, one a minute, 1 kWh a minute: the 61-minute gap straddles the month.
+MONTH_END = datetime(2026, 10, 31, 16, tzinfo=UTC)
+BEFORE = list(range(0, 30 * MINUTE + 1, MINUTE))
+OUTAGE = list(range(31 * MINUTE, 91 * MINUTE, MINUTE))
+AFTER = list(range(91 * MINUTE, 120 * MINUTE + 1, MINUTE))
+
+
+def test_gap_across_a_month_boundary_in_the_sites_zone(synced: Database) -> None:
+    seconds = BEFORE + AFTER
+    load(synced, meter(seconds, one_kwh_a_minute(seconds, base=5000.0), start=MONTH_END))
+    [oct_] = statement("2026-10").to_dicts()
+    [nov] = statement("2026-11").to_dicts()
+    assert oct_["period_end"] == datetime(2026, 10, 31, 17, tzinfo=UTC)
+    assert (oct_["opening_kwh"], oct_["closing_kwh"]) == (5000.0, 5030.0)
+    # 30 kWh measured, 30 of the gap's 61 in October (estimated), 31 in November.
+    assert oct_["consumption_kwh"] == pytest.approx(60.0)
+    assert oct_["estimated_kwh"] == pytest.approx(30.0)
+    assert nov["opening_kwh"] == 5030.0 and nov["closing_kwh"] == 5120.0
+    assert nov["consumption_kwh"] == pytest.approx(31.0 + 29.0)
+    assert nov["estimated_kwh"] == pytest.approx(31.0)
+    # The months telescope to the register's whole difference.
+    assert oct_["consumption_kwh"] + nov["consumption_kwh"] == pytest.approx(120.0)
+    assert oct_["share"] == 1.0  # the only meter with data at this station
+
+
+@pytest.mark.parametrize(
+    ("values", "counted", "resets"),
+    [
+        ([60.0, 62.4, 64.8, 0.0, 1.2, 2.4], 64.8 - 60.0 + 0.0 + 2.4, 1),  # reset to 0
+        ([60.0, 62.4, 64.8, 12.3, 13.5, 14.7], 64.8 - 60.0 + 12.3 + 2.4, 1),  # replacement
+    ],
+    ids=["reset-to-0", "replacement-non-zero-start"],
+)
+def test_a_new_meter_cycle_counts_from_zero(
+    synced: Database, values: list[float], counted: float, resets: int
+) -> None:
+    seconds = [i * MINUTE for i in range(len(values))]
+    load(synced, meter(seconds, values))
+    [hour] = table().to_dicts()
+    assert hour["muxPower1_kwh"] == pytest.approx(counted)
+    assert (hour["muxPower1_resets"], hour["muxPower1_flagged"]) == (resets, 0)
+    [reset] = events().to_dicts()
+    assert (reset["kind"], reset["prev_kwh"], reset["value_kwh"]) == ("reset", 64.8, values[3])
+
+
+def test_wrap_at_the_declared_modulus(synced: Database, registry_file: Path) -> None:
+    registry_file.write_text(
+        STATIONS_YAML.replace("scene: northeast", "scene: northeast\n    meter_modulus: 1000000")
+    )
+    engine = make_engine(synced.url)
+    sync_stations(engine, load_registry(registry_file))
+    engine.dispose()
+    values = [999_999.0, 999_999.5, 999_999.99, 0.42, 0.9]
+    load(synced, meter([i * MINUTE for i in range(5)], values))
+    [hour] = table().to_dicts()
+    assert hour["muxPower1_kwh"] == pytest.approx(0.99 + 0.43 + 0.48)
+    assert (hour["muxPower1_wraps"], hour["muxPower1_resets"]) == (1, 0)
+    # Without the modulus the same drop would be a new cycle: ChiangMai has none.
+    load(synced, meter([i * MINUTE for i in range(5)], values, station="ChiangMai"))
+    [other] = table(station="ChiangMai").to_dicts()
+    assert (other["muxPower1_wraps"], other["muxPower1_resets"]) == (0, 1)
+    assert other["muxPower1_kwh"] == pytest.approx(0.99 + 0.42 + 0.48)
+
+
+def test_a_glitch_is_flagged_listed_and_invents_nothing(synced: Database) -> None:
+    load(synced, meter([0, 60, 120, 180], [5000.0, 4990.0, 5001.0, 5002.0]))
+    [hour] = table().to_dicts()
+    assert hour["muxPower1_kwh"] == pytest.approx(2.0)  # 5000 -> 5002, the dip ignored
+    assert (hour["muxPower1_flagged"], hour["muxPower1_resets"]) == (1, 0)
+    [glitch] = events().to_dicts()
+    assert (glitch["kind"], glitch["value_kwh"], glitch["kwh"]) == ("glitch", 4990.0, 0.0)
+    assert "neither a reset nor a wrap" in glitch["reason"]
+
+
+def test_an_implausible_jump_is_flagged_and_excluded_with_the_reason(synced: Database) -> None:
+    # 9 GWh in a minute: far above 2 MW (the default plausible power of one meter).
+    load(synced, meter([0, 60, 120, 180], [5000.0, 9_000_000.0, 5001.0, 5002.0]))
+    [hour] = table().to_dicts()
+    assert hour["muxPower1_kwh"] == pytest.approx(2.0)
+    assert hour["muxPower1_flagged"] == 1
+    [jump] = events().to_dicts()
+    assert jump["kind"] == "implausible" and jump["kwh"] == 0.0
+    assert "> 2000.0 kW" in jump["reason"]
+
+
+def test_late_data_restates_a_closed_month_as_a_new_revision(synced: Database) -> None:
+    seconds = BEFORE + AFTER
+    load(synced, meter(seconds, one_kwh_a_minute(seconds, base=5000.0), start=MONTH_END))
+    directory = get_settings().statements_dir
+    with bulk_connection() as bulk:
+        one = issue_statement(bulk, "2026-10", "Asia/Bangkok", directory)
+        again = issue_statement(bulk, "2026-10", "Asia/Bangkok", directory)
+    assert (one.revision, one.new, again.revision, again.new) == (1, True, 1, False)
+    tv5 = one.statement.filter(pl.col("station") == "KhonKaen", pl.col("broadcaster") == "TV5")
+    assert tv5["estimated_kwh"][0] == pytest.approx(30.0)
+    # The statement files read back equal to what was issued.
+    assert [f.name for f in one.files] == [
+        "statement-2026-10-r1.csv",
+        "statement-2026-10-r1.parquet",
+    ]
+    assert_frame_equal(read_statement_csv(one.files[0]), one.statement)
+    assert_frame_equal(pl.read_parquet(one.files[1]), one.statement)
+
+    # The outage's readings arrive late: the gap is filled, estimated turns measured.
+    load(synced, meter(OUTAGE, one_kwh_a_minute(OUTAGE, base=5000.0), start=MONTH_END))
+    with bulk_connection() as bulk:
+        two = issue_statement(bulk, "2026-10", "Asia/Bangkok", directory)
+        revisions = bulk.frame(
+            "SELECT e.revision, e.estimated_kwh, e.consumption_kwh FROM energy_statements e "
+            "JOIN stations s ON s.id = e.station_id "
+            "WHERE e.broadcaster = 'TV5' AND s.name = 'KhonKaen' ORDER BY e.revision"
+        )
+    assert (two.revision, two.new) == (2, True)
+    [change] = two.changes
+    assert change == (
+        "KhonKaen TV5: closing_kwh 5030.0 -> 5059.0, consumption_kwh 60.0 -> 59.0, "
+        "estimated_kwh 30.0 -> 0.0"
+    )
+    tv5 = two.statement.filter(pl.col("station") == "KhonKaen", pl.col("broadcaster") == "TV5")
+    assert tv5["estimated_kwh"][0] == 0.0
+    # 16:00 -> 16:59Z, all measured (16:59 -> 17:00 belongs to November's first reading).
+    assert tv5["consumption_kwh"][0] == pytest.approx(59.0)
+    assert revisions["revision"].to_list() == [1, 2]  # the first revision is kept
+    assert revisions["estimated_kwh"].to_list() == pytest.approx([30.0, 0.0])
+    assert all(f.exists() for f in one.files + two.files)
