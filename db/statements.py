@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
@@ -356,7 +357,7 @@ def issue_statement(bulk: BulkConnection, month: str, tz: str, directory: Path) 
     return Issued(month, tz, revision, statement, new, changes if new else [], files)
 
 
-def read_statement_csv(path: Path) -> pl.DataFrame:
+def read_statement_csv(path: Path | IO[bytes]) -> pl.DataFrame:
     """A statement CSV back into the frame `compute_statement` returns."""
     as_time = pl.Datetime("ms", "UTC")
     frame = pl.read_csv(path, infer_schema=False)
@@ -375,3 +376,103 @@ def read_statement_csv(path: Path) -> pl.DataFrame:
         *(pl.col(c).cast(pl.Int32) for c in COUNTED),
         pl.col("completeness", "share").cast(pl.Float64),
     ).select(COLUMNS)
+
+
+# --- the flow's summary -----------------------------------------------------------------
+
+
+def daily_by_broadcaster(bulk: BulkConnection, month: str, tz: str) -> pl.DataFrame:
+    """kWh per local day and broadcaster, all stations together (measured + spread parts):
+    `day` (1..31) and one column per broadcaster. From the hourly rollups, summed in SQL."""
+    start, end = month_period(month, tz)
+    # Lower-case aliases (PostgreSQL folds unquoted names), renamed afterwards.
+    sums = ", ".join(f"sum({m}_kwh) AS {m}" for m in MUX_COLUMNS)
+    schema: dict[str, pl.DataType] = {"hour_ts": pl.Int64()} | {
+        m: pl.Float64() for m in MUX_COLUMNS
+    }
+    hours = _frame(
+        bulk,
+        f"SELECT start_ts AS hour_ts, {sums} FROM {rollup_hourly.name} "
+        f"WHERE start_ts >= {start} AND start_ts < {end} GROUP BY start_ts",
+        schema,
+    ).rename(dict(zip(MUX_COLUMNS, BROADCASTERS, strict=True)))
+    gaps = _frame(
+        bulk,
+        f"SELECT station_id, meter, prev_ts, ts, kwh FROM {energy_events.name} "
+        f"WHERE spread = 1 AND prev_ts < {end} AND ts > {start}",
+        {
+            "station_id": pl.Int32(),
+            "meter": pl.Int32(),
+            "prev_ts": pl.Int64(),
+            "ts": pl.Int64(),
+            "kwh": pl.Float64(),
+        },
+    )
+    parts = energy.spread_hours_or_days(gaps, HOUR_MS).filter(
+        (pl.col("start_ts") >= start) & (pl.col("start_ts") < end)
+    )
+    spread = (
+        parts.group_by("start_ts")
+        .agg(
+            pl.col("part").filter(pl.col("meter") == n).sum().alias(b)
+            for n, b in enumerate(BROADCASTERS, start=1)
+        )
+        .rename({"start_ts": "hour_ts"})
+    )
+    day = ((pl.col("hour_ts") - start) // DAY_MS + 1).cast(pl.Int32)
+    days = pl.DataFrame(
+        {"day": list(range(1, (end - start) // DAY_MS + 1))}, schema={"day": pl.Int32()}
+    )
+    summed = (
+        pl.concat([hours, spread], how="vertical_relaxed")
+        .group_by(day.alias("day"))
+        .agg(pl.col(b).sum() for b in BROADCASTERS)
+    )
+    # A local day is 24 h from the month's start: the zone's offset is whole hours.
+    return days.join(summed, on="day", how="left").fill_null(0.0).sort("day")
+
+
+def summary_markdown(issued: Issued, daily: pl.DataFrame) -> str:
+    """The flow's summary: totals per broadcaster, what changed, a mermaid chart of daily
+    kWh per broadcaster (rendered by the Prefect UI)."""
+    frame = issued.statement
+    totals = frame.group_by("broadcaster", maintain_order=True).agg(
+        pl.col("consumption_kwh").sum(), pl.col("estimated_kwh").sum(), pl.col("flagged").sum()
+    )
+    lines = [
+        f"# Energy statement {issued.month} ({issued.tz}), revision {issued.revision}",
+        "",
+        f"{frame['station'].n_unique()} station(s); files: "
+        + ", ".join(f"`{f.name}`" for f in issued.files),
+        "",
+        "| broadcaster | kWh | of which estimated | flagged deltas |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {r['broadcaster']} | {r['consumption_kwh']:,.1f} | {r['estimated_kwh']:,.1f} "
+            f"| {r['flagged']} |"
+            for r in totals.iter_rows(named=True)
+        ),
+        "",
+    ]
+    if issued.new and issued.revision > 1:
+        lines += [
+            "## Changed since the previous revision",
+            "",
+            *(f"- {c}" for c in issued.changes),
+            "",
+        ]
+    top = float(daily.select(pl.max_horizontal(pl.col(BROADCASTERS).max())).item() or 0.0)
+    lines += [
+        "## Daily kWh per broadcaster",
+        "",
+        "```mermaid",
+        "xychart-beta",
+        f'    title "Daily kWh per broadcaster, {issued.month}"',
+        f"    x-axis [{', '.join(str(d) for d in daily['day'])}]",
+        f'    y-axis "kWh" 0 --> {max(1.0, top * 1.1):.0f}',
+        *(f"    line [{', '.join(f'{v:.1f}' for v in daily[b])}]" for b in BROADCASTERS),
+        "```",
+        "",
+        "Lines, in order: " + ", ".join(BROADCASTERS) + ".",
+    ]
+    return "\n".join(lines)

@@ -14,8 +14,8 @@ from polars.testing import assert_frame_equal
 
 from db.engine import bulk_connection, make_engine
 from db.rollups import refresh_rollups, rollups
-from db.stations import sync_stations
 from db.statements import compute_statement, issue_statement, read_statement_csv
+from db.stations import sync_stations
 from powerwatch import landing
 from powerwatch.loader import load_chunk
 from powerwatch.registry import load_registry
@@ -99,7 +99,7 @@ def test_issue_example_outage_inside_a_day_is_counted_exactly(synced: Database) 
         [10 / 60, 60.0, 60.0, 0.0], abs=1e-6
     )
     assert hours["samples"].to_list() == [360, 0, 0, 360]
-    total = hours["muxPower1_kwh"].sum() + hours["muxPower1_estimated_kwh"].sum()
+    total = float(hours["muxPower1_kwh"].sum()) + float(hours["muxPower1_estimated_kwh"].sum())
     assert total == pytest.approx(day["muxPower1_kwh"])
     [gap] = events().to_dicts()
     assert (gap["kind"], gap["gap"], gap["spread"]) == ("normal", 1, 1)
@@ -118,7 +118,7 @@ def test_gap_across_midnight_is_spread_and_the_days_telescope(synced: Database) 
         [3610 / 60, 3600 / 60], abs=1e-6
     )
     assert days["muxPower1_kwh"].to_list() == pytest.approx([3590 / 60, 3590 / 60], abs=1e-6)
-    consumption = days["muxPower1_kwh"].sum() + days["muxPower1_estimated_kwh"].sum()
+    consumption = float(days["muxPower1_kwh"].sum()) + float(days["muxPower1_estimated_kwh"].sum())
     assert consumption == pytest.approx(values[-1] - values[0], abs=1e-6)  # telescopes
 
 

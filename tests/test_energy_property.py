@@ -40,7 +40,9 @@ step = st.tuples(
 def sequences(draw: st.DrawFn) -> Truth:
     start = draw(st.floats(200.0, MODULUS - 1, allow_nan=False).map(lambda x: round(x, 2)))
     t = 1_700_000_000_000 + draw(st.integers(0, HOUR_MS))
-    ts, values, compensation, glitches = [t], [start], {}, []
+    ts, values = [t], [start]
+    compensation: dict[int, float] = {}
+    glitches: list[tuple[int, float]] = []
     consumed = 0.0
     for seconds, inc, event in draw(st.lists(step, min_size=1, max_size=60)):
         previous = values[-1]
@@ -88,9 +90,10 @@ def _steps(truth: Truth) -> pl.DataFrame:
 def test_hours_telescope_to_the_whole_register_difference(truth: Truth) -> None:
     steps = _steps(truth)
     hours = energy.hour_aggregates(steps, "m")
-    spread = energy.spread_hours_or_days(energy.events(steps, 1, MAX_KW).filter(pl.col("spread") == 1), HOUR_MS)
+    gaps = energy.events(steps, 1, MAX_KW).filter(pl.col("spread") == 1)
+    spread = energy.spread_hours_or_days(gaps, HOUR_MS)
     parts = spread.group_by("start_ts").agg(pl.col("part").sum())
-    total = hours["m_kwh"].sum() + parts["part"].sum()
+    total = float(hours["m_kwh"].sum()) + float(parts["part"].sum())
     # Everything consumed between the first and the last reading, to the last kWh.
     assert total == pytest.approx(truth.consumed, abs=1e-6)
     assert hours["m_flagged"].sum() == len(truth.glitches)
@@ -118,7 +121,7 @@ def test_any_cut_into_periods_adds_up(truth: Truth, cut: int) -> None:
     plain = steps.filter(~energy.spread_flag() & pl.col("kwh").is_not_null())
     halves = []
     for lo, hi in ((truth.ts[0] - 1, at), (at, truth.ts[-1] + 1)):
-        inside = plain.filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))["kwh"].sum()
+        inside = float(plain.filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))["kwh"].sum())
         bounds = (pl.lit(lo, pl.Int64), pl.lit(hi, pl.Int64))
-        halves.append(inside + energy.spread_over(events, *bounds)["part"].sum())
+        halves.append(inside + float(energy.spread_over(events, *bounds)["part"].sum()))
     assert sum(halves) == pytest.approx(truth.consumed, abs=1e-6)
