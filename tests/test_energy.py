@@ -248,3 +248,25 @@ def test_late_data_restates_a_closed_month_as_a_new_revision(synced: Database) -
     assert revisions["revision"].to_list() == [1, 2]  # the first revision is kept
     assert revisions["estimated_kwh"].to_list() == pytest.approx([30.0, 0.0])
     assert all(f.exists() for f in one.files + two.files)
+
+
+def test_the_delta_across_archived_days_is_counted_from_the_stored_register(
+    synced: Database,
+) -> None:
+    """Day 1's raw readings are archived (deleted); readings resume on day 3: the first
+    delta steps from day 1's last register kept in the rollups, spread over the gap."""
+    from tests.test_rollups import _delete_raw
+
+    first = list(range(0, HOUR, MINUTE))
+    load(synced, meter(first, one_kwh_a_minute(first)))
+    _delete_raw("KhonKaen", DAY)
+    later = list(range(2 * DAY, 2 * DAY + HOUR, MINUTE))
+    load(synced, meter(later, one_kwh_a_minute(later)))
+    days = table("day")
+    assert days["start"].dt.day().to_list() == [1, 2, 3]
+    total = float(days["muxPower1_kwh"].sum()) + float(days["muxPower1_estimated_kwh"].sum())
+    assert total == pytest.approx(later[-1] / 60, abs=1e-6)  # the register's whole difference
+    # The gap 00:59 day 1 -> 00:00 day 3 (2,821 min): day 2 all estimated (1,440 kWh).
+    assert days["muxPower1_estimated_kwh"].to_list() == pytest.approx([1381.0, 1440.0, 0.0])
+    [gap] = events().to_dicts()
+    assert (gap["prev_ts"] - gap["ts"]) // 1000 == -(2 * DAY - 59 * MINUTE)
