@@ -270,3 +270,19 @@ def test_the_delta_across_archived_days_is_counted_from_the_stored_register(
     assert days["muxPower1_estimated_kwh"].to_list() == pytest.approx([1381.0, 1440.0, 0.0])
     [gap] = events().to_dicts()
     assert (gap["prev_ts"] - gap["ts"]) // 1000 == -(2 * DAY - 59 * MINUTE)
+
+
+@pytest.mark.parametrize("bad", ["-5", "'lots'", "true"])
+def test_a_bad_meter_modulus_is_refused_naming_the_entry(tmp_path: Path, bad: str) -> None:
+    from powerwatch.errors import RegistryError
+
+    path = tmp_path / "stations.yaml"
+    path.write_text(
+        STATIONS_YAML.replace("scene: north\n", f"scene: north\n    meter_modulus: {bad}\n")
+    )
+    with pytest.raises(RegistryError, match=r"registry entry 2 \(ChiangMai\): meter_modulus must"):
+        load_registry(path)
+    path.write_text(
+        STATIONS_YAML.replace("scene: north\n", "scene: north\n    meter_modulus: 1000000\n")
+    )
+    assert [s.meter_modulus for s in load_registry(path)] == [None, 1e6, None]
