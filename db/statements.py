@@ -28,6 +28,7 @@ from db.bulk import BulkConnection
 from db.tables import MUX_COLUMNS, energy_events, energy_statements, rollup_daily, rollup_hourly
 from db.tables import stations as stations_table
 from powerwatch.errors import InputError
+from powerwatch.faults import fault_point
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -315,6 +316,7 @@ def _write_files(statement: pl.DataFrame, directory: Path, month: str, revision:
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     tmp.replace(csv)
+    fault_point("statement.csv_written")
     parquet = write_atomically(statement, directory / f"{stem}.parquet")
     return [csv, parquet]
 
@@ -350,6 +352,7 @@ def issue_statement(bulk: BulkConnection, month: str, tz: str, directory: Path) 
             )
             if not rows.is_empty():
                 bulk.ingest(energy_statements.name, rows.to_arrow())
+    fault_point("statement.recorded")
     stem = directory / f"statement-{month}-r{revision}"
     files = [stem.with_suffix(".csv"), stem.with_suffix(".parquet")]
     if new or not all(f.exists() for f in files):

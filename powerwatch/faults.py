@@ -56,6 +56,9 @@ POINTS: dict[str, str] = {
     "capture.batch_taken": "frames are taken from the buffer for a flush",
     "capture.chunk_written": "the flush's landing chunk is renamed into landing/",
     "capture.dead_letters_written": "the flush's rejected frames are in the dead-letter file",
+    # energy statement (one month)
+    "statement.recorded": "the statement's new revision is committed; its files not written",
+    "statement.csv_written": "the revision's CSV has its final name; the Parquet file not yet",
 }
 
 
