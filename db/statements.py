@@ -124,26 +124,30 @@ def compute_statement(bulk: BulkConnection, month: str, tz: str) -> pl.DataFrame
     first_day = -(-start // DAY_MS) * DAY_MS  # the first whole UTC day inside
     last_day = end // DAY_MS * DAY_MS  # ... and where the whole days stop
     schema = _meter_schema()
-    columns = ", ".join(n for n in schema)
-    if first_day < last_day:
-        where_days = f"start_ts >= {first_day} AND start_ts < {last_day}"
-        where_hours = (
-            f"(start_ts >= {start} AND start_ts < {first_day}) "
-            f"OR (start_ts >= {last_day} AND start_ts < {end})"
+    # Driven by the stations table, one key range per station (the rollups' primary key
+    # leads with station_id): never a scan of the whole table.
+    r_columns = ", ".join(f"r.{n}" for n in schema)
+
+    def ranges(table: str, lo: int, hi: int) -> pl.DataFrame:
+        if lo >= hi:
+            return pl.DataFrame(schema=schema)
+        return _frame(
+            bulk,
+            f"SELECT {r_columns} FROM {stations_table.name} s CROSS JOIN {table} r "
+            f"WHERE r.station_id = s.id AND r.start_ts >= {lo} AND r.start_ts < {hi}",
+            schema,
         )
+
+    if first_day < last_day:
         rows = pl.concat(
             [
-                _frame(
-                    bulk, f"SELECT {columns} FROM {rollup_daily.name} WHERE {where_days}", schema
-                ),
-                _frame(
-                    bulk, f"SELECT {columns} FROM {rollup_hourly.name} WHERE {where_hours}", schema
-                ),
+                ranges(rollup_hourly.name, start, first_day),
+                ranges(rollup_daily.name, first_day, last_day),
+                ranges(rollup_hourly.name, last_day, end),
             ]
         )
     else:
-        where = f"start_ts >= {start} AND start_ts < {end}"
-        rows = _frame(bulk, f"SELECT {columns} FROM {rollup_hourly.name} WHERE {where}", schema)
+        rows = ranges(rollup_hourly.name, start, end)
     suffixes = ("kwh", "resets", "wraps", "flagged", "first", "first_ts", "last", "last_ts")
     long = _long(rows, suffixes)
     period = long.group_by("station_id", "meter").agg(
