@@ -49,12 +49,23 @@ def _month_of_readings() -> pl.DataFrame:
 
 @pytest.mark.slow
 def test_the_ui_renders_the_statement_summary_chart(
-    sqlite_synced: Database, prefect_api: str, tmp_path: Path
+    sqlite_synced: Database, tmp_path: Path
 ) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium here (Debian package `chromium`; `make browser` as root)")
+    from powerwatch.stack import LocalStack
+    from tests.sites import free_port
+
     load(sqlite_synced, _month_of_readings())
+    # Its own server with a patient start: on a shared 2-core host under heavy load the
+    # session server's 120 s were not always enough.
+    with LocalStack(home=tmp_path / "prefect-home", port=free_port()) as stack:
+        stack.start_server(timeout=900)
+        _render(stack.api_url, chromium, tmp_path)
+
+
+def _render(prefect_api: str, chromium: str, tmp_path: Path) -> None:
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     code = (
         "from flows.energy_statements import energy_statements; energy_statements(month='2026-10')"
