@@ -48,6 +48,7 @@ def _month_of_readings() -> pl.DataFrame:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # a server start, a flow run and chromium on a loaded host
 def test_the_ui_renders_the_statement_summary_chart(
     sqlite_synced: Database, tmp_path: Path
 ) -> None:
