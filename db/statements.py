@@ -436,7 +436,11 @@ def daily_by_broadcaster(bulk: BulkConnection, month: str, tz: str) -> pl.DataFr
         .agg(pl.col(b).sum() for b in BROADCASTERS)
     )
     # A local day is 24 h from the month's start: the zone's offset is whole hours.
-    return days.join(summed, on="day", how="left").fill_null(0.0).sort("day")
+    return (
+        days.join(summed, on="day", how="left")
+        .with_columns(pl.col(BROADCASTERS).fill_null(0.0))
+        .sort("day")
+    )
 
 
 def summary_markdown(issued: Issued, daily: pl.DataFrame) -> str:
