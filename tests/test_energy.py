@@ -104,6 +104,12 @@ def test_issue_example_outage_inside_a_day_is_counted_exactly(synced: Database) 
     [gap] = events().to_dicts()
     assert (gap["kind"], gap["gap"], gap["spread"]) == ("normal", 1, 1)
     assert gap["kwh"] == pytest.approx(7210 / 60)
+    # The month's statement (November in Bangkok): the whole register difference, measured.
+    [tv5] = statement("2026-11").to_dicts()
+    assert (tv5["opening_kwh"], tv5["closing_kwh"]) == (1000.0, pytest.approx(1239.8333, 1e-6))
+    assert tv5["consumption_kwh"] == pytest.approx(1239.8333 - 1000, abs=1e-3)
+    assert tv5["estimated_kwh"] == 0.0 and tv5["resets"] == tv5["flagged"] == 0
+    assert tv5["completeness"] == pytest.approx((14390 - 7210) / (30 * DAY))
 
 
 def test_gap_across_midnight_is_spread_and_the_days_telescope(synced: Database) -> None:
