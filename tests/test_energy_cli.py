@@ -74,19 +74,28 @@ def test_energy_statements_flow_publishes_tables_and_the_chart(
     prefect_server: None, synced: Database
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
 
     from flows.energy_statements import energy_statements
 
     _loaded(synced)
     state = energy_statements(month="2026-10", return_state=True)
     assert state.is_completed() and state.result() == 1
+    this_run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
     with get_client(sync_client=True) as client:
         [summary] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["energy-statement"]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["energy-statement"]), flow_run_id=this_run
+            )
         )
         tables = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="statement-"))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(like_="statement-"), flow_run_id=this_run
+            )
         )
     markdown = str(summary.data)
     assert "```mermaid\nxychart-beta" in markdown and "revision 1" in markdown
