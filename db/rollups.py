@@ -19,15 +19,15 @@ How they stay correct and cheap (docs/design.md, "Rollups"):
   joined with the readings' key; deltas, classes and aggregates are polars
   expressions. No Python object per reading.
 
-Meter deltas, per kWh meter: consecutive non-null values of one station in time
-order; a delta belongs to the interval of its later reading and is
-- a *gap* when the time between the two readings exceeds the hour's gap
-  threshold (or the meter has no value in the previous hour while the station
-  has earlier readings): not counted;
-- a *reset* when the meter went backwards (reset or replacement): not counted;
-- *normal* otherwise: counted. So consumption is never negative and never
-  spans missing data.
-The gap threshold of an hour is `GAP_FACTOR` x its normal interval (the lower
+Meter deltas, per kWh meter: consecutive accepted values of one station in time
+order, classified by `db.energy` (normal, reset, wrap, glitch, implausible; across
+a gap or not). A delta belongs to the hour of its later reading, except a delta
+across a gap whose readings lie in different hours: that one is kept in
+`energy_events` only and spread over the gap by the queries (`rollups`,
+`db.statements`), its parts estimated where the gap crosses the period's bounds.
+An hour's first value steps from the last value before it, however far back:
+the raw rows of the work set, else the stored rollups' `*_last` (which survive
+the archive). The gap threshold of an hour is `GAP_FACTOR` x its normal interval (the lower
 median of its inter-reading intervals, or the previous hour's if smaller),
 clamped to [GAP_MIN_MS, GAP_MAX_MS].
 """
@@ -42,10 +42,12 @@ from typing import Literal
 
 import polars as pl
 
+from db import energy
 from db.bulk import BulkConnection
 from db.tables import (
     MUX_COLUMNS,
     READING_VALUE_COLUMNS,
+    energy_events,
     power_readings,
     rollup_daily,
     rollup_dirty,
@@ -66,9 +68,14 @@ GAP_MAX_MS = 900_000  # ...nor more than 15 min; must stay <= HOUR_MS (see _pred
 REFRESH_BATCH_HOURS = 2_000
 REFRESH_BATCH_READINGS = 100_000
 # Refresh serialises with writers of readings (loads, archive) via power_readings' lock.
-LOCK_TABLES = (power_readings.name, rollup_dirty.name, rollup_hourly.name, rollup_daily.name)
+LOCK_TABLES = (
+    power_readings.name,
+    rollup_dirty.name,
+    rollup_hourly.name,
+    rollup_daily.name,
+    energy_events.name,
+)
 
-NORMAL, RESET, GAP = 0, 1, 2
 KEY = ["station_id", "hour_ts"]
 Interval = Literal["hour", "day"]
 
@@ -76,7 +83,9 @@ Interval = Literal["hour", "day"]
 def _rollup_schema() -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = {}
     for column in rollup_hourly.columns:
-        if column.name == "station_id" or column.name.endswith(("_resets", "_gaps")):
+        if column.name == "station_id" or column.name.endswith(
+            ("_resets", "_gaps", "_wraps", "_flagged")
+        ):
             schema[column.name] = pl.Int32()
         elif column.name.endswith(("_ts", "_count")) or column.name == "samples":
             schema[column.name] = pl.Int64()
@@ -86,6 +95,20 @@ def _rollup_schema() -> dict[str, pl.DataType]:
 
 
 ROLLUP_SCHEMA = _rollup_schema()
+METER_COUNTS = ("resets", "gaps", "wraps", "flagged")
+EVENT_SCHEMA: dict[str, pl.DataType] = {
+    "station_id": pl.Int32(),
+    "meter": pl.Int32(),
+    "ts": pl.Int64(),
+    "prev_ts": pl.Int64(),
+    "prev_kwh": pl.Float64(),
+    "value_kwh": pl.Float64(),
+    "kind": pl.String(),
+    "gap": pl.Int32(),
+    "spread": pl.Int32(),
+    "kwh": pl.Float64(),
+    "reason": pl.String(),
+}
 
 
 # --- the load path's hook ----------------------------------------------------------------
@@ -258,20 +281,25 @@ def refresh_batch(
             f"AND r.start_ts >= w.hour_ts - {HOUR_MS} AND r.start_ts <= w.hour_ts",
             ROLLUP_SCHEMA,
         ).rename({"start_ts": "hour_ts"})
-        earlier = _frame(
-            bulk,
-            "SELECT w.station_id, w.hour_ts, CASE WHEN EXISTS (SELECT 1 FROM "
-            f"{power_readings.name} p WHERE p.station_id = w.station_id AND p.ts < w.hour_ts) "
-            f"OR EXISTS (SELECT 1 FROM {rollup_hourly.name} r WHERE r.station_id = w.station_id "
-            "AND r.start_ts < w.hour_ts) THEN 1 ELSE 0 END AS earlier FROM pw_rollup_work w",
-            {"station_id": pl.Int32(), "hour_ts": pl.Int64(), "earlier": pl.Int32()},
-        )
-    hours, recomputed, merged = compute_hours(work, marks, raw, stored, earlier)
+    preds = _stored_predecessors(bulk, raw)
+    moduli = _frame(
+        bulk,
+        f"SELECT id AS station_id, meter_modulus AS modulus FROM {stations.name} "
+        "WHERE meter_modulus IS NOT NULL",
+        {"station_id": pl.Int32(), "modulus": pl.Float64()},
+    )
+    from powerwatch.settings import get_settings
+
+    computed = compute_hours(
+        work, marks, raw, stored, preds, moduli, get_settings().energy_max_power_kw
+    )
+    hours = computed.hours
     if not hours.is_empty():
         _replace(bulk, rollup_hourly.name, hours)
         days = _rebuild_days(bulk, hours.select("station_id", "start_ts"))
     else:
         days = 0
+    _replace_events(bulk, computed.complete, computed.events)
     with _staged(bulk, "pw_rollup_marks", marks.select(*KEY, "batch_id")):
         # Exactly the marks read above: a mark committed meanwhile (by a writer that
         # does not take the readings' lock) stays queued for the next refresh.
@@ -280,7 +308,51 @@ def refresh_batch(
             "(SELECT station_id, hour_ts, batch_id FROM pw_rollup_marks)"
         )
     consumed = marks.select(KEY).unique().height
-    return RefreshResult(marks=consumed, recomputed=recomputed, merged=merged, days=days)
+    return RefreshResult(
+        marks=consumed, recomputed=computed.recomputed, merged=computed.merged, days=days
+    )
+
+
+def _stored_predecessors(bulk: BulkConnection, raw: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Per meter, the last value stored in a rollup before each hour whose first value has
+    no raw predecessor in the hour before (`energy.lookup_keys`): one indexed backward
+    probe per such hour, found in the previous rollup row unless the meter was silent."""
+    preds: dict[str, pl.DataFrame] = {}
+    for m in MUX_COLUMNS:
+        values = raw.select(*KEY, "ts", pl.col(m).alias("v")).drop_nulls("v")
+        keys = energy.lookup_keys(values)
+        if keys.is_empty():
+            preds[m] = pl.DataFrame(schema=energy.PRED_SCHEMA)
+            continue
+        with _staged(bulk, "pw_energy_keys", keys):
+            preds[m] = _frame(
+                bulk,
+                f"SELECT k.station_id, k.hour_ts, r.{m}_last_ts AS pred_ts, r.{m}_last AS pred_v "
+                f"FROM pw_energy_keys k CROSS JOIN {rollup_hourly.name} r "
+                "WHERE r.station_id = k.station_id AND r.start_ts = ("
+                f"SELECT max(q.start_ts) FROM {rollup_hourly.name} q "
+                "WHERE q.station_id = k.station_id AND q.start_ts > k.lo "
+                f"AND q.start_ts < k.hour_ts AND q.{m}_last_ts IS NOT NULL)",
+                energy.PRED_SCHEMA,
+            )
+    return preds
+
+
+def _replace_events(bulk: BulkConnection, complete: pl.DataFrame, events: pl.DataFrame) -> None:
+    """The recomputed hours' events replace what was stored for those hours."""
+    if not complete.is_empty():
+        with _staged(bulk, "pw_energy_hours", complete):
+            bulk.execute(
+                f"DELETE FROM {energy_events.name} WHERE (station_id, ts, meter) IN ("
+                f"SELECT e.station_id, e.ts, e.meter FROM pw_energy_hours k "
+                f"CROSS JOIN {energy_events.name} e WHERE e.station_id = k.station_id "
+                f"AND e.ts >= k.hour_ts AND e.ts < k.hour_ts + {HOUR_MS})"
+            )
+    if not events.is_empty():
+        bulk.ingest(
+            energy_events.name,
+            events.select(pl.col(n).cast(t) for n, t in EVENT_SCHEMA.items()).to_arrow(),
+        )
 
 
 def _replace(bulk: BulkConnection, table: str, frame: pl.DataFrame) -> None:
@@ -320,8 +392,9 @@ def _rebuild_days(bulk: BulkConnection, hours: pl.DataFrame) -> int:
 # --- the computation (pure polars, testable without a database) ---------------------------
 
 
-def _stats() -> list[pl.Expr]:
-    """Channel statistics of raw readings (rows sorted by time within each group)."""
+def _stats(last_values: bool = True) -> list[pl.Expr]:
+    """Channel statistics of raw readings (rows sorted by time within each group); the
+    meters' last values too unless the energy steps provide them."""
     aggs = [
         pl.len().cast(pl.Int64).alias("samples"),
         pl.col("ts").min().alias("first_ts"),
@@ -334,7 +407,7 @@ def _stats() -> list[pl.Expr]:
             pl.col(c).min().alias(f"{c}_min"),
             pl.col(c).max().alias(f"{c}_max"),
         ]
-    return aggs + _last_values()
+    return aggs + _last_values() if last_values else aggs
 
 
 def _last_values() -> list[pl.Expr]:
@@ -366,10 +439,12 @@ def _combine(normal_interval: pl.Expr) -> list[pl.Expr]:
         ]
     for m in MUX_COLUMNS:
         last_ts = pl.col(f"{m}_last_ts")
+        first_ts = pl.col(f"{m}_first_ts")
         aggs += [
             pl.col(f"{m}_kwh").sum(),
-            pl.col(f"{m}_resets").sum(),
-            pl.col(f"{m}_gaps").sum(),
+            *(pl.col(f"{m}_{k}").sum() for k in METER_COUNTS),
+            pl.col(f"{m}_first").filter(first_ts == first_ts.min()).first(),
+            first_ts.min(),
             pl.col(f"{m}_last").filter(last_ts == last_ts.max()).first(),
             last_ts.max(),
         ]
@@ -381,20 +456,33 @@ def gap_threshold(normal_interval_ms: pl.Expr) -> pl.Expr:
     return (normal_interval_ms * GAP_FACTOR).clip(GAP_MIN_MS, GAP_MAX_MS).fill_null(GAP_MAX_MS)
 
 
+@dataclass
+class Computed:
+    hours: pl.DataFrame  # new rollup rows, keyed `start_ts`
+    recomputed: int
+    merged: int
+    complete: pl.DataFrame  # the recomputed hours' keys: their events are replaced
+    events: pl.DataFrame  # the recomputed hours' energy events
+
+
 def compute_hours(
     work: pl.DataFrame,
     marks: pl.DataFrame,
     raw: pl.DataFrame,
     stored: pl.DataFrame,
-    earlier: pl.DataFrame,
-) -> tuple[pl.DataFrame, int, int]:
-    """New rollup rows for the work hours -> (rows keyed `start_ts`, recomputed, merged).
+    preds: dict[str, pl.DataFrame],
+    moduli: pl.DataFrame,
+    max_kw: float,
+) -> Computed:
+    """New rollup rows and energy events for the work hours.
 
     `raw`: the readings of every work hour (sorted by station and time);
     `stored`: the stored rollups of the work hours and of the hours before them;
-    `marks`: queued (hour, batch, readings); `earlier`: whether a station has
-    anything before the hour. An hour is recomputed when all the rows its
-    rollup counted are still there (raw >= stored + queued), merged otherwise.
+    `marks`: queued (hour, batch, readings); `preds`: per meter the last stored value
+    before hours that need one (`_stored_predecessors`); `moduli`: the stations'
+    declared meter moduli; `max_kw`: the plausible power limit. An hour is recomputed
+    when all the rows its rollup counted are still there (raw >= stored + queued),
+    merged otherwise.
     """
     counts = raw.group_by(KEY).agg(pl.len().cast(pl.Int64).alias("raw"))
     queued = marks.group_by(KEY).agg(pl.col("readings").sum().alias("queued"))
@@ -410,13 +498,14 @@ def compute_hours(
     partial = decided.filter(
         (pl.col("raw") < pl.col("samples") + pl.col("queued")) & (pl.col("queued") > 0)
     ).select(KEY)
-    recomputed = _recompute(complete, raw, stored, earlier)
+    recomputed, events = _recompute(complete, raw, stored, preds, moduli, max_kw)
     merged = _merge(partial, marks, raw, stored)
     parts = [f for f in (recomputed, merged) if not f.is_empty()]
     if not parts:
-        return pl.DataFrame(schema=ROLLUP_SCHEMA), 0, 0
-    hours = pl.concat(parts, how="diagonal_relaxed").rename({"hour_ts": "start_ts"})
-    return hours, recomputed.height, merged.height
+        hours = pl.DataFrame(schema=ROLLUP_SCHEMA)
+    else:
+        hours = pl.concat(parts, how="diagonal_relaxed").rename({"hour_ts": "start_ts"})
+    return Computed(hours, recomputed.height, merged.height, complete, events)
 
 
 def _merge(
@@ -440,11 +529,7 @@ def _merge(
         .agg(_stats())
         .with_columns(
             *(pl.lit(0.0).alias(f"{m}_kwh") for m in MUX_COLUMNS),
-            *(
-                pl.lit(0, pl.Int32).alias(f"{m}_{k}")
-                for m in MUX_COLUMNS
-                for k in ("resets", "gaps")
-            ),
+            *(pl.lit(0, pl.Int32).alias(f"{m}_{k}") for m in MUX_COLUMNS for k in METER_COUNTS),
         )
     )
     before = stored.join(partial, on=KEY, how="semi")
@@ -456,24 +541,15 @@ def _merge(
 
 
 def _predecessors(complete: pl.DataFrame, raw: pl.DataFrame, stored: pl.DataFrame) -> pl.DataFrame:
-    """Per complete hour, the last reading of the hour before: from the raw rows when that
-    hour is in the work set, from its stored rollup (which survives the archive) otherwise;
-    the later of the two wins. Only the previous hour is looked at: a predecessor further
-    back is more than GAP_MAX_MS away, a gap whatever its value."""
-    previous = raw.group_by(KEY).agg(pl.col("ts").max().alias("last_ts"), *_last_values())
-    columns = ["last_ts", *(f"{m}_last{s}" for m in MUX_COLUMNS for s in ("", "_ts"))]
+    """Per complete hour, the time of the last reading of the hour before (for the normal
+    interval): from the raw rows when that hour is in the work set, from its stored rollup
+    otherwise; the later of the two wins. (Meter predecessors: `db.energy`.)"""
+    previous = raw.group_by(KEY).agg(pl.col("ts").max().alias("last_ts"))
     candidates = pl.concat(
-        [previous.select(*KEY, *columns), stored.select(*KEY, *columns)], how="vertical_relaxed"
+        [previous, stored.select(*KEY, "last_ts")], how="vertical_relaxed"
     ).with_columns(pl.col("hour_ts") + HOUR_MS)
     candidates = candidates.join(complete, on=KEY, how="semi")
-    best = [pl.col("last_ts").max().alias("prev_ts")]
-    for m in MUX_COLUMNS:
-        ts = pl.col(f"{m}_last_ts")
-        best += [
-            pl.col(f"{m}_last").filter(ts == ts.max()).first().alias(f"{m}_prev"),
-            ts.max().alias(f"{m}_prev_ts"),
-        ]
-    return candidates.group_by(KEY).agg(best)
+    return candidates.group_by(KEY).agg(pl.col("last_ts").max().alias("prev_ts"))
 
 
 def _steps(
@@ -509,14 +585,20 @@ def _steps(
 
 
 def _recompute(
-    complete: pl.DataFrame, raw: pl.DataFrame, stored: pl.DataFrame, earlier: pl.DataFrame
-) -> pl.DataFrame:
-    """Rollups of hours whose raw readings are all present, with classified meter deltas."""
+    complete: pl.DataFrame,
+    raw: pl.DataFrame,
+    stored: pl.DataFrame,
+    preds: dict[str, pl.DataFrame],
+    moduli: pl.DataFrame,
+    max_kw: float,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rollups of hours whose raw readings are all present, with classified meter deltas;
+    and those hours' energy events."""
     rows = raw.join(complete, on=KEY, how="semi", maintain_order="left")
     if rows.is_empty():
-        return pl.DataFrame()
+        return pl.DataFrame(), pl.DataFrame(schema=EVENT_SCHEMA)
     pred = _predecessors(complete, raw, stored)
-    stats = rows.group_by(KEY, maintain_order=True).agg(_stats())
+    stats = rows.group_by(KEY, maintain_order=True).agg(_stats(last_values=False))
 
     # Normal interval: lower median of the intervals ending in the hour.
     normal = (
@@ -545,50 +627,29 @@ def _recompute(
     limits = (
         complete.join(normal, on=KEY, how="left")
         .join(before, on=KEY, how="left")
-        .join(earlier, on=KEY, how="left")
         .select(
             *KEY,
             gap_threshold(pl.min_horizontal("normal_interval_ms", "prev_normal_ms")).alias(
                 "threshold"
             ),
-            (pl.col("earlier").fill_null(0) == 1).alias("earlier"),
         )
     )
+    # The meters' values in every raw row (complete or not: a predecessor may be in a
+    # merged hour), steps kept for the complete hours only.
     result = stats.join(normal, on=KEY, how="left")
-    for m in MUX_COLUMNS:
-        result = result.join(_meter_deltas(rows, pred, limits, m), on=KEY, how="left")
-    return result.with_columns(
-        *(pl.col(f"{m}_kwh").fill_null(0.0) for m in MUX_COLUMNS),
-        *(pl.col(f"{m}_{k}").fill_null(0) for m in MUX_COLUMNS for k in ("resets", "gaps")),
-    )
-
-
-def _meter_deltas(
-    rows: pl.DataFrame, pred: pl.DataFrame, limits: pl.DataFrame, meter: str
-) -> pl.DataFrame:
-    """Per hour, one meter: consumption of its normal deltas, counts of resets and gaps."""
-    values = rows.select(*KEY, "ts", meter).drop_nulls(meter)
-    steps = _steps(values, pred, f"{meter}_prev_ts", meter)
-    dt, dv = pl.col("dt"), pl.col("dv")
-    kind = (
-        pl.when(dt.is_null())  # no value in the previous hour
-        .then(pl.when(pl.col("earlier")).then(GAP).otherwise(None))
-        .when(dt > pl.col("threshold"))
-        .then(GAP)
-        .when(dv < 0)
-        .then(RESET)
-        .otherwise(NORMAL)
-    )
-    return (
-        steps.join(limits, on=KEY, how="left")
-        .with_columns(kind.alias("kind"))
-        .group_by(KEY)
-        .agg(
-            dv.filter(pl.col("kind") == NORMAL).sum().alias(f"{meter}_kwh"),
-            (pl.col("kind") == RESET).sum().cast(pl.Int32).alias(f"{meter}_resets"),
-            (pl.col("kind") == GAP).sum().cast(pl.Int32).alias(f"{meter}_gaps"),
+    found = []
+    for number, m in enumerate(MUX_COLUMNS, start=1):
+        values = raw.select(*KEY, "ts", pl.col(m).alias("v")).drop_nulls("v")
+        steps = energy.meter_steps(values, preds[m], limits, moduli, max_kw).join(
+            complete, on=KEY, how="semi"
         )
+        result = result.join(energy.hour_aggregates(steps, m), on=KEY, how="left")
+        found.append(energy.events(steps, number, max_kw))
+    result = result.with_columns(
+        *(pl.col(f"{m}_kwh").fill_null(0.0) for m in MUX_COLUMNS),
+        *(pl.col(f"{m}_{k}").fill_null(0) for m in MUX_COLUMNS for k in METER_COUNTS),
     )
+    return result, pl.concat(found, how="vertical_relaxed")
 
 
 # --- queries -------------------------------------------------------------------------------
@@ -611,32 +672,41 @@ def rollups(
     end: datetime | None = None,
 ) -> pl.DataFrame:
     """Stored rollups, ordered by station then time: per channel avg/min/max/count, per
-    meter consumption (kWh) with its resets and gaps. `start` inclusive, `end` exclusive,
-    both matched against the interval's start."""
+    meter consumption: measured and estimated kWh (`db.energy`: a gap across the
+    interval's bounds is spread over its time, that part estimated) with the counts of
+    resets, wraps, gaps and flagged deltas. `start` inclusive, `end` exclusive, both
+    matched against the interval's start. An interval inside an outage has no readings
+    but its share of the spread kWh: it is listed with 0 samples."""
     from db.queries import epoch_ms
 
     table = rollup_hourly if interval == "hour" else rollup_daily
+    length = HOUR_MS if interval == "hour" else DAY_MS
+    station_id = None if station is None else require_station_id(bulk, station)
+    start_ms = None if start is None else int(start.timestamp() * 1000)
+    end_ms = None if end is None else int(end.timestamp() * 1000)
     sql = [
         f"SELECT s.name AS station, r.* FROM {table.name} r "
         f"JOIN {stations.name} s ON s.id = r.station_id WHERE 1 = 1"
     ]
     params: list[object] = []
-    if station is not None:
+    if station_id is not None:
         sql.append("AND r.station_id = ?")
-        params.append(require_station_id(bulk, station))
-    if start is not None:
+        params.append(station_id)
+    if start_ms is not None:
         sql.append("AND r.start_ts >= ?")
-        params.append(int(start.timestamp() * 1000))
-    if end is not None:
+        params.append(start_ms)
+    if end_ms is not None:
         sql.append("AND r.start_ts < ?")
-        params.append(int(end.timestamp() * 1000))
-    sql.append("ORDER BY s.name, r.start_ts")
+        params.append(end_ms)
     frame = bulk.frame(" ".join(sql), params)
     if frame.is_empty():
         frame = pl.DataFrame(schema={"station": pl.String(), **ROLLUP_SCHEMA})
     frame = frame.select(
         pl.col("station").cast(pl.String),
         *(pl.col(n).cast(t) for n, t in ROLLUP_SCHEMA.items()),
+    )
+    frame = _with_spread(bulk, frame, length, station_id, start_ms, end_ms).sort(
+        "station", "start_ts"
     )
     columns: list[pl.Expr] = [
         pl.col("station"),
@@ -658,10 +728,97 @@ def rollups(
         if c.column in MUX_COLUMNS:
             columns += [
                 pl.col(f"{c.column}_kwh").alias(f"{c.key}_kwh"),
-                pl.col(f"{c.column}_resets").alias(f"{c.key}_resets"),
-                pl.col(f"{c.column}_gaps").alias(f"{c.key}_gaps"),
+                pl.col(f"{c.column}_estimated_kwh").alias(f"{c.key}_estimated_kwh"),
+                *(pl.col(f"{c.column}_{k}").alias(f"{c.key}_{k}") for k in METER_COUNTS),
             ]
     return frame.select(columns)
+
+
+def _with_spread(
+    bulk: BulkConnection,
+    frame: pl.DataFrame,
+    length: int,
+    station_id: int | None,
+    start_ms: int | None,
+    end_ms: int | None,
+) -> pl.DataFrame:
+    """Add the spread gaps' parts to the rollup rows: `*_kwh` gains the parts of gaps
+    lying wholly inside the interval, `*_estimated_kwh` holds the others; intervals
+    that only an outage covers are added (0 samples)."""
+    sql = [
+        f"SELECT station_id, meter, prev_ts, ts, kwh FROM {energy_events.name} "
+        "WHERE spread = 1 AND kwh > 0"
+    ]
+    # Integers only (ids and epoch ms), so inlined.
+    if station_id is not None:
+        sql.append(f"AND station_id = {int(station_id)}")
+    if start_ms is not None:
+        sql.append(f"AND ts >= {int(start_ms)}")
+    if end_ms is not None:
+        sql.append(f"AND prev_ts < {int(end_ms + length)}")
+    spread = _frame(
+        bulk,
+        " ".join(sql),
+        {
+            "station_id": pl.Int32(),
+            "meter": pl.Int32(),
+            "prev_ts": pl.Int64(),
+            "ts": pl.Int64(),
+            "kwh": pl.Float64(),
+        },
+    )
+    estimated = [pl.lit(0.0).alias(f"{m}_estimated_kwh") for m in MUX_COLUMNS]
+    if spread.is_empty():
+        return frame.with_columns(estimated)
+    parts = energy.spread_hours_or_days(spread, length)
+    if start_ms is not None:
+        parts = parts.filter(pl.col("start_ts") >= start_ms)
+    if end_ms is not None:
+        parts = parts.filter(pl.col("start_ts") < end_ms)
+    per_interval = parts.group_by("station_id", "start_ts").agg(
+        expr
+        for number, m in enumerate(MUX_COLUMNS, start=1)
+        for expr in (
+            pl.col("part")
+            .filter((pl.col("meter") == number) & ~pl.col("estimated"))
+            .sum()
+            .alias(f"{m}_inside"),
+            pl.col("part")
+            .filter((pl.col("meter") == number) & pl.col("estimated"))
+            .sum()
+            .alias(f"{m}_estimated_kwh"),
+        )
+    )
+    names = _frame(
+        bulk,
+        f"SELECT id AS station_id, name AS station FROM {stations.name}",
+        {"station_id": pl.Int32(), "station": pl.String()},
+    )
+    missing = (
+        per_interval.select("station_id", "start_ts")
+        .join(frame, on=["station_id", "start_ts"], how="anti")
+        .join(names, on="station_id")
+        .with_columns(
+            pl.lit(0, pl.Int64).alias("samples"),
+            pl.col("start_ts").alias("first_ts"),
+            pl.col("start_ts").alias("last_ts"),
+            *(pl.lit(0, pl.Int64).alias(f"{c}_count") for c in READING_VALUE_COLUMNS),
+            *(pl.lit(0.0).alias(f"{m}_kwh") for m in MUX_COLUMNS),
+            *(pl.lit(0, pl.Int32).alias(f"{m}_{k}") for m in MUX_COLUMNS for k in METER_COUNTS),
+        )
+    )
+    return (
+        pl.concat([frame, missing], how="diagonal_relaxed")
+        .join(per_interval, on=["station_id", "start_ts"], how="left")
+        .with_columns(
+            *(
+                (pl.col(f"{m}_kwh") + pl.col(f"{m}_inside").fill_null(0.0)).alias(f"{m}_kwh")
+                for m in MUX_COLUMNS
+            ),
+            *(pl.col(f"{m}_estimated_kwh").fill_null(0.0) for m in MUX_COLUMNS),
+        )
+        .drop(f"{m}_inside" for m in MUX_COLUMNS)
+    )
 
 
 def pending_hours(bulk: BulkConnection) -> int:

@@ -40,6 +40,7 @@ def sync_stations(engine: Engine, registry: list[Station]) -> SyncResult:
                 "ip_address": station.ip_address,
                 "scene": station.scene,
                 "url": station.url,
+                "meter_modulus": station.meter_modulus,
             }
             row = existing.get(station.name)
             if row is None:

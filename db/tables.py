@@ -43,6 +43,8 @@ stations = Table(
     Column("ip_address", String(64), nullable=False),
     Column("scene", String(200), nullable=False, server_default=""),
     Column("url", String(500), nullable=False),
+    # Registry key `meter_modulus`: where the kWh registers wrap to 0 (None: never).
+    Column("meter_modulus", Double),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
@@ -114,6 +116,16 @@ reading_conflicts = Table(
 MUX_COLUMNS: tuple[str, ...] = tuple(c.column for c in CHANNELS if c.unit == "kWh")
 
 
+def energy_columns(name: str) -> list[Column[Any]]:
+    """Per-meter columns added by migration 0003 (energy accounting)."""
+    return [
+        Column(f"{name}_wraps", Integer, nullable=False, server_default="0"),
+        Column(f"{name}_flagged", Integer, nullable=False, server_default="0"),  # glitch/jump
+        Column(f"{name}_first", Double),  # first accepted value in the interval
+        Column(f"{name}_first_ts", BigInteger),
+    ]
+
+
 def rollup_columns() -> list[Column[Any]]:
     """The columns shared by `rollup_hourly` and `rollup_daily` (also used by migration 0002)."""
     columns: list[Column[Any]] = [
@@ -133,11 +145,14 @@ def rollup_columns() -> list[Column[Any]]:
         ]
     for name in MUX_COLUMNS:
         columns += [
-            Column(f"{name}_kwh", Double, nullable=False),  # sum of normal deltas, never < 0
-            Column(f"{name}_resets", Integer, nullable=False),  # deltas < 0 (not counted)
+            # Measured kWh of the deltas ending in the interval; a delta across a gap that
+            # spans interval boundaries is not here but in `energy_events` (db/energy.py).
+            Column(f"{name}_kwh", Double, nullable=False),
+            Column(f"{name}_resets", Integer, nullable=False),  # new cycles (counted from 0)
             Column(f"{name}_gaps", Integer, nullable=False),  # deltas across missing data
-            Column(f"{name}_last", Double),  # last non-null value in the interval
+            Column(f"{name}_last", Double),  # last accepted value in the interval
             Column(f"{name}_last_ts", BigInteger),
+            *energy_columns(name),
         ]
     return columns
 
@@ -168,4 +183,55 @@ rollup_dirty = Table(
     Column("batch_id", Integer, nullable=False),
     Column("readings", BigInteger, nullable=False),  # readings that batch stored in the hour
     Index("ix_rollup_dirty_station_hour", "station_id", "hour_ts"),
+)
+
+# --- Energy accounting (db/energy.py; docs/design.md "Energy accounting") ---------------
+# Every meter delta that is not plain: across a gap, a new cycle (reset/replacement), a
+# wrap, a glitch or an implausible jump; kept forever like the rollups. Keyed by the later
+# reading: a recomputed hour replaces its events.
+energy_events = Table(
+    "energy_events",
+    metadata,
+    Column("station_id", Integer, ForeignKey("stations.id"), nullable=False),
+    Column("meter", Integer, nullable=False),  # 1..4 (muxPower1..4)
+    Column("ts", BigInteger, nullable=False),  # the later reading, epoch ms UTC
+    Column("prev_ts", BigInteger, nullable=False),
+    Column("prev_kwh", Double, nullable=False),
+    Column("value_kwh", Double, nullable=False),
+    Column("kind", String(12), nullable=False),  # normal|reset|wrap|glitch|implausible
+    Column("gap", Integer, nullable=False),  # 1: the readings straddle missing data
+    Column("spread", Integer, nullable=False),  # 1: a gap across hours, kWh spread over it
+    Column("kwh", Double, nullable=False),  # consumption counted for the delta
+    Column("reason", Text, nullable=False, server_default=""),
+    PrimaryKeyConstraint("station_id", "ts", "meter", name="pk_energy_events"),
+    sqlite_with_rowid=False,
+)
+
+# Issued monthly statements, one row per station and broadcaster; a month restated by late
+# data gets a new revision, earlier revisions are kept.
+energy_statements = Table(
+    "energy_statements",
+    metadata,
+    Column("month", String(7), nullable=False),  # YYYY-MM in the zone below
+    Column("tz", String(64), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("station_id", Integer, ForeignKey("stations.id"), nullable=False),
+    Column("broadcaster", String(16), nullable=False),
+    Column("period_start", BigInteger, nullable=False),  # epoch ms UTC
+    Column("period_end", BigInteger, nullable=False),
+    Column("opening_ts", BigInteger),
+    Column("opening_kwh", Double),
+    Column("closing_ts", BigInteger),
+    Column("closing_kwh", Double),
+    Column("consumption_kwh", Double, nullable=False),
+    Column("estimated_kwh", Double, nullable=False),
+    Column("resets", Integer, nullable=False),
+    Column("wraps", Integer, nullable=False),
+    Column("flagged", Integer, nullable=False),
+    Column("completeness", Double, nullable=False),
+    Column("share", Double),
+    Column("issued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint(
+        "month", "tz", "revision", "station_id", "broadcaster", name="pk_energy_statements"
+    ),
 )

@@ -281,8 +281,11 @@ def cmd_rollups(args: argparse.Namespace) -> int:
                 pl.col("station", "start", "samples"),
                 *(pl.col(f"activePower{i}_avg").round(1).alias(f"P{i} W") for i in range(1, 7)),
                 *(pl.col(f"muxPower{i}_kwh").round(3).alias(f"mux{i} kWh") for i in range(1, 5)),
-                pl.sum_horizontal(pl.col(r"^muxPower\d_resets$")).alias("resets"),
-                pl.sum_horizontal(pl.col(r"^muxPower\d_gaps$")).alias("gaps"),
+                pl.sum_horizontal(pl.col(r"^muxPower\d_estimated_kwh$")).round(3).alias("est kWh"),
+                *(
+                    pl.sum_horizontal(pl.col(rf"^muxPower\d_{k}$")).alias(k)
+                    for k in ("resets", "wraps", "gaps", "flagged")
+                ),
             ),
             sys.stdout,
         )
@@ -291,6 +294,61 @@ def cmd_rollups(args: argparse.Namespace) -> int:
             f"powerwatch: note: {pending} station-hour(s) wait for `powerwatch refresh-rollups`",
             file=sys.stderr,
         )
+    return 0
+
+
+def cmd_statement(args: argparse.Namespace) -> int:
+    """The energy statement of a month per station and broadcaster; a closed month is
+    issued (recorded as a revision, written under $POWERWATCH_DATA_DIR/statements/)."""
+    import polars as pl
+
+    from db.rollups import require_station_id
+    from db.statements import issue_statement, month_period
+    from powerwatch.output import CSV_TIME_FORMAT, write_table
+    from powerwatch.settings import get_settings
+
+    settings = get_settings()
+    tz = args.tz or settings.energy_tz
+    _start, end = month_period(args.month, tz)
+    with _query_connection() as bulk:
+        if args.station is not None:
+            require_station_id(bulk, args.station)
+        if end <= datetime.now(UTC).timestamp() * 1000:
+            issued = issue_statement(bulk, args.month, tz, settings.statements_dir)
+            frame, revision = issued.statement, issued.revision
+            note = f"revision {revision}" + (" (new)" if issued.new else "")
+            note += "".join(f"\n  changed: {line}" for line in issued.changes)
+            note += f"\n  files: {', '.join(str(f) for f in issued.files)}"
+        else:
+            from db.statements import compute_statement
+
+            frame = compute_statement(bulk, args.month, tz)
+            note = "provisional: the month has not closed, nothing issued"
+    if args.station is not None:
+        frame = frame.filter(pl.col("station") == args.station)
+    times = pl.col(pl.Datetime).dt.strftime(CSV_TIME_FORMAT)
+    if args.format == "csv":
+        sys.stdout.write(frame.with_columns(times).write_csv(null_value=""))
+    elif args.format == "json":
+        sys.stdout.write(frame.with_columns(times).write_ndjson() if frame.height else "")
+    else:
+        write_table(
+            frame.select(
+                "station",
+                "broadcaster",
+                pl.col("opening_kwh").round(2).alias("opening kWh"),
+                pl.col("closing_kwh").round(2).alias("closing kWh"),
+                pl.col("consumption_kwh").round(3).alias("kWh"),
+                pl.col("estimated_kwh").round(3).alias("est kWh"),
+                "resets",
+                "wraps",
+                "flagged",
+                pl.col("completeness").round(4),
+                pl.col("share").round(4),
+            ),
+            sys.stdout,
+        )
+    print(f"powerwatch: statement {args.month} ({tz}): {note}", file=sys.stderr)
     return 0
 
 
@@ -571,6 +629,17 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--end", type=_moment, help="ISO-8601, exclusive (no zone = UTC)")
     ru.add_argument("--format", choices=("csv", "json", "table"), default="table")
     ru.set_defaults(handler=cmd_rollups)
+
+    sm = commands.add_parser(
+        "statement",
+        help="monthly energy per station and broadcaster (TV5, MCOT, PRD, TPBS); "
+        "e.g. powerwatch statement --month 2026-10 --format csv",
+    )
+    sm.add_argument("--month", required=True, help="YYYY-MM in the site's zone")
+    sm.add_argument("--station")
+    sm.add_argument("--tz", help="the site's zone (default: POWERWATCH_ENERGY_TZ, Asia/Bangkok)")
+    sm.add_argument("--format", choices=("csv", "json", "table"), default="table")
+    sm.set_defaults(handler=cmd_statement)
 
     co = commands.add_parser(
         "completeness",

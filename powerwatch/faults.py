@@ -59,6 +59,9 @@ POINTS: dict[str, str] = {
     # capture (one station's task)
     "capture.station_connecting": "a station's task is about to (re)connect; outside its "
     "connection error handling, so a fault here is a crash of the task",
+    # energy statement (one month)
+    "statement.recorded": "the statement's new revision is committed; its files not written",
+    "statement.csv_written": "the revision's CSV has its final name; the Parquet file not yet",
 }
 
 

@@ -24,6 +24,9 @@ class Station:
     ip_address: str
     scene: str
     url: str
+    # Optional key: the value at which this station's kWh registers wrap to 0 (e.g.
+    # 1000000 for a 999,999.99 display). Without it a backwards meter is never a wrap.
+    meter_modulus: float | None = None
 
 
 def load_registry(path: Path) -> list[Station]:
@@ -75,7 +78,19 @@ def _station(entry: Any, position: int) -> Station:
         raise RegistryError(f"{where}: bad URL scheme in {url!r} (only ws:// and wss://)")
     _check_url(url, where)
     scene = entry.get("scene") or ""
-    return Station(name, station_uuid, ip_address, str(scene), url)
+    modulus = entry.get("meter_modulus")
+    if modulus is not None and (
+        isinstance(modulus, bool) or not isinstance(modulus, int | float) or modulus <= 0
+    ):
+        raise RegistryError(f"{where}: meter_modulus must be a positive number, not {modulus!r}")
+    return Station(
+        name,
+        station_uuid,
+        ip_address,
+        str(scene),
+        url,
+        None if modulus is None else float(modulus),
+    )
 
 
 def _check_url(url: str, where: str) -> None:
@@ -94,7 +109,12 @@ def _check_url(url: str, where: str) -> None:
 
 def write_registry(path: Path, stations: list[Station]) -> None:
     """Write a registry file (used by the simulator and tests), atomically."""
-    document = {"stations": [s.__dict__ for s in stations]}
+    document = {
+        "stations": [
+            {k: v for k, v in s.__dict__.items() if v is not None or k != "meter_modulus"}
+            for s in stations
+        ]
+    }
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     tmp.replace(path)

@@ -89,6 +89,19 @@ class Settings(BaseSettings):
         le=100_000,
         description="Backups kept for the most recent days (the newest of each day).",
     )
+    energy_max_power_kw: float = Field(
+        2000.0,
+        description="The most power one kWh meter can plausibly draw: a delta implying more "
+        "is flagged and excluded from consumption (with the reason).",
+    )
+    energy_tz: str = Field(
+        "Asia/Bangkok", description="The site's zone: energy statements' month boundaries."
+    )
+
+    @property
+    def statements_dir(self) -> Path:
+        """Monthly energy statements, CSV and Parquet, one pair per month and revision."""
+        return self.data_dir / "statements"
 
     @field_validator("database_url")
     @classmethod

@@ -75,20 +75,24 @@ def test_consumption_across_a_meter_reset(synced: Database) -> None:
     load(synced, readings("KhonKaen", seconds, mux))
     refresh()
     [hour] = hourly("KhonKaen").to_dicts()
-    # 599 normal deltas before the reset, the reset itself not counted, 599 after it.
-    assert hour["muxPower1_kwh"] == pytest.approx(11.98)
+    # 599 normal deltas before the reset, the new cycle's first value (0.5: it counts
+    # from 0), 599 after it (issue 13: a reset's new cycle is consumption, not lost).
+    assert hour["muxPower1_kwh"] == pytest.approx(12.48)
     assert (hour["muxPower1_resets"], hour["muxPower1_gaps"]) == (1, 0)
     assert hour["samples"] == 1200
     assert hour["activePower1_avg"] == pytest.approx(599.5)
     assert (hour["activePower1_min"], hour["activePower1_max"]) == (0.0, 1199.0)
 
 
-def test_consumption_is_not_invented_across_a_gap(synced: Database) -> None:
+def test_a_gap_inside_the_hour_is_counted_exactly(synced: Database) -> None:
     seconds = [*range(600), *range(1200, 1800)]  # ten minutes missing at 1 Hz
     load(synced, readings("KhonKaen", seconds))
     refresh()
     [hour] = hourly("KhonKaen").to_dicts()
-    assert hour["muxPower4_kwh"] == pytest.approx(2 * 5.99)  # the 6.01 kWh across the gap: no
+    # The 6.01 kWh across the gap are counted (the meter kept counting), and exactly: the
+    # whole gap is inside the hour, nothing is estimated (issue 13).
+    assert hour["muxPower4_kwh"] == pytest.approx(2 * 5.99 + 6.01)
+    assert hour["muxPower4_estimated_kwh"] == 0
     assert (hour["muxPower4_resets"], hour["muxPower4_gaps"]) == (0, 1)
     assert hour["normal_interval_s"] == 1.0
 
@@ -260,8 +264,8 @@ def test_meter_without_a_value_steps_over_short_holes_and_gaps_long_ones(
     refresh()
     [hour] = hourly("KhonKaen").to_dicts()
     assert (hour["muxPower2_kwh"], hour["muxPower2_gaps"]) == (pytest.approx(35.99), 0)
-    # 999 s -> 1600 s is a gap: its 6.01 kWh are not counted.
-    assert (hour["muxPower3_kwh"], hour["muxPower3_gaps"]) == (pytest.approx(35.99 - 6.01), 1)
+    # 999 s -> 1600 s is a gap inside the hour: its 6.01 kWh are counted, exactly.
+    assert (hour["muxPower3_kwh"], hour["muxPower3_gaps"]) == (pytest.approx(35.99), 1)
     assert (hour["muxPower4_kwh"], hour["muxPower4_gaps"], hour["muxPower4_count"]) == (0, 0, 0)
     assert hour["muxPower4_avg"] is None
 
