@@ -167,7 +167,7 @@ def test_damaged_database_one_line_nonzero_file_unchanged(
 
 def _own_lines(stderr: str) -> list[str]:
     """The command's own lines (Prefect's log lines, `HH:MM:SS.mmm | LEVEL | ...`, aside)."""
-    return [line for line in stderr.splitlines() if line.startswith("powerwatch")]
+    return [line for line in stderr.splitlines() if line.startswith("powerwatch:")]
 
 
 # --- busy, locked, unreachable ---------------------------------------------------------
