@@ -205,10 +205,14 @@ def check_integrity(engine: Engine) -> None:
     with engine.connect() as conn:
         found = [str(row[0]) for row in conn.execute(text("PRAGMA quick_check"))]
     if found != ["ok"]:
+        # One row may hold many lines ("*** in database main ***", then one per problem).
+        problems = [line for row in found for line in row.splitlines()]
+        problems = [line for line in problems if line.strip() and not line.startswith("***")]
+        first = problems[0] if problems else "no answer"
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
         raise DatabaseCorrupt(
-            f"{_where(engine.url)}: the database is damaged ({found[0] if found else 'no answer'}"
-            f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}); restore the newest "
-            "backup, then re-load what landed since (README: Recovering)"
+            f"{_where(engine.url)}: the database is damaged ({first}{more}); restore the "
+            "newest backup, then re-load what landed since (README: Recovering)"
         )
 
 

@@ -346,7 +346,6 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(
     assert len(lines) == 1, outcome.done.stderr
     assert EXPECTED[case] in lines[0], lines[0]
     assert outcome.created == set()  # no database, no data folder, nothing in the cwd
-    assert outcome.seconds < 60  # refused up front: no flow, no Prefect server
 
 
 @pytest.mark.parametrize("case", list(MISSING))
