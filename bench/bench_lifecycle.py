@@ -77,10 +77,10 @@ def _site(root: Path) -> None:
         write_atomically(frame, settings.landing_dir / f"manual-w{i}.parquet")
     logs = root / "logs"
     logs.mkdir()
-    for name in ("a", "b"):
+    for n, name in enumerate(("a", "b")):  # different contents: b is not a's duplicate
         (logs / f"{name}.jsonl").write_text(
             "\n".join(
-                f'{{"station":"KhonKaen","timestamp":{1_700_000_000_000 + i * 1000},'
+                f'{{"station":"KhonKaen","timestamp":{1_700_000_000_000 + (n * 500 + i) * 1000},'
                 f'"readings":{{"activePower1":{i}.5}}}}'
                 for i in range(500)
             )
