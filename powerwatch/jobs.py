@@ -144,6 +144,8 @@ JOBS = {
 
 def run_job(job: str, body: Callable[[], int]) -> int:
     """`body()` under `interruptible`, with the temporary server out of the group's reach."""
+    if JOBS.get(job):
+        quiet_console()
     with interruptible(job) as signalled:
         try:
             if JOBS.get(job):
@@ -165,6 +167,16 @@ def run_job(job: str, body: Callable[[], int]) -> int:
             os._exit(exit_status(signum))
         assert status is not None
         return status
+
+
+def quiet_console() -> None:
+    """Prefect's console log for a job command: warnings and errors, one line each (the
+    traceback goes to the server's run log only): `powerwatch.console_log`. Before Prefect
+    is imported; an operator's own PREFECT_LOGGING_* settings win."""
+    os.environ.setdefault(
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS", "powerwatch.console_log.OneLineConsoleHandler"
+    )
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def temporary_server() -> None:
