@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from powerwatch.stack import PROJECT_ROOT, LocalStack
+from powerwatch.stack import LocalStack
 from tests.conftest import _PG_SKIP, PG_BASE, SAMPLES, make_readings, write_chunk
 from tests.sites import Site, free_port, site_environment
 
@@ -26,7 +26,6 @@ pytestmark = pytest.mark.slow
 
 MIGRATE = "migrate-logs/by-hand"
 LOAD = "load-chunks/every-minute"
-SCREENSHOT = PROJECT_ROOT / "docs" / "ui-migrate-logs-run.png"
 
 
 def _site(root: Path, database_url: str, server_database_url: str | None = None) -> Iterator[Site]:
@@ -135,7 +134,9 @@ def test_the_scheduled_load_picks_up_a_landed_chunk(sqlite_site: Site) -> None:
     assert any(r.state is not None and r.state.is_completed() for r in runs)
 
 
-def test_the_ui_renders_a_completed_migration_run(sqlite_site: Site) -> None:
+def test_the_ui_renders_a_completed_migration_run(sqlite_site: Site, tmp_path: Path) -> None:
+    """The run page renders (its DOM names the run) and a screenshot of it is taken, into
+    tmp: docs/ui-migrate-logs-run.png is a copy made by hand (tests never write the tree)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium here (Debian package `chromium`; `make test` installs it as root)")
@@ -158,13 +159,13 @@ def test_the_ui_renders_a_completed_migration_run(sqlite_site: Site) -> None:
         [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
     )
     assert run.name in dom.stdout, "the run page did not render the run's name"
-    SCREENSHOT.parent.mkdir(exist_ok=True)
+    screenshot = tmp_path / "ui-migrate-logs-run.png"
     shot = subprocess.run(
-        [chromium, *flags, f"--screenshot={SCREENSHOT}", url],
+        [chromium, *flags, f"--screenshot={screenshot}", url],
         capture_output=True,
         timeout=120,
     )
-    assert shot.returncode == 0 and SCREENSHOT.stat().st_size > 20_000
+    assert shot.returncode == 0 and screenshot.stat().st_size > 20_000
 
 
 @pytest.mark.postgres
