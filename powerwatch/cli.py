@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from powerwatch.errors import PowerwatchError, from_os_error
-from powerwatch.jobs import JOBS, run_job
+from powerwatch.jobs import JOBS, run_job, temporary_server
 
 if TYPE_CHECKING:
     from prefect import State
@@ -320,6 +320,12 @@ def cmd_completeness(args: argparse.Namespace) -> int:
 # --- job commands (Prefect flows) -----------------------------------------------------
 
 
+def _frame(rows: list[dict[str, object]]) -> Any:
+    import polars as pl
+
+    return pl.DataFrame(rows)
+
+
 def _exit_status(state: State[Any], job: str) -> int:
     """0 for a completed flow run; otherwise one line on stderr and the failure's exit code
     (a named failure the flow raised speaks for itself; else the run's message)."""
@@ -341,10 +347,40 @@ def _first_line(text: str | None) -> str:
     return lines[0] if lines else "failed"
 
 
+def _nothing_to_load(landing: Path) -> bool:
+    """No chunk in landing/ and no claim a dead loader may have left: the flow would
+    load nothing. Names only (as `landing.list_chunks` / `recover_claims` look)."""
+    if not landing.is_dir():
+        return True
+    for path in landing.iterdir():
+        if path.suffix == ".parquet" and not path.name.startswith("."):
+            return False
+    claimed = landing / ".claimed"  # landing.CLAIMED (that module imports polars)
+    return not (claimed.is_dir() and any(claimed.iterdir()))
+
+
+def _has_files(paths: Sequence[Path]) -> bool:
+    """Whether `migration.discover` would find any file under `paths`."""
+    for path in paths:
+        if path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*"))):
+            return True
+    return False
+
+
 def cmd_load(_args: argparse.Namespace) -> int:
     _require_database()
+    from powerwatch.settings import get_settings
+
+    if _nothing_to_load(get_settings().landing_dir):
+        # Decided before Prefect is imported: the flow's own output for no chunk.
+        from powerwatch.output import write_table
+        from powerwatch.reports import load_summary_rows
+
+        write_table(_frame(load_summary_rows([])))
+        return 0
     import polars as pl
 
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.load_chunks import load_chunks
     from powerwatch.output import write_table
     from powerwatch.reports import load_summary_rows
@@ -383,6 +419,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     load_registry(get_settings().stations)  # missing or malformed: exit 2 before the flow
     import polars as pl
 
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.capture_stations import capture_stations
     from powerwatch.output import write_table
 
@@ -421,6 +458,16 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     if args.report is not None and not args.report.parent.is_dir():
         raise InputError(f"--report {args.report}: no such folder {args.report.parent}")
     _require_database()
+    if not _has_files(args.paths):
+        # Nothing to import, decided before Prefect is imported: the flow's own report.
+        from powerwatch.migration_report import MigrationReport
+        from powerwatch.output import write_table
+
+        empty = MigrationReport()
+        write_table(_frame(empty.rows()), sys.stdout)
+        if args.report is not None:
+            empty.write_json(args.report)
+        return 0
     import polars as pl
 
     from powerwatch.legacy import DEFAULT_TZ, check_time_zone
@@ -431,6 +478,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     tz = args.tz or DEFAULT_TZ
     check_time_zone(tz)  # bad input is refused before anything starts (exit 2)
     discover(args.paths)
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.migrate_logs import migrate_logs
 
     state = migrate_logs(
@@ -449,6 +497,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
 
 def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
     _require_database()
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.refresh_rollups import refresh_rollups
 
     state = refresh_rollups(return_state=True)
@@ -466,6 +515,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     _require_database()
     import polars as pl
 
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.archive_readings import archive_readings
     from powerwatch.archive import ArchiveRun, summary_rows
     from powerwatch.output import write_table
@@ -485,6 +535,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 def cmd_backup(_args: argparse.Namespace) -> int:
     _require_database()
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.backup_database import backup_database
     from powerwatch.settings import get_settings
 
@@ -683,6 +734,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from powerwatch.settings import get_settings
 
         get_settings()  # every setting checked (exit 2, naming it) before any command starts
+        if JOBS.get(args.command):
+            # A server this machine's site runs (demo/serve): the run shows in its UI,
+            # and no temporary server is started (powerwatch.discovery).
+            from powerwatch import discovery
+
+            discovery.configure(get_settings().data_dir)
         if args.command in JOBS:  # signals: keep what is done, exit within 5 s (jobs.py)
             return run_job(args.command, lambda: handler(args))
         return handler(args)
