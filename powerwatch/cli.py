@@ -202,13 +202,13 @@ def _query_connection() -> AbstractContextManager[BulkConnection]:
     return bulk_connection(create=False)
 
 
-def cmd_stations_list(_args: argparse.Namespace) -> int:
+def cmd_stations_list(args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
     from db.queries import station_summary
-    from powerwatch.output import write_table
+    from powerwatch.output import write_frame
 
     with _query_connection() as bulk:
-        write_table(station_summary(bulk))
+        write_frame(station_summary(bulk), args.format)
     return 0
 
 
@@ -239,11 +239,11 @@ def cmd_readings(args: argparse.Namespace) -> int:
 def cmd_latest(args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
     from db.queries import latest
-    from powerwatch.output import write_table
+    from powerwatch.output import write_frame
 
     with _query_connection() as bulk:
         _require_station(bulk, args.station)
-        write_table(latest(bulk, args.station))
+        write_frame(latest(bulk, args.station), args.format)
     return 0
 
 
@@ -302,7 +302,7 @@ def cmd_completeness(args: argparse.Namespace) -> int:
     import polars as pl
 
     from db.completeness import completeness
-    from powerwatch.output import CSV_TIME_FORMAT, write_table
+    from powerwatch.output import CSV_TIME_FORMAT, write_frame, write_table
     from powerwatch.settings import get_settings
 
     archive = get_settings().data_dir / "archive"
@@ -311,6 +311,10 @@ def cmd_completeness(args: argparse.Namespace) -> int:
     missing = result.missing.with_columns(pl.col("start", "end").dt.strftime(CSV_TIME_FORMAT))
     if args.format == "json":
         print(json.dumps(result.summary() | {"missing": missing.to_dicts()}))
+    elif args.format == "csv":  # the summary row, a blank line, then the missing ranges
+        write_frame(pl.DataFrame([result.summary()]), "csv", sys.stdout)
+        sys.stdout.write("\n")
+        write_frame(result.missing, "csv", sys.stdout)
     else:
         write_table(pl.DataFrame([result.summary()]), sys.stdout)
         write_table(missing, sys.stdout)
@@ -571,6 +575,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 Handler = Callable[[argparse.Namespace], int]
+# Every query command's --format (as powerwatch.output.FORMATS, which imports polars).
+FORMATS = ("table", "csv", "json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -590,9 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("file", nargs="?", type=Path)
     sync.set_defaults(handler=cmd_stations_sync)
-    st_commands.add_parser("list", help="stations with last reading time and count").set_defaults(
-        handler=cmd_stations_list
-    )
+    sl = st_commands.add_parser("list", help="stations with last reading time and count")
+    sl.add_argument("--format", choices=FORMATS, default="table")
+    sl.set_defaults(handler=cmd_stations_list)
 
     rd = commands.add_parser(
         "readings",
@@ -602,13 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--station")
     rd.add_argument("--start", type=_moment, help="ISO-8601, inclusive (no zone = UTC)")
     rd.add_argument("--end", type=_moment, help="ISO-8601, exclusive (no zone = UTC)")
-    rd.add_argument("--format", choices=("csv", "json", "table"), default="table")
+    rd.add_argument("--format", choices=FORMATS, default="table")
     rd.add_argument("--limit", type=_rows, help="at most this many readings")
     rd.add_argument("--offset", type=_offset, default=0, help="skip this many readings first")
     rd.set_defaults(handler=cmd_readings)
 
     lt = commands.add_parser("latest", help="newest reading per station")
     lt.add_argument("--station")
+    lt.add_argument("--format", choices=FORMATS, default="table")
     lt.set_defaults(handler=cmd_latest)
 
     ru = commands.add_parser(
@@ -620,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--interval", choices=("hour", "day"), default="hour")
     ru.add_argument("--start", type=_moment, help="ISO-8601, inclusive (no zone = UTC)")
     ru.add_argument("--end", type=_moment, help="ISO-8601, exclusive (no zone = UTC)")
-    ru.add_argument("--format", choices=("csv", "json", "table"), default="table")
+    ru.add_argument("--format", choices=FORMATS, default="table")
     ru.set_defaults(handler=cmd_rollups)
 
     co = commands.add_parser(
@@ -630,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     co.add_argument("--station", required=True)
     co.add_argument("--day", type=_day, required=True, help="YYYY-MM-DD (UTC)")
-    co.add_argument("--format", choices=("json", "table"), default="table")
+    co.add_argument("--format", choices=FORMATS, default="table")
     co.set_defaults(handler=cmd_completeness)
 
     commands.add_parser(
