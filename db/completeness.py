@@ -19,13 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from db.bulk import BulkConnection
 from db.rollups import DAY_MS, gap_threshold, require_station_id
 from db.tables import power_readings, rollup_daily
 from schemas.channels import TIMESTAMP_DTYPE
+
+if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
+    from db.bulk import BulkConnection
 
 _TS = {"ts": pl.Int64()}
 
@@ -80,7 +83,7 @@ def completeness(
     after = stamps.filter(pl.col("ts") >= end)["ts"].min()
     # A station's first day counts from its first reading (one added at 08:51 is not
     # 1 % complete): with no reading before the day, the day starts at its first one.
-    first = start if before is not None or inside.is_empty() else int(inside["ts"].min())
+    first = start if before is not None or inside.is_empty() else int(inside["ts"].to_list()[0])
     # The neighbours outside the day, or the day's edges when there are none.
     points = pl.concat(
         [

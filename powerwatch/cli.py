@@ -193,6 +193,22 @@ def cmd_stations_sync(args: argparse.Namespace) -> int:
 
 
 def _query_connection() -> AbstractContextManager[BulkConnection]:
+    """SQLite: the stdlib reader (`db.reader`, no SQLAlchemy/ADBC/Alembic import);
+    PostgreSQL: the engine's ADBC connection after the schema check."""
+    from powerwatch.settings import get_settings
+
+    settings = get_settings()
+    path = settings.sqlite_file
+    if path is not None:
+        from typing import cast
+
+        from db.reader import read_connection
+
+        # The read half of BulkConnection, which is all a query command uses.
+        return cast(
+            "AbstractContextManager[BulkConnection]",
+            read_connection(path, settings.busy_timeout_ms),
+        )
     from db.engine import bulk_connection, check_connection, make_engine
     from db.migrate import require_current
 
