@@ -180,7 +180,15 @@ def temporary_server() -> None:
         return
     started = time.perf_counter()
     server = _detached_server()  # registered under Prefect's default key (None)
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as exc:  # Prefect's "Timed out while attempting to connect ..."
+        from powerwatch.errors import JobError
+
+        raise JobError(
+            f"could not start a temporary Prefect server ({exc}); set PREFECT_API_URL or "
+            "run `powerwatch demo` and try again"
+        ) from exc
     # Its cost stays visible: the operator sees why this run took seconds more, and how
     # to avoid it.
     print(
