@@ -1,6 +1,6 @@
 """CLI fixed costs: idle job commands and query command latency, as an operator sees them.
 
-    python -m bench.bench_cli            # 5 runs each, with and without a Prefect server
+    python -m bench.bench_cli            # 3 runs each, with and without a Prefect server
     python -m bench.bench_cli --quick    # 3 runs each, without a server (a smoke run)
 
 Idle job commands: `load` with an empty landing zone, `migrate-logs` on an empty folder,
@@ -52,7 +52,7 @@ def cli(*args: str) -> list[str]:
 
 def main() -> None:
     args = bench_arguments(__doc__)
-    runs = 3 if args.quick else 5
+    runs = 3
     from bench.bench_load import fresh_database
     from bench.bench_rollups import _load
     from bench.data import readings
