@@ -4,8 +4,10 @@ Expected = the day's length / the station's normal interval (the lower median of
 the day's inter-reading intervals; for a day with fewer than two readings, the
 normal interval of the station's latest earlier day in `rollup_daily`). A missing
 range is a stretch between two consecutive readings longer than the gap threshold
-the rollups use (`db.rollups.gap_threshold`), clipped to the day; before the
-station's first and after its last reading, the day's edges stand in for them.
+the rollups use (`db.rollups.gap_threshold`), clipped to the day; after the
+station's last reading the day's end (or now) stands in for the next one. A station's
+first day (no reading before it, in the database or the archive) counts from its first
+reading, not from midnight: it did not exist before.
 
 Reads the readings' timestamps only (one key range scan). Days whose readings
 were archived are read from the Parquet archive (`spec/archive.md`) as well, so
@@ -17,13 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from db.bulk import BulkConnection
 from db.rollups import DAY_MS, gap_threshold, require_station_id
 from db.tables import power_readings, rollup_daily
 from schemas.channels import TIMESTAMP_DTYPE
+
+if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
+    from db.bulk import BulkConnection
 
 _TS = {"ts": pl.Int64()}
 
@@ -36,6 +41,7 @@ class Completeness:
     expected: int | None  # None: no normal interval known for the station yet
     normal_interval_s: float | None
     missing: pl.DataFrame  # start, end (UTC timestamps), seconds
+    counted_from: datetime  # midnight, or the station's first reading on its first day
 
     @property
     def ratio(self) -> float | None:
@@ -45,6 +51,7 @@ class Completeness:
         return {
             "station": self.station,
             "day": self.day.isoformat(),
+            "counted_from": self.counted_from.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
             "received": self.received,
             "expected": self.expected,
             "completeness": None if self.ratio is None else round(self.ratio, 4),
@@ -74,10 +81,13 @@ def completeness(
     threshold = pl.select(gap_threshold(pl.lit(normal, pl.Float64))).item()
     before = stamps.filter(pl.col("ts") < start)["ts"].max()
     after = stamps.filter(pl.col("ts") >= end)["ts"].min()
+    # A station's first day counts from its first reading (one added at 08:51 is not
+    # 1 % complete): with no reading before the day, the day starts at its first one.
+    first = start if before is not None or inside.is_empty() else int(inside["ts"].to_list()[0])
     # The neighbours outside the day, or the day's edges when there are none.
     points = pl.concat(
         [
-            pl.Series("ts", [before if before is not None else start], pl.Int64),
+            pl.Series("ts", [before if before is not None else first], pl.Int64),
             inside["ts"],
             pl.Series("ts", [after if after is not None else until], pl.Int64),
         ]
@@ -97,7 +107,8 @@ def completeness(
         station=station,
         day=day,
         received=inside.height,
-        expected=None if normal is None else round((until - start) / normal),
+        expected=None if normal is None else round((until - first) / normal),
+        counted_from=datetime.fromtimestamp(first / 1000, UTC),
         normal_interval_s=None if normal is None else normal / 1000,
         missing=missing,
     )

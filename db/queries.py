@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
-import pyarrow as pa
 
-from db.bulk import BulkConnection
 from db.tables import READING_VALUE_COLUMNS, power_readings, stations
 from schemas.channels import CHANNELS, TIMESTAMP_DTYPE
+
+if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads neither
+    import pyarrow as pa
+
+    from db.bulk import BulkConnection
 
 Order = Literal["asc", "desc"]
 STREAM_BATCH_ROWS = 100_000  # big enough that per-batch overhead vanishes, small enough to stream
@@ -49,7 +52,10 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _frame(batch: pa.RecordBatch) -> pl.DataFrame:
+def _frame(batch: pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
+    """A batch of `BulkConnection.batches` (Arrow) or `db.reader` (already a frame)."""
+    if isinstance(batch, pl.DataFrame):
+        return batch
     frame = pl.from_arrow(batch)
     assert isinstance(frame, pl.DataFrame)
     return frame

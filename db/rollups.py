@@ -38,12 +38,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 
 from db import energy
-from db.bulk import BulkConnection
 from db.tables import (
     MUX_COLUMNS,
     READING_VALUE_COLUMNS,
@@ -56,6 +55,9 @@ from db.tables import (
 )
 from powerwatch.errors import UnknownStationError
 from schemas.channels import CHANNELS
+
+if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
+    from db.bulk import BulkConnection
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000

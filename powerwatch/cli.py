@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from powerwatch.errors import PowerwatchError, from_os_error
-from powerwatch.jobs import JOBS, run_job
+from powerwatch.jobs import JOBS, run_job, temporary_server
 
 if TYPE_CHECKING:
     from prefect import State
@@ -193,6 +193,22 @@ def cmd_stations_sync(args: argparse.Namespace) -> int:
 
 
 def _query_connection() -> AbstractContextManager[BulkConnection]:
+    """SQLite: the stdlib reader (`db.reader`, no SQLAlchemy/ADBC/Alembic import);
+    PostgreSQL: the engine's ADBC connection after the schema check."""
+    from powerwatch.settings import get_settings
+
+    settings = get_settings()
+    path = settings.sqlite_file
+    if path is not None:
+        from typing import cast
+
+        from db.reader import read_connection
+
+        # The read half of BulkConnection, which is all a query command uses.
+        return cast(
+            "AbstractContextManager[BulkConnection]",
+            read_connection(path, settings.busy_timeout_ms),
+        )
     from db.engine import bulk_connection, check_connection, make_engine
     from db.migrate import require_current
 
@@ -202,13 +218,13 @@ def _query_connection() -> AbstractContextManager[BulkConnection]:
     return bulk_connection(create=False)
 
 
-def cmd_stations_list(_args: argparse.Namespace) -> int:
+def cmd_stations_list(args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
     from db.queries import station_summary
-    from powerwatch.output import write_table
+    from powerwatch.output import write_frame
 
     with _query_connection() as bulk:
-        write_table(station_summary(bulk))
+        write_frame(station_summary(bulk), args.format)
     return 0
 
 
@@ -239,11 +255,11 @@ def cmd_readings(args: argparse.Namespace) -> int:
 def cmd_latest(args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
     from db.queries import latest
-    from powerwatch.output import write_table
+    from powerwatch.output import write_frame
 
     with _query_connection() as bulk:
         _require_station(bulk, args.station)
-        write_table(latest(bulk, args.station))
+        write_frame(latest(bulk, args.station), args.format)
     return 0
 
 
@@ -360,7 +376,7 @@ def cmd_completeness(args: argparse.Namespace) -> int:
     import polars as pl
 
     from db.completeness import completeness
-    from powerwatch.output import CSV_TIME_FORMAT, write_table
+    from powerwatch.output import CSV_TIME_FORMAT, write_frame, write_table
     from powerwatch.settings import get_settings
 
     archive = get_settings().data_dir / "archive"
@@ -369,6 +385,10 @@ def cmd_completeness(args: argparse.Namespace) -> int:
     missing = result.missing.with_columns(pl.col("start", "end").dt.strftime(CSV_TIME_FORMAT))
     if args.format == "json":
         print(json.dumps(result.summary() | {"missing": missing.to_dicts()}))
+    elif args.format == "csv":  # the summary row, a blank line, then the missing ranges
+        write_frame(pl.DataFrame([result.summary()]), "csv", sys.stdout)
+        sys.stdout.write("\n")
+        write_frame(result.missing, "csv", sys.stdout)
     else:
         write_table(pl.DataFrame([result.summary()]), sys.stdout)
         write_table(missing, sys.stdout)
@@ -376,6 +396,12 @@ def cmd_completeness(args: argparse.Namespace) -> int:
 
 
 # --- job commands (Prefect flows) -----------------------------------------------------
+
+
+def _frame(rows: list[dict[str, object]]) -> Any:
+    import polars as pl
+
+    return pl.DataFrame(rows)
 
 
 def _exit_status(state: State[Any], job: str) -> int:
@@ -399,10 +425,40 @@ def _first_line(text: str | None) -> str:
     return lines[0] if lines else "failed"
 
 
+def _nothing_to_load(landing: Path) -> bool:
+    """No chunk in landing/ and no claim a dead loader may have left: the flow would
+    load nothing. Names only (as `landing.list_chunks` / `recover_claims` look)."""
+    if not landing.is_dir():
+        return True
+    for path in landing.iterdir():
+        if path.suffix == ".parquet" and not path.name.startswith("."):
+            return False
+    claimed = landing / ".claimed"  # landing.CLAIMED (that module imports polars)
+    return not (claimed.is_dir() and any(claimed.iterdir()))
+
+
+def _has_files(paths: Sequence[Path]) -> bool:
+    """Whether `migration.discover` would find any file under `paths`."""
+    for path in paths:
+        if path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*"))):
+            return True
+    return False
+
+
 def cmd_load(_args: argparse.Namespace) -> int:
     _require_database()
+    from powerwatch.settings import get_settings
+
+    if _nothing_to_load(get_settings().landing_dir):
+        # Decided before Prefect is imported: the flow's own output for no chunk.
+        from powerwatch.output import write_table
+        from powerwatch.reports import load_summary_rows
+
+        write_table(_frame(load_summary_rows([])))
+        return 0
     import polars as pl
 
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.load_chunks import load_chunks
     from powerwatch.output import write_table
     from powerwatch.reports import load_summary_rows
@@ -441,6 +497,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     load_registry(get_settings().stations)  # missing or malformed: exit 2 before the flow
     import polars as pl
 
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.capture_stations import capture_stations
     from powerwatch.output import write_table
 
@@ -479,6 +536,16 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     if args.report is not None and not args.report.parent.is_dir():
         raise InputError(f"--report {args.report}: no such folder {args.report.parent}")
     _require_database()
+    if not _has_files(args.paths):
+        # Nothing to import, decided before Prefect is imported: the flow's own report.
+        from powerwatch.migration_report import MigrationReport
+        from powerwatch.output import write_table
+
+        empty = MigrationReport()
+        write_table(_frame(empty.rows()), sys.stdout)
+        if args.report is not None:
+            empty.write_json(args.report)
+        return 0
     import polars as pl
 
     from powerwatch.legacy import DEFAULT_TZ, check_time_zone
@@ -489,6 +556,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     tz = args.tz or DEFAULT_TZ
     check_time_zone(tz)  # bad input is refused before anything starts (exit 2)
     discover(args.paths)
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.migrate_logs import migrate_logs
 
     state = migrate_logs(
@@ -507,6 +575,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
 
 def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
     _require_database()
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.refresh_rollups import refresh_rollups
 
     state = refresh_rollups(return_state=True)
@@ -524,6 +593,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     _require_database()
     import polars as pl
 
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.archive_readings import archive_readings
     from powerwatch.archive import ArchiveRun, summary_rows
     from powerwatch.output import write_table
@@ -543,6 +613,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 def cmd_backup(_args: argparse.Namespace) -> int:
     _require_database()
+    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.backup_database import backup_database
     from powerwatch.settings import get_settings
 
@@ -578,6 +649,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 Handler = Callable[[argparse.Namespace], int]
+# Every query command's --format (as powerwatch.output.FORMATS, which imports polars).
+FORMATS = ("table", "csv", "json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -597,9 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("file", nargs="?", type=Path)
     sync.set_defaults(handler=cmd_stations_sync)
-    st_commands.add_parser("list", help="stations with last reading time and count").set_defaults(
-        handler=cmd_stations_list
-    )
+    sl = st_commands.add_parser("list", help="stations with last reading time and count")
+    sl.add_argument("--format", choices=FORMATS, default="table")
+    sl.set_defaults(handler=cmd_stations_list)
 
     rd = commands.add_parser(
         "readings",
@@ -609,13 +682,14 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--station")
     rd.add_argument("--start", type=_moment, help="ISO-8601, inclusive (no zone = UTC)")
     rd.add_argument("--end", type=_moment, help="ISO-8601, exclusive (no zone = UTC)")
-    rd.add_argument("--format", choices=("csv", "json", "table"), default="table")
+    rd.add_argument("--format", choices=FORMATS, default="table")
     rd.add_argument("--limit", type=_rows, help="at most this many readings")
     rd.add_argument("--offset", type=_offset, default=0, help="skip this many readings first")
     rd.set_defaults(handler=cmd_readings)
 
     lt = commands.add_parser("latest", help="newest reading per station")
     lt.add_argument("--station")
+    lt.add_argument("--format", choices=FORMATS, default="table")
     lt.set_defaults(handler=cmd_latest)
 
     ru = commands.add_parser(
@@ -627,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--interval", choices=("hour", "day"), default="hour")
     ru.add_argument("--start", type=_moment, help="ISO-8601, inclusive (no zone = UTC)")
     ru.add_argument("--end", type=_moment, help="ISO-8601, exclusive (no zone = UTC)")
-    ru.add_argument("--format", choices=("csv", "json", "table"), default="table")
+    ru.add_argument("--format", choices=FORMATS, default="table")
     ru.set_defaults(handler=cmd_rollups)
 
     sm = commands.add_parser(
@@ -648,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     co.add_argument("--station", required=True)
     co.add_argument("--day", type=_day, required=True, help="YYYY-MM-DD (UTC)")
-    co.add_argument("--format", choices=("json", "table"), default="table")
+    co.add_argument("--format", choices=FORMATS, default="table")
     co.set_defaults(handler=cmd_completeness)
 
     commands.add_parser(
@@ -752,6 +826,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from powerwatch.settings import get_settings
 
         get_settings()  # every setting checked (exit 2, naming it) before any command starts
+        if JOBS.get(args.command):
+            # A server this machine's site runs (demo/serve): the run shows in its UI,
+            # and no temporary server is started (powerwatch.discovery).
+            from powerwatch import discovery
+
+            discovery.configure(get_settings().data_dir)
         if args.command in JOBS:  # signals: keep what is done, exit within 5 s (jobs.py)
             return run_job(args.command, lambda: handler(args))
         return handler(args)

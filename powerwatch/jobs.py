@@ -143,14 +143,13 @@ JOBS = {
 
 
 def run_job(job: str, body: Callable[[], int]) -> int:
-    """`body()` under `interruptible`, with the temporary server out of the group's reach."""
+    """`body()` under `interruptible`. A job with work calls `temporary_server()` before
+    its flow (out of the group's reach); one with nothing to do never imports Prefect."""
     if JOBS.get(job):
         quiet_console()
     with interruptible(job) as signalled:
         try:
-            if JOBS.get(job):
-                temporary_server()
-            status = body()
+            status = body()  # calls `temporary_server()` once it knows there is work
         except BaseException:
             if signalled() is None:
                 raise
@@ -191,8 +190,25 @@ def temporary_server() -> None:
 
     if None in SubprocessASGIServer._instances:
         return
+    started = time.perf_counter()
     server = _detached_server()  # registered under Prefect's default key (None)
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as exc:  # Prefect's "Timed out while attempting to connect ..."
+        from powerwatch.errors import JobError
+
+        raise JobError(
+            f"could not start a temporary Prefect server ({exc}); set PREFECT_API_URL or "
+            "run `powerwatch demo` and try again"
+        ) from exc
+    # Its cost stays visible: the operator sees why this run took seconds more, and how
+    # to avoid it.
+    print(
+        f"powerwatch: no Prefect server configured or found running (PREFECT_API_URL, "
+        f"`powerwatch demo`): started a temporary one in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _detached_server_class() -> type[Any]:

@@ -44,8 +44,31 @@ def write_json_lines(frames: Iterable[pl.DataFrame], out: TextIO | None = None) 
     return count
 
 
+# Decimals a table shows: what a person reads (a reading's watts to the milliwatt);
+# CSV and JSON keep every digit, so their values read back equal.
+TABLE_DECIMALS = 3
+FORMATS = ("table", "csv", "json")
+
+
+def write_frame(frame: pl.DataFrame, fmt: str, out: TextIO | None = None) -> None:
+    """One frame in a query command's `--format`: a table for people, or CSV / JSON lines
+    whose values read back equal (floats in shortest round-trip form, times as
+    `CSV_TIME_FORMAT` in UTC, empty cell / null = NULL)."""
+    out = sys.stdout if out is None else out
+    if fmt == "table":
+        write_table(frame, out)
+        return
+    text = frame.with_columns(pl.col(pl.Datetime).dt.strftime(CSV_TIME_FORMAT))
+    if fmt == "csv":
+        out.write(text.write_csv(null_value=""))
+    else:
+        out.write(text.write_ndjson() if text.height else "")
+
+
 def write_table(frame: pl.DataFrame, out: TextIO | None = None) -> None:
+    """For people: floats rounded to `TABLE_DECIMALS` (no `32351.545000000002`)."""
     out = sys.stdout if out is None else out  # looked up per call: callers redirect it
+    frame = frame.with_columns(pl.col(pl.Float32, pl.Float64).round(TABLE_DECIMALS))
     with pl.Config(
         tbl_rows=-1,
         tbl_cols=-1,

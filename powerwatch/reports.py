@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from powerwatch.loader import ChunkReport
+if TYPE_CHECKING:  # the loader imports pandera: an idle `load` prints this table without it
+    from powerwatch.loader import ChunkReport
 
 
 def load_summary_rows(reports: list[ChunkReport]) -> list[dict[str, object]]:

@@ -35,6 +35,7 @@ from typing import IO
 
 import httpx
 
+from powerwatch import discovery
 from powerwatch.errors import JobError
 from powerwatch.lifecycle import SITE_ENV, Watchdog, die_with_parent
 
@@ -106,6 +107,7 @@ class LocalStack:
         command = ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         self._spawn("server", [*prefect_command(), *command])
         self._wait_healthy(timeout)
+        discovery.publish(self.home, self.api_url)  # job commands on this machine find it
 
     def prepare(self) -> None:
         """Work pool, automations, the dead site's runs released, every deployment of
@@ -130,6 +132,8 @@ class LocalStack:
 
     def stop(self, grace: float = 20.0) -> None:
         """Worker first (it stops taking runs), then the server; each gets `grace` seconds."""
+        if "server" in self._children:
+            discovery.withdraw(self.home, self.api_url)
         for name in ("worker", "server"):
             child = self._children.pop(name, None)
             if child is not None:

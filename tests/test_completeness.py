@@ -39,13 +39,31 @@ def test_received_expected_and_missing_ranges(synced: Database) -> None:
         result = completeness(bulk, "KhonKaen", DAY, now=LATER)
     assert result.received == frame.height
     assert result.normal_interval_s == 10.0
-    assert result.expected == 8640
-    assert result.ratio == pytest.approx(frame.height / 8640)
+    # The station's first day: counted from its first reading at 00:05, not midnight.
+    assert result.counted_from == _at(300)
+    assert result.expected == 8640 - 30
+    assert result.ratio == pytest.approx(frame.height / 8610)
     assert result.missing.rows() == [
-        (_at(0), _at(300), 300.0),  # before the station's first reading
         (_at(6 * 3600), _at(6 * 3600 + 1800), 1800.0),
         (_at(23 * 3600 + 3000), _at(86400), 600.0),  # nothing after 23:50
     ]
+
+
+def test_a_station_added_during_the_day_counts_from_its_first_reading(
+    synced: Database,
+) -> None:
+    # Added at 08:51, every 10 s until 10:51; the next day it is counted from midnight.
+    first = 8 * 3600 + 51 * 60
+    load(synced, readings("KhonKaen", [*range(first, first + 7200, 10), 86400, 86410]))
+    with bulk_connection() as bulk:
+        result = completeness(bulk, "KhonKaen", DAY, now=_at(first + 7200))
+        nextday = completeness(bulk, "KhonKaen", DAY + timedelta(days=1), now=_at(86420))
+    assert result.counted_from == _at(first)
+    assert (result.received, result.expected) == (720, 720)
+    assert result.ratio == 1.0
+    # Nothing missing but the 10 s since its last reading (no 08:51 from midnight).
+    assert result.missing.rows() == [(_at(first + 7190), _at(first + 7200), 10.0)]
+    assert nextday.counted_from == _at(86400)
 
 
 def test_gap_over_midnight_is_clipped_to_the_day(synced: Database) -> None:
