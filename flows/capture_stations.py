@@ -33,6 +33,10 @@ def capture_stations(
         duration=duration,
         flush_seconds=settings.capture_flush_seconds if flush_seconds is None else flush_seconds,
         flush_rows=settings.capture_flush_rows if flush_rows is None else flush_rows,
+        data_dir=settings.data_dir,
+        silent_after=settings.silent_after,
+        stall_after=settings.stall_after,
+        counts_seconds=settings.health_counts_seconds,
     )
     create_markdown_artifact(
         key="capture-stations",
