@@ -286,10 +286,13 @@ def test_outage_never_seen_and_stall_alert_and_handovers_do_not(
         write_registry(registry, [*load_registry(sim_registry), never])
         env["POWERWATCH_STATIONS"] = str(registry)
         off_at, back_at = started + off_after, started + off_after + off_for
-        end = back_at + 60
+        end = back_at + 90
         next_start = time.monotonic()
         got_up = False
-        while time.monotonic() < end and not got_up:
+        # until SIM-0002 is back and at least two windows have handed over
+        while time.monotonic() < end and not (
+            got_up and sum(c.poll() is not None for c in captures) >= 2
+        ):
             if time.monotonic() >= next_start:
                 captures.append(
                     subprocess.Popen(
