@@ -344,3 +344,25 @@ def test_outage_never_seen_and_stall_alert_and_handovers_do_not(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         receiver.server.shutdown()
+
+
+def test_bad_outage_and_bad_webhook_url_are_bad_input(tmp_path: Path) -> None:
+    """One line, exit 2, before anything starts."""
+    env = dict(os.environ) | {"POWERWATCH_STATIONS": str(tmp_path / "s.yaml")}
+    cases = [
+        (["simulate", "--outage", "SIM-0001@x+5"], env, "--outage wants NAME@AFTER+SECONDS"),
+        (["simulate", "--count", "2", "--outage", "SIM-0003@1+5"], env, "no such simulated"),
+        (["status"], env | {"POWERWATCH_ALERT_WEBHOOK_URL": "ftp://x"}, "not an http(s) URL"),
+    ]
+    for args, environment, words in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "powerwatch.cli", *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, (args, done.stderr)
+        assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "s.yaml").exists()  # nothing started
