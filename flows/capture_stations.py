@@ -8,13 +8,34 @@ docs/design.md, "Capture").
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.naming import stamped
 from powerwatch.capture import CaptureReport, run_capture
 from powerwatch.registry import load_registry
-from powerwatch.settings import get_settings
+from powerwatch.settings import Settings, get_settings
+
+
+def publish_status(settings: Settings, logger: Any) -> None:
+    """`powerwatch status` as the `powerwatch-status` artifact: each run ends with it
+    (a new one every minute), so the UI shows the site's state without opening a run."""
+    from db.engine import bulk_connection
+    from powerwatch.status import collect, markdown
+
+    try:
+        with bulk_connection(create=False) as bulk:
+            status = collect(bulk, settings.data_dir, settings.silent_after)
+    except Exception as exc:  # a status is a view: never fails the capture
+        logger.warning("status artifact not published: %s", exc)
+        return
+    create_markdown_artifact(
+        key="powerwatch-status",
+        markdown=markdown(status),
+        description=f"{len(status.open_alerts)} open alert(s)",
+    )
 
 
 @flow(name="capture-stations", flow_run_name=stamped("capture-stations"), log_prints=True)
@@ -33,6 +54,10 @@ def capture_stations(
         duration=duration,
         flush_seconds=settings.capture_flush_seconds if flush_seconds is None else flush_seconds,
         flush_rows=settings.capture_flush_rows if flush_rows is None else flush_rows,
+        data_dir=settings.data_dir,
+        silent_after=settings.silent_after,
+        stall_after=settings.stall_after,
+        counts_seconds=settings.health_counts_seconds,
     )
     create_markdown_artifact(
         key="capture-stations",
@@ -40,6 +65,7 @@ def capture_stations(
         description=f"{report.readings} readings in {len(report.chunks)} chunks",
     )
     logger = get_run_logger()
+    publish_status(settings, logger)
     logger.info(
         "capture ended by %s: %d frames, %d readings, rejected %s, %d chunks, "
         "%d station task crashes, %d failed flushes",

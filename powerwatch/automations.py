@@ -134,3 +134,83 @@ def release_abandoned_runs(api_url: str, work_pool: str, reason: str) -> list[st
                 limit.name, GlobalConcurrencyLimitUpdate(active_slots=0)
             )
     return crashed
+
+
+# --- live health alerts (powerwatch.health emits the events) ----------------------------
+
+ALERT_KINDS = ("station", "pipeline")
+ALERT_STATUSES = ("down", "up")
+
+
+def alert_automation_name(kind: str, status: str) -> str:
+    return f"powerwatch: {kind} {status}"
+
+
+def alert_block_name(kind: str, status: str) -> str:
+    return f"powerwatch-alert-{kind}-{status}"
+
+
+def ensure_alert_automations(api_url: str, webhook_url: str | None) -> dict[str, str]:
+    """One automation per kind (station, pipeline) and status (down, up), read by name
+    then created or updated, never duplicated; name -> "created" | "updated".
+
+    Each reacts to its event (`powerwatch.<kind>.<status>`, one per state change) and,
+    with `webhook_url`, sends it through a Custom Webhook block of its own: the block's
+    JSON body names the kind's key (`station` or `pipeline`), the fixed `status`, and
+    `since`, filled from the event by the automation's subject and body templates.
+    Without a webhook the action does nothing: the firing still shows in the UI
+    (Automations, Event Feed).
+    """
+    from prefect.automations import Automation
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import ActionTypes, DoNothing, SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    done: dict[str, str] = {}
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        for kind in ALERT_KINDS:
+            for status in ALERT_STATUSES:
+                action: ActionTypes = DoNothing()
+                if webhook_url:
+                    block = CustomWebhookNotificationBlock(
+                        name=f"powerwatch {kind} {status}",
+                        url=webhook_url,
+                        json_data={kind: "{{subject}}", "status": status, "since": "{{body}}"},
+                    )
+                    block_id = block.save(alert_block_name(kind, status), overwrite=True)
+                    action = SendNotification(
+                        block_document_id=block_id,
+                        subject="{{ event.payload." + kind + " }}",
+                        body="{{ event.payload.since }}",
+                    )
+                name = alert_automation_name(kind, status)
+                automation = Automation(
+                    name=name,
+                    description=f"A {kind} {'stopped' if status == 'down' else 'resumed'}: "
+                    "sends the alert to POWERWATCH_ALERT_WEBHOOK_URL (when set).",
+                    trigger=EventTrigger(
+                        expect={f"powerwatch.{kind}.{status}"},
+                        match=ResourceSpecification(
+                            {"prefect.resource.id": f"powerwatch.{kind}.*"}
+                        ),
+                        posture=Posture.Reactive,
+                        threshold=1,
+                        within=timedelta(0),
+                    ),
+                    actions=[action],
+                )
+                with get_client(sync_client=True) as client:
+                    existing = client.read_automations_by_name(name)
+                    for extra in existing[1:]:  # a duplicate from elsewhere: one is enough
+                        client.delete_automation(extra.id)
+                if existing:
+                    automation.id = existing[0].id
+                    automation.update()
+                    done[name] = "updated"
+                else:
+                    automation.create()
+                    done[name] = "created"
+    return done

@@ -476,8 +476,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.port and args.port + args.count - 1 > 65_535:
         raise InputError(f"--port {args.port} --count {args.count}: ports beyond 65535")
     from powerwatch.settings import get_settings
-    from powerwatch.simulator import simulate
+    from powerwatch.simulator import Outage, simulate
 
+    outages = [Outage.parse(text) for text in args.outage]
+    names = {f"SIM-{i + 1:04d}" for i in range(args.count)}
+    for outage in outages:
+        if outage.name not in names:
+            raise InputError(f"--outage {outage.name}: no such simulated station (SIM-0001..)")
     simulate(
         args.count,
         args.rate,
@@ -486,6 +491,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         registry_path=get_settings().stations,
         duration=args.duration,
         seed=args.seed,
+        outages=outages,
     )
     return 0
 
@@ -582,11 +588,37 @@ def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
     return _exit_status(state, "refresh-rollups")
 
 
-def cmd_demo(_args: argparse.Namespace) -> int:
-    from powerwatch.demo import run_demo
+def cmd_status(_args: argparse.Namespace) -> int:
+    _require_database()  # before the heavy imports
+    from powerwatch.output import write_table
+    from powerwatch.settings import get_settings
+    from powerwatch.status import collect, pipeline_lines
+
+    settings = get_settings()
+    with _query_connection() as bulk:
+        status = collect(bulk, settings.data_dir, settings.silent_after)
+    write_table(status.stations)
+    print("\n".join(pipeline_lines(status)))
+    return 0
+
+
+def cmd_serve(_args: argparse.Namespace) -> int:
+    from powerwatch.demo import run_site
     from powerwatch.settings import get_settings
 
-    return run_demo(get_settings())
+    return run_site(get_settings(), simulate=False)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from powerwatch.demo import DEMO_STATIONS, run_demo
+    from powerwatch.errors import InputError
+    from powerwatch.settings import get_settings
+    from powerwatch.simulator import Outage
+
+    for text in args.outage:
+        if Outage.parse(text).name not in {f"SIM-{i + 1:04d}" for i in range(DEMO_STATIONS)}:
+            raise InputError(f"--outage {text}: the demo's stations are SIM-0001..SIM-0005")
+    return run_demo(get_settings(), args.outage)
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
@@ -732,9 +764,25 @@ def build_parser() -> argparse.ArgumentParser:
         "refresh-rollups",
         help="bring the rollups up to date now (also scheduled); e.g. powerwatch refresh-rollups",
     ).set_defaults(handler=cmd_refresh_rollups)
-    commands.add_parser("demo", help="the whole system on one machine").set_defaults(
-        handler=cmd_demo
+    demo = commands.add_parser(
+        "demo", help="the whole system on one machine: serve, plus simulated stations"
     )
+    demo.add_argument(
+        "--outage",
+        action="append",
+        default=[],
+        metavar="NAME@AFTER+SECONDS",
+        help="take a simulated station off air for a while (e.g. SIM-0002@60+180)",
+    )
+    demo.set_defaults(handler=cmd_demo)
+    commands.add_parser(
+        "serve",
+        help="start the site: Prefect server, pool, automations, deployments, worker, "
+        "against the registry in POWERWATCH_STATIONS (no simulator)",
+    ).set_defaults(handler=cmd_serve)
+    commands.add_parser(
+        "status", help="every station's state and the pipeline's, now (no Prefect)"
+    ).set_defaults(handler=cmd_status)
     sim = commands.add_parser(
         "simulate",
         help="run N simulated stations on 127.0.0.1 and write their registry; "
@@ -746,6 +794,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--faults", action="store_true", help="everything the protocol allows")
     sim.add_argument("--duration", type=_seconds, help="seconds (default: until stopped)")
     sim.add_argument("--seed", type=_seed, default=0)
+    sim.add_argument(
+        "--outage",
+        action="append",
+        default=[],
+        metavar="NAME@AFTER+SECONDS",
+        help="take station NAME off air AFTER s from the start for SECONDS s (repeatable)",
+    )
     sim.set_defaults(handler=cmd_simulate)
     cap = commands.add_parser(
         "capture",

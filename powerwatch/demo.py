@@ -1,4 +1,9 @@
-"""`powerwatch demo`: the whole system on one machine, on the embedded defaults, until Ctrl-C.
+"""`powerwatch serve` and `powerwatch demo`: the whole system on one machine, until Ctrl-C.
+
+`serve` is a real site: against the registry in `POWERWATCH_STATIONS`, no simulator,
+steps 1, 3, 4 and 5 below; the alert automations send to `POWERWATCH_ALERT_WEBHOOK_URL`.
+`demo` is `serve` plus the simulator (step 2), on the embedded defaults;
+`demo --outage SIM-0002@60+120` takes a station off air to show an alert.
 
 Runbook (each step is what an operator would do by hand on a site):
 1. `powerwatch db upgrade` on the configured database (SQLite `data/powerwatch.db`);
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -36,6 +42,7 @@ DEMO_STATIONS = 5
 DEMO_RATE_HZ = 1.0
 DEMO_FIRST_PORT = 19100  # POWERWATCH_DEMO_STATION_PORT moves it (tests, a second demo)
 # Started once at start-up; afterwards their schedules take over.
+UI_ONLY = "the UI only (set POWERWATCH_ALERT_WEBHOOK_URL)"
 KICK_OFF = ("capture-stations/overlapping-windows", "load-chunks/every-minute")
 
 
@@ -71,7 +78,7 @@ def station_port() -> int:
 
 
 def start_simulator(
-    settings: Settings, env: dict[str, str], stack: LocalStack
+    settings: Settings, env: dict[str, str], stack: LocalStack, outages: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
     """The stations, as a child process that writes the registry when its servers listen;
     tied to our life (`stack.adopt`)."""
@@ -87,6 +94,7 @@ def start_simulator(
         "--port",
         str(station_port()),
         "--faults",
+        *(f"--outage={outage}" for outage in outages),
     ]
     log = settings.data_dir.resolve() / "simulator.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +121,11 @@ def start_simulator(
     raise JobError(f"the simulator did not write {settings.stations} within 60 s; see {log}")
 
 
-def run_demo(settings: Settings) -> int:
+def run_demo(settings: Settings, outages: Sequence[str] = ()) -> int:
+    return run_site(settings, simulate=True, outages=outages)
+
+
+def run_site(settings: Settings, *, simulate: bool, outages: Sequence[str] = ()) -> int:
     from db.engine import make_engine
     from db.migrate import upgrade
     from db.stations import sync_stations
@@ -136,8 +148,11 @@ def run_demo(settings: Settings) -> int:
 
     stack = LocalStack(home=settings.data_dir.resolve() / "prefect", port=settings.prefect_port)
     stack.env = env
-    check_ports_free(station_port(), DEMO_STATIONS)
-    simulator = start_simulator(settings, child_env | {SITE_ENV: stack.site_id}, stack)
+    stack.alert_webhook_url = settings.alert_webhook_url
+    simulator: subprocess.Popen[bytes] | None = None
+    if simulate:
+        check_ports_free(station_port(), DEMO_STATIONS)
+        simulator = start_simulator(settings, child_env | {SITE_ENV: stack.site_id}, stack, outages)
     try:
         registry = load_registry(settings.stations)
         print(f"stations: {sync_stations(engine, registry)} ({settings.stations})")
@@ -160,20 +175,21 @@ def run_demo(settings: Settings) -> int:
             "  migrate the legacy logs: PREFECT_API_URL="
             f"{stack.api_url} .venv/bin/prefect deployment run "
             "migrate-logs/by-hand --param paths='[\"../shared/samples/legacy-logs\"]'\n"
-            "  newest readings: .venv/bin/powerwatch latest\n"
+            "  newest readings: .venv/bin/powerwatch latest; health: .venv/bin/powerwatch status\n"
+            f"  alerts to: {settings.alert_webhook_url or UI_ONLY}\n"
             "Ctrl-C stops everything (the data stays).",
             flush=True,
         )
         while not stop.wait(2.0):
             dead = [name for name, alive in stack.alive().items() if not alive]
-            if dead or simulator.poll() is not None:
+            if dead or (simulator is not None and simulator.poll() is not None):
                 print(f"stopped unexpectedly: {dead or ['simulator']}", file=sys.stderr)
                 return 1
         print("\nstopping: worker, server, simulator ...", flush=True)
         return 0
     finally:
         stack.stop()
-        if simulator.poll() is None:
+        if simulator is not None and simulator.poll() is None:
             simulator.send_signal(signal.SIGTERM)
             try:
                 simulator.wait(15)

@@ -91,12 +91,53 @@ class Settings(BaseSettings):
     )
     energy_max_power_kw: float = Field(
         2000.0,
+        gt=0,
+        le=1_000_000,
+        allow_inf_nan=False,
         description="The most power one kWh meter can plausibly draw: a delta implying more "
         "is flagged and excluded from consumption (with the reason).",
     )
     energy_tz: str = Field(
         "Asia/Bangkok", description="The site's zone: energy statements' month boundaries."
     )
+    silent_after: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="A station without an accepted reading for this long (seconds) is down "
+        "and raises an alert; a registered station never heard from for this long too.",
+    )
+    stall_after: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="A chunk waiting in landing/ this long (seconds), or no load succeeding "
+        "this long while chunks wait, raises a pipeline alert.",
+    )
+    health_counts_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Each capture run publishes one aggregate counts event this often.",
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="Alerts and their resolutions are POSTed here as JSON (station or "
+        "pipeline, status down/up, since); unset: they show in the Prefect UI only.",
+    )
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value
 
     @property
     def statements_dir(self) -> Path:

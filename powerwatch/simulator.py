@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
@@ -867,10 +867,48 @@ async def run_simulator(
     await _run(sim, duration)
 
 
+class Outage(NamedTuple):
+    """`--outage NAME@AFTER+SECONDS`: station NAME goes off air AFTER seconds from the
+    start (its connections closed, its port no longer listening) for SECONDS."""
+
+    name: str
+    after: float
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> Outage:
+        name, at, rest = text.partition("@")
+        after, plus, seconds = rest.partition("+")
+        try:
+            outage = cls(name, float(after), float(seconds))
+        except ValueError:
+            outage = None
+        if (
+            not (name and at and plus)
+            or outage is None
+            or not (0 <= outage.after < math.inf and 0 < outage.seconds < math.inf)
+        ):
+            raise InputError(f"--outage wants NAME@AFTER+SECONDS (e.g. SIM-0002@30+90): {text!r}")
+        return outage
+
+
+async def _outage(sim: Simulator, outage: Outage) -> None:
+    await asyncio.sleep(outage.after)
+    logger.warning("%s: off air for %g s (--outage)", outage.name, outage.seconds)
+    await sim.restart_station(outage.name, outage.seconds)
+    logger.warning("%s: on air again", outage.name)
+
+
 async def _run(
-    sim: Simulator, duration: float | None, on_started: Callable[[str], None] | None = None
+    sim: Simulator,
+    duration: float | None,
+    on_started: Callable[[str], None] | None = None,
+    outages: Sequence[Outage] = (),
 ) -> None:
     await sim.start()
+    for outage in outages:
+        sim._station(outage.name)  # an unknown name is bad input, before anything runs
+    offs = [asyncio.get_running_loop().create_task(_outage(sim, o)) for o in outages]
     try:
         ports = sorted(sim.ports.values())
         span = f"{ports[0]}" if len(ports) == 1 else f"{ports[0]}..{ports[-1]}"
@@ -886,6 +924,8 @@ async def _run(
         else:
             await asyncio.sleep(duration)
     finally:
+        for off in offs:
+            off.cancel()
         await sim.stop()
 
 
@@ -912,6 +952,7 @@ def simulate(
     duration: float | None = None,
     seed: int = 0,
     record_path: Path | None = None,
+    outages: Sequence[Outage] = (),
 ) -> None:
     """Run the simulator in the foreground; SIGINT/SIGTERM stop it cleanly.
 
@@ -929,7 +970,7 @@ def simulate(
             count, rate, port=port, faults=faults, seed=seed,
             registry_path=registry_path, record_path=record_path,
         )  # fmt: skip
-        run = loop.create_task(_run(sim, duration, _started_in_foreground))
+        run = loop.create_task(_run(sim, duration, _started_in_foreground, outages))
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, run.cancel)
         with contextlib.suppress(asyncio.CancelledError):

@@ -3,7 +3,8 @@
     LocalStack(home, port)
       .start_server()   `prefect server start` on 127.0.0.1 (its database: SQLite under
                         `home`, or PostgreSQL when `server_database_url` is given)
-      .prepare()        work pool `powerwatch` (process), the zombie-run automation,
+      .prepare()        work pool `powerwatch` (process), the zombie-run automation, the
+                        alert automations and their webhook blocks (`alert_webhook_url`),
                         `prefect deploy --all` from prefect.yaml
       .start_worker()   `prefect worker start --pool powerwatch`
       .stop()           worker, then server: SIGTERM, a grace period, then SIGKILL
@@ -68,6 +69,7 @@ class LocalStack:
     _watchdog: Watchdog | None = None
     site_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # SITE_ENV's value
     abandoned: list[str] = field(default_factory=list)  # runs `prepare()` crashed
+    alert_webhook_url: str | None = None  # POWERWATCH_ALERT_WEBHOOK_URL: alerts POSTed there
 
     @property
     def api_url(self) -> str:
@@ -113,9 +115,14 @@ class LocalStack:
         """Work pool, automations, the dead site's runs released, every deployment of
         prefect.yaml (idempotent). Before `start_worker`: no live worker owns a run then."""
         self.run_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
-        from powerwatch.automations import ensure_zombie_automation, release_abandoned_runs
+        from powerwatch.automations import (
+            ensure_alert_automations,
+            ensure_zombie_automation,
+            release_abandoned_runs,
+        )
 
         ensure_zombie_automation(self.api_url, HEARTBEAT_SECONDS)
+        ensure_alert_automations(self.api_url, self.alert_webhook_url)
         self.abandoned = release_abandoned_runs(
             self.api_url,
             WORK_POOL,

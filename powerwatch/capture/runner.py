@@ -35,7 +35,7 @@ import polars as pl
 import pyarrow as pa
 import uvloop
 
-from powerwatch import landing
+from powerwatch import health, landing
 from powerwatch.capture.connections import FrameBuffer, StationClient, StationState, Taken
 from powerwatch.capture.frames import (
     CHUNK_COLUMNS,
@@ -169,6 +169,10 @@ class Capture:
         *,
         flush_seconds: float,
         flush_rows: int,
+        data_dir: Path | None = None,
+        silent_after: float = 120.0,
+        stall_after: float = 300.0,
+        counts_seconds: float = 60.0,
     ) -> None:
         if not stations:
             raise InputError("the registry has no stations to capture from")
@@ -192,6 +196,48 @@ class Capture:
         self._pending: list[_Batch] = []  # judged, not yet (completely) written, oldest first
         self._failing = False  # the last flush failed
         self._last_error: Exception | None = None
+        # Live health (powerwatch.health): what this run saw since its last tick.
+        self.data_dir = data_dir  # None: no health (unit tests)
+        self.silent_after, self.stall_after = silent_after, stall_after
+        self.counts_seconds = counts_seconds
+        self._seen = {s.name: health.Seen() for s in stations}
+        self._totals = {s.name: [0, 0] for s in stations}  # since the last counts event
+        self._run_id = landing.chunk_name("run").removesuffix(".parquet")
+
+    def _health_tick(self, counts: bool) -> None:
+        """Fold what this run saw into the shared health state; emit its changes (thread)."""
+        assert self.data_dir is not None
+        seen, self._seen = self._seen, {name: health.Seen() for name in self._seen}
+        for name, view in seen.items():
+            self._totals[name][0] += view.readings
+            self._totals[name][1] += view.rejects
+        try:
+            changes = health.fold(
+                self.data_dir, seen, run=self._run_id,
+                silent_after=self.silent_after, stall_after=self.stall_after,
+            )  # fmt: skip
+        except OSError as exc:
+            logger.error("health: cannot update the shared state: %s", _failure(exc))
+            return
+        health.emit(changes)
+        if counts:
+            state = health.read_state(self.data_dir)
+            states: dict[str, int] = {}
+            for name in self._seen:
+                value = state["stations"].get(name, {}).get("state", "waiting")
+                states[value] = states.get(value, 0) + 1
+            health.emit_counts(self._run_id, self._totals, states)
+            self._totals = {name: [0, 0] for name in self._seen}
+
+    async def _health_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_counts = loop.time() + self.counts_seconds
+        while True:
+            await asyncio.sleep(health.TICK_SECONDS)
+            counts = loop.time() >= next_counts
+            if counts:
+                next_counts += self.counts_seconds
+            await asyncio.to_thread(self._health_tick, counts)
 
     def stop(self, reason: str = "stop") -> None:
         """Ask the run to end (safe from a signal handler via `call_soon_threadsafe`)."""
@@ -206,6 +252,9 @@ class Capture:
         buffer = self._buffer = FrameBuffer(self.flush_rows)
         clients = [StationClient(i, state, buffer) for i, state in enumerate(self.report.stations)]
         tasks = [loop.create_task(c.supervise(), name=f"station {c.state.name}") for c in clients]
+        watcher = (
+            None if self.data_dir is None else loop.create_task(self._health_loop(), name="health")
+        )
         deadline = None if duration is None else loop.time() + duration
         try:
             next_flush = loop.time() + self.flush_seconds
@@ -223,9 +272,14 @@ class Capture:
                     await asyncio.wait_for(buffer.wanted.wait(), wake_at - now)
                 buffer.wanted.clear()  # the conditions above decide; no spinning on it
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             buffer.drain()
             await self._close(clients, tasks)
             await self._flush(buffer)
+            if self.data_dir is not None:  # the run's last readings count for the next
+                await asyncio.to_thread(self._health_tick, True)
             unwritten = sum(batch.rows for batch in self._pending)
             if unwritten:
                 self.report.unwritten += unwritten
@@ -392,12 +446,22 @@ class Capture:
             state = index[name]
             state.frames += count
             state.last_frame_ms = max(state.last_frame_ms or 0, last)
+            seen = self._seen[name]
+            seen.last_frame_ms = max(seen.last_frame_ms or 0, last)
 
     def _count(self, checked: CheckedFrames) -> None:
         """Per-station counts of a written batch (never per message on the hot path)."""
         index = {state.name: state for state in self.report.stations}
-        for name, count in checked.readings.group_by(STATION).len().iter_rows():
+        per_station = checked.readings.group_by(STATION).agg(
+            pl.len(), pl.col(RECEIVED_AT).max().dt.epoch("ms").alias("last")
+        )
+        for name, count, last in per_station.iter_rows():
             index[name].readings += count
+            seen = self._seen[name]
+            seen.readings += count
+            seen.last_reading_ms = max(seen.last_reading_ms or 0, last)
+        for name, count in checked.rejected.group_by(STATION).len().iter_rows():
+            self._seen[name].rejects += count
         for name, count in checked.heartbeats.iter_rows():
             index[name].heartbeats += count
         for name, count in checked.hellos.iter_rows():
@@ -527,6 +591,10 @@ def run_capture(
     duration: float | None,
     flush_seconds: float,
     flush_rows: int,
+    data_dir: Path | None = None,
+    silent_after: float = 120.0,
+    stall_after: float = 300.0,
+    counts_seconds: float = 60.0,
 ) -> Finished:
     """Run a capture; SIGINT/SIGTERM end it after the final flush.
 
@@ -543,6 +611,10 @@ def run_capture(
         dead_letter_dir,
         flush_seconds=flush_seconds,
         flush_rows=flush_rows,
+        data_dir=data_dir,
+        silent_after=silent_after,
+        stall_after=stall_after,
+        counts_seconds=counts_seconds,
     )
     outcome: list[CaptureReport | BaseException] = []
     started, done = threading.Event(), threading.Event()
