@@ -209,6 +209,11 @@ def _query_connection() -> AbstractContextManager[BulkConnection]:
             "AbstractContextManager[BulkConnection]",
             read_connection(path, settings.busy_timeout_ms),
         )
+    return _database_connection()
+
+
+def _database_connection() -> AbstractContextManager[BulkConnection]:
+    """The ADBC connection, after the schema check: for commands that also write (statement)."""
     from db.engine import bulk_connection, check_connection, make_engine
     from db.migrate import require_current
 
@@ -326,7 +331,8 @@ def cmd_statement(args: argparse.Namespace) -> int:
     settings = get_settings()
     tz = args.tz or settings.energy_tz
     _start, end = month_period(args.month, tz)
-    with _query_connection() as bulk:
+    # Issuing records a revision: the writing connection, not the stdlib reader.
+    with _database_connection() as bulk:
         if args.station is not None:
             require_station_id(bulk, args.station)
         if end <= datetime.now(UTC).timestamp() * 1000:
