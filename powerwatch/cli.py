@@ -526,7 +526,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     write_table(pl.DataFrame(report.rows()))
     print(
         f"{report.frames} frames, {report.readings} readings, rejected {report.rejects or 'none'}; "
-        f"{len(report.chunks)} chunks; dead letters: {report.dead_letter or 'none'}"
+        f"{len(report.chunks)} chunks; dead letters: {report.dead_letter or 'none'}; "
+        f"{report.crashes} station task crashes, {report.flush_failures} failed flushes"
     )
     return 0
 
