@@ -27,6 +27,9 @@ def powerwatch_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment (the `database` fixture's settings) plus `extra`."""
     env = dict(os.environ) | {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop(ENV, None)
+    # Job commands show Prefect's warnings and errors only (powerwatch.jobs.quiet_console);
+    # the suite also reads Prefect's info lines (e.g. "Retry 1/5 will start" proves a retry).
+    env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
     return env | (extra or {})
 
 
