@@ -145,8 +145,15 @@ JOBS = {
 def run_job(job: str, body: Callable[[], int]) -> int:
     """`body()` under `interruptible`. A job with work calls `temporary_server()` before
     its flow (out of the group's reach); one with nothing to do never imports Prefect."""
-    if JOBS.get(job):
-        quiet_console()
+    quieted = quiet_console() if JOBS.get(job) else []
+    try:
+        return _run(job, body)
+    finally:  # a caller that goes on (tests calling `main`) does not pass them on
+        for name in quieted:
+            os.environ.pop(name, None)
+
+
+def _run(job: str, body: Callable[[], int]) -> int:
     with interruptible(job) as signalled:
         try:
             status = body()  # calls `temporary_server()` once it knows there is work
@@ -168,14 +175,17 @@ def run_job(job: str, body: Callable[[], int]) -> int:
         return status
 
 
-def quiet_console() -> None:
+def quiet_console() -> list[str]:
     """Prefect's console log for a job command: warnings and errors, one line each (the
     traceback goes to the server's run log only): `powerwatch.console_log`. Before Prefect
     is imported; an operator's own PREFECT_LOGGING_* settings win."""
-    os.environ.setdefault(
-        "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS", "powerwatch.console_log.OneLineConsoleHandler"
-    )
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    wanted = {
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": "powerwatch.console_log.OneLineConsoleHandler",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    }
+    added = [name for name in wanted if name not in os.environ]
+    os.environ.update({name: wanted[name] for name in added})
+    return added
 
 
 def temporary_server() -> None:

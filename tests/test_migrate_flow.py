@@ -151,6 +151,7 @@ def test_cli_prints_writes_the_json_report_and_exits_1_when_a_file_failed(
 ) -> None:
     folder = _logs(tmp_path / "logs")
     out = tmp_path / "reports" / "migration.json"
+    out.parent.mkdir()  # a report into a missing folder is refused up front (exit 2)
 
     assert main(["migrate-logs", str(folder), "--tz", "Europe/Berlin", "--report", str(out)]) == 1
 
