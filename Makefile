@@ -45,7 +45,10 @@ test: setup browser
 	$(VENV)/bin/mypy .
 	$(VENV)/bin/pytest $(PYTEST_PARALLEL)
 
+# The benchmarks add pandas (the `to_sql` baseline); the next `make setup` takes it away.
 bench: setup
+	$(UV) sync --locked --quiet --compile-bytecode --group baselines
+	rm -f $(VENV)/.synced
 	$(VENV)/bin/python -m bench.run_all
 
 clean:
