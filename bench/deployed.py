@@ -1,6 +1,6 @@
 """The interpreter of a site's install, for the processes whose memory a benchmark measures.
 
-`make bench` adds pandas to this venv (the `baselines` group, only for the `to_sql`
+`make bench` adds pandas to the dev venv (the `baselines` group, only for the `to_sql`
 baseline). pandera imports pandas whenever it is importable: +110 MB of RSS that its
 polars backend never uses, and that no site's process carries, since a site installs
 without the dev and baselines groups. So the processes measured for peak memory run in a
