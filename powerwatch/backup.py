@@ -80,6 +80,23 @@ BLOCK = 4 << 20
 LOCK_FILE = ".backups.lock"  # beside the folder, like the archive's: not a file in it
 
 
+@dataclass(frozen=True)
+class LedgerMark:
+    """The newest ledger row a snapshot holds (see `Manifest.ledger`)."""
+
+    batch_id: int
+    input_name: str
+    content_hash: str
+
+
+LEDGER_MARK_SQL = "SELECT id, input_name, content_hash FROM load_batches ORDER BY id DESC LIMIT 1"
+
+
+def ledger_mark(row: Any) -> LedgerMark | None:
+    """The mark of the first row `LEDGER_MARK_SQL` returned (None: an empty ledger)."""
+    return None if row is None else LedgerMark(int(row[0]), str(row[1]), str(row[2]))
+
+
 @dataclass
 class Manifest:
     """What a backup file holds and how to check it (written beside it as JSON)."""
@@ -94,6 +111,16 @@ class Manifest:
     raw_sha256: str = ""
     integrity_check: str = ""
     seconds: float = 0.0
+    # The newest ledger row (`load_batches`) in the snapshot: id, input name and content
+    # hash. Every batch up to it is in the backup (batches are created and committed
+    # under the write lock, one at a time); those after it are replayed from loaded/
+    # on restore. Name and hash tell this database's history from another's (a restore
+    # of an older backup reuses ids). None in backups taken before this was recorded.
+    ledger: LedgerMark | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ledger, dict):  # read back from JSON
+            self.ledger = LedgerMark(**self.ledger)
 
     @classmethod
     def read(cls, backup: Path, invalid: type[PowerwatchError] = BackupError) -> Manifest:
@@ -291,8 +318,9 @@ def check_sqlite_copy(path: Path, rows: dict[str, int]) -> str:
     return result
 
 
-def _snapshot_copy(url: URL, target: Path) -> dict[str, int]:
-    """Copy the live database into `target` as one consistent snapshot; its row counts."""
+def _snapshot_copy(url: URL, target: Path) -> tuple[dict[str, int], LedgerMark | None]:
+    """Copy the live database into `target` as one consistent snapshot; its row counts
+    and its newest ledger row."""
     engine = make_engine(url.render_as_string(hide_password=False))
     try:
         with engine.connect() as conn:
@@ -300,6 +328,7 @@ def _snapshot_copy(url: URL, target: Path) -> dict[str, int]:
             live.execute("BEGIN")  # a read transaction: writers carry on under WAL
             try:
                 rows = _table_rows(live)
+                mark = ledger_mark(live.execute(LEDGER_MARK_SQL).fetchone())
                 with closing(sqlite3.connect(target)) as copy:
                     live.backup(copy)  # inside the transaction: the snapshot just counted
                     copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
@@ -307,7 +336,7 @@ def _snapshot_copy(url: URL, target: Path) -> dict[str, int]:
                 live.execute("COMMIT")
     finally:
         engine.dispose()
-    return rows
+    return rows, mark
 
 
 def _compress(raw: Path, target: Path) -> tuple[str, int]:
@@ -360,7 +389,7 @@ def _backup(parsed: URL, folder: Path, now: datetime | None) -> tuple[Path, Mani
     raw = folder / f".{stem}.db.{uuid.uuid4().hex[:8]}.tmp"
     packed = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        rows = _snapshot_copy(parsed, raw)
+        rows, mark = _snapshot_copy(parsed, raw)
         fault_point("backup.copied")
         integrity = check_sqlite_copy(raw, rows)
         fault_point("backup.verified")
@@ -382,6 +411,7 @@ def _backup(parsed: URL, folder: Path, now: datetime | None) -> tuple[Path, Mani
         raw_sha256=raw_sha,
         integrity_check=integrity,
         seconds=round(time.perf_counter() - started, 3),
+        ledger=mark,
     )
     _record(manifest, final)
     return final, manifest
@@ -448,6 +478,7 @@ def _backup_postgres(
                 t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one())
                 for t in sorted(tables)
             }
+            mark = ledger_mark(conn.execute(text(LEDGER_MARK_SQL)).first())
             done = subprocess.run(
                 [
                     pg_dump,
@@ -486,6 +517,7 @@ def _backup_postgres(
         rows=rows,
         integrity_check=listed,
         seconds=round(time.perf_counter() - started, 3),
+        ledger=mark,
     )
     _record(manifest, final)
     return final, manifest

@@ -70,6 +70,27 @@ class Settings(BaseSettings):
     retention_days: int = Field(
         90, ge=1, le=MAX_DAYS, description="Readings older than this move to the archive."
     )
+    rejects_retention_days: int = Field(
+        30,
+        ge=1,
+        le=MAX_DAYS,
+        description="Files in quarantine/, failed/ and dead-letter/ are deleted this many "
+        "days after they were written (their counts stay in the ledger and run artifacts).",
+    )
+    prefect_history_days: int = Field(
+        14,
+        ge=1,
+        le=MAX_DAYS,
+        description="The Prefect server (as `powerwatch` starts it) deletes finished flow "
+        "runs, with their logs and artifacts, this many days after they ended.",
+    )
+    prefect_events_days: int = Field(
+        7,
+        ge=1,
+        le=MAX_DAYS,
+        description="... and its events after this many days (flow-run heartbeats after "
+        "one day at most: they are most of the events and matter only while a run lives).",
+    )
     prefect_port: int = Field(
         4200,
         ge=1,
