@@ -162,3 +162,33 @@ def test_after_a_restore_of_an_older_backup_no_backup_covers_anything(
 
     assert _loaded() == ["capture-a.parquet", "capture-b.parquet", "capture-c.parquet"]
     assert run.folders[-1].kept_by_reason == {retention.KEEP_OTHER_HISTORY: 3}
+
+
+def test_the_started_prefect_server_vacuums_its_history_and_events(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """The session's server was started by LocalStack with the defaults; its own
+    settings (the admin API) say what its db_vacuum service deletes, and when."""
+    import httpx
+
+    from powerwatch.stack import LocalStack
+
+    served = httpx.get(f"{prefect_api}/admin/settings", timeout=30).json()["server"]
+    vacuum = served["services"]["db_vacuum"]
+    defaults = Settings()
+    assert set(vacuum["enabled"]) == {"events", "flow_runs"}
+    assert _days(vacuum["retention_period"]) == defaults.prefect_history_days
+    assert _days(served["events"]["retention_period"]) == defaults.prefect_events_days
+    heartbeats = vacuum["event_retention_overrides"]["prefect.flow-run.heartbeat"]
+    assert _days(heartbeats) == 1
+    assert defaults.prefect_history_days >= 2  # yesterday's failed run is still there
+
+    env = LocalStack(tmp_path, history_days=30, events_days=3).environment()
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] == "P30D"
+    assert env["PREFECT_SERVER_EVENTS_RETENTION_PERIOD"] == "P3D"
+
+
+def _days(duration: object) -> float:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(timedelta).validate_python(duration) / timedelta(days=1)
