@@ -605,10 +605,7 @@ def restore_database(
     started = time.perf_counter()
     parsed = parse_url(url)
     if not is_sqlite(parsed):
-        raise InputError(
-            f"{parsed.render_as_string()} is PostgreSQL: restore a dump with "
-            f"`pg_restore --clean --if-exists --dbname <url> {backup}` (stop capture/load first)"
-        )
+        return _restore_postgres(backup, parsed, force=force, invalid=invalid)
     target = sqlite_path(parsed)
     if target is None:
         raise InputError("cannot restore into an in-memory SQLite database")
@@ -627,6 +624,53 @@ def restore_database(
     finally:
         unpacked.unlink(missing_ok=True)
     return RestoreReport(backup.name, str(target), manifest.rows, time.perf_counter() - started)
+
+
+def _restore_postgres(
+    backup: Path, url: URL, *, force: bool, invalid: type[PowerwatchError]
+) -> RestoreReport:
+    """`pg_restore` a verified dump into the database `url` names, into the schema it
+    was taken from (the dump creates it). Refused (RestoreRefused) when the URL's schema
+    already holds tables, unless `force` (then the dump's objects replace theirs)."""
+    started = time.perf_counter()
+    manifest = verify_backup(backup, invalid=invalid)
+    if manifest.kind != "postgresql":
+        raise invalid(f"{backup.name}: a SQLite backup; restore it into a sqlite:/// URL")
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with engine.connect() as conn:
+            tables = conn.execute(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    if tables and not force:
+        raise RestoreRefused(
+            f"{url.render_as_string()} holds {tables} table(s); restoring would replace them "
+            "(stop capture/load, then use --force)"
+        )
+    dbname, env = _libpq(url)
+    done = subprocess.run(
+        [
+            _pg_tool("pg_restore"),
+            "--clean",  # with --if-exists: also an empty `public` the dump creates again
+            "--if-exists",
+            "--no-owner",
+            "--exit-on-error",
+            f"--dbname={dbname}",
+            str(backup),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BackupError(f"pg_restore failed: {_redact(last, url)}")
+    return RestoreReport(
+        backup.name, url.render_as_string(), manifest.rows, time.perf_counter() - started
+    )
 
 
 # --- rotation and the drill -------------------------------------------------------------
