@@ -724,25 +724,30 @@ class DrillReport:
 
 def restore_drill(folder: Path, now: datetime | None = None) -> DrillReport:
     """Restore the newest backup to a temporary path and check it, as a restore would."""
-    started = time.perf_counter()
     backups = list_backups(folder)
     if not backups:
         raise BackupError(f"no verified backup in {folder} to drill")
     newest = backups[0]
-    moment = now if now is not None else datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="powerwatch-drill-") as scratch:
-        manifest = Manifest.read(newest)
-        if manifest.kind == "sqlite":
-            target = Path(scratch) / "restored.db"
-            # restore_database verifies what it puts in place: checksums, integrity, counts.
-            restore_database(newest, f"sqlite:///{target}", invalid=BackupError)
-            check = f"restored; integrity_check {manifest.integrity_check}; row counts match"
-        else:
-            check = verify_backup(newest).integrity_check
+        return restore_drill_into(newest, f"sqlite:///{Path(scratch) / 'restored.db'}", now)
+
+
+def restore_drill_into(backup: Path, target: str, now: datetime | None = None) -> DrillReport:
+    """Restore `backup` (SQLite) into the empty SQLite `target` with every check a
+    restore makes; a PostgreSQL dump is verified (`pg_restore --list`) instead."""
+    started = time.perf_counter()
+    moment = now if now is not None else datetime.now(UTC)
+    manifest = Manifest.read(backup)
+    if manifest.kind == "sqlite":
+        # restore_database verifies what it puts in place: checksums, integrity, counts.
+        restore_database(backup, target, invalid=BackupError)
+        check = f"restored; integrity_check {manifest.integrity_check}; row counts match"
+    else:
+        check = verify_backup(backup).integrity_check
     return DrillReport(
-        backup=newest.name,
+        backup=backup.name,
         created_at=manifest.created_at,
-        age_hours=round((moment - backup_time(newest)).total_seconds() / 3600, 2),
+        age_hours=round((moment - backup_time(backup)).total_seconds() / 3600, 2),
         rows=manifest.rows,
         check=check,
         seconds=round(time.perf_counter() - started, 3),

@@ -28,9 +28,10 @@ import contextlib
 import errno
 import os
 import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -40,11 +41,15 @@ import polars as pl
 from db import rollups
 from db.bulk import BulkConnection
 from db.engine import bulk_connection
-from db.tables import power_readings, stations
-from powerwatch import archive, landing
+from db.queries import epoch_ms
+from db.tables import READING_VALUE_COLUMNS, data_sources, load_batches, power_readings, stations
+from powerwatch import archive, backup, landing
 from powerwatch.backup import RestoreReport, restore_database
+from powerwatch.errors import BackupError
 from powerwatch.loader import load_chunk
+from powerwatch.retention import committed_batches
 from powerwatch.settings import Settings
+from schemas.channels import CHANNELS
 
 SCRATCH_PREFIX = ".replay-"
 
@@ -148,3 +153,138 @@ def restore(
     """`powerwatch restore`: the verified snapshot, then every chunk loaded since."""
     restored = restore_database(backup_file, url, force=force)
     return restored, replay_loaded(url, settings)
+
+
+# --- the restore drill: restore + replay, compared with the live database ---------------
+
+# The drill compares the readings stamped in the last day before it started: a day of
+# every station (bounded work however large the database), the part a restore is most
+# likely to get wrong (the chunks since the snapshot), and the frame a site cares about.
+DRILL_WINDOW = timedelta(hours=24)
+MIGRATION_KIND = "log_migration"  # batches that have no chunk in loaded/ (not replayed)
+
+
+@dataclass
+class Tally:
+    readings: int
+    checksum: str  # archive.ContentChecksum of the station's readings in the window
+
+
+@dataclass
+class DrillResult:
+    drill: backup.DrillReport
+    window: tuple[str, str]  # ISO-8601 UTC, [start, end)
+    ledger_mark: int  # live batches up to this id were compared
+    replay: ReplayReport
+    stations: dict[str, Tally]  # the live (= restored) tally per station
+    differ: list[str]  # one line per station whose count or checksum differs
+
+    def rows(self) -> list[dict[str, object]]:
+        return [
+            {"station": name, "readings": t.readings, "checksum": t.checksum[:16]}
+            for name, t in sorted(self.stations.items())
+        ]
+
+
+@contextlib.contextmanager
+def _one_snapshot(bulk: BulkConnection) -> Iterator[None]:
+    """Every read inside sees one moment of the database (loads carry on meanwhile)."""
+    if bulk.sqlite:
+        bulk.execute("BEGIN")
+        try:
+            yield
+        finally:
+            bulk.execute("COMMIT")
+        return
+    bulk.conn.commit()
+    bulk.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    try:
+        yield
+    finally:
+        bulk.conn.rollback()
+
+
+def tally(
+    bulk: BulkConnection, start: datetime, end: datetime, up_to_batch: int | None = None
+) -> dict[str, Tally]:
+    """Per station: readings stamped in [start, end) and their content checksum, counting
+    the readings of chunk batches (not of legacy migrations) up to `up_to_batch`."""
+    names = dict(bulk.rows(f"SELECT id, name FROM {stations.name}"))
+    batch_filter = "" if up_to_batch is None else f" AND b.id <= {int(up_to_batch)}"
+    sql = (
+        f"SELECT p.ts, {', '.join('p.' + c for c in READING_VALUE_COLUMNS)} "
+        f"FROM {power_readings.name} p JOIN {load_batches.name} b ON b.id = p.batch_id "
+        f"JOIN {data_sources.name} d ON d.id = b.source_id "
+        f"WHERE p.station_id = ? AND p.ts >= ? AND p.ts < ? AND d.kind <> '{MIGRATION_KIND}'"
+        f"{batch_filter} ORDER BY p.ts"
+    )
+    window = [int(start.timestamp() * 1000), int(end.timestamp() * 1000)]
+    found: dict[str, Tally] = {}
+    for station_id, name in sorted(names.items()):
+        frame = bulk.frame(sql, [station_id, *window])
+        if frame.is_empty():
+            continue
+        checksum = archive.ContentChecksum()
+        checksum.update(
+            frame.select(
+                pl.lit(str(name), pl.String).alias("station"),
+                epoch_ms("ts").alias("timestamp"),
+                *(pl.col(c.column).cast(pl.Float64).alias(c.key) for c in CHANNELS),
+            )
+        )
+        found[str(name)] = Tally(checksum.rows, checksum.hexdigest())
+    return found
+
+
+def restore_drill(settings: Settings, now: datetime | None = None) -> DrillResult:
+    """Restore the newest backup to a scratch file beside the data, replay the chunks the
+    live ledger had committed when the drill started, and compare, per station, the
+    readings stamped in the `DRILL_WINDOW` before that moment (count and checksum) with
+    the live database's. Any difference raises BackupError naming the stations.
+
+    PostgreSQL dumps are verified (`pg_restore --list`) but not restored here: that
+    needs a second database (tests/test_replay.py restores one into a new database)."""
+    backups = backup.list_backups(settings.backups_dir)
+    if not backups:
+        raise BackupError(f"no verified backup in {settings.backups_dir} to drill")
+    newest = backups[0]
+    moment = now if now is not None else datetime.now(UTC)
+    end = moment.replace(second=0, microsecond=0)
+    start = end - DRILL_WINDOW
+    window = (start.isoformat(), end.isoformat())
+    if backup.Manifest.read(newest).kind != "sqlite":
+        report = backup.restore_drill(settings.backups_dir, moment)
+        return DrillResult(report, window, 0, ReplayReport(), {}, [])
+    chunks = [p for p in landing.list_chunks(settings.loaded_dir) if p.is_file()]
+    with bulk_connection(settings.database_url) as live, _one_snapshot(live):
+        mark = int(live.scalar(f"SELECT coalesce(max(id), 0) FROM {load_batches.name}"))
+        expected = tally(live, start, end, mark)
+        ledger = committed_batches(live, [p.name for p in chunks])
+
+    def committed_by_then(chunk: Path) -> bool:
+        batch = ledger.get((chunk.name, landing.file_hash(chunk)))
+        return batch is not None and batch <= mark
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".drill-", dir=settings.data_dir) as scratch:
+        target = f"sqlite:///{Path(scratch) / 'restored.db'}"
+        report = backup.restore_drill_into(newest, target, moment)
+        replayed = replay_loaded(target, settings, include=committed_by_then)
+        with bulk_connection(target) as restored:
+            found = tally(restored, start, end)
+    differ = [
+        f"{name}: live {want.readings if want else 0} readings, restored "
+        f"{got.readings if got else 0}"
+        + ("" if (want and got and want.readings != got.readings) else " (checksums differ)")
+        for name in sorted(expected.keys() | found.keys())
+        if (want := expected.get(name)) != (got := found.get(name))
+    ]
+    result = DrillResult(report, window, mark, replayed, expected, differ)
+    if differ:
+        raise BackupError(
+            f"restore drill: {newest.name} + {replayed.replayed} replayed chunk(s) differs "
+            f"from the live database for {start:%Y-%m-%d %H:%M}..{end:%H:%M} UTC: "
+            + "; ".join(differ[:3])
+            + (f"; +{len(differ) - 3} more" if len(differ) > 3 else "")
+        )
+    return result

@@ -179,7 +179,7 @@ def _days(chunk: Path) -> tuple[date, date] | None:
     return day(lo), day(hi)
 
 
-def _committed(bulk: BulkConnection, names: list[str]) -> dict[tuple[str, str], int]:
+def committed_batches(bulk: BulkConnection, names: list[str]) -> dict[tuple[str, str], int]:
     """(input name, content hash) -> newest committed batch id, for these names."""
     found: dict[tuple[str, str], int] = {}
     for start in range(0, len(names), 500):
@@ -231,7 +231,7 @@ def expire_loaded(
     kept: Counter[str] = Counter()
     if others:
         kept["not a chunk (set aside by hand?)"] = others
-    ledger = _committed(bulk, [p.name for p in chunks]) if cover.covered_up_to else {}
+    ledger = committed_batches(bulk, [p.name for p in chunks]) if cover.covered_up_to else {}
     for chunk in chunks:
         if cover.covered_up_to is None:  # nothing can go: no need to hash anything
             kept[cover.why_not or KEEP_NO_BACKUP] += 1

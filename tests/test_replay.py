@@ -14,6 +14,7 @@ import sqlalchemy
 
 from db.engine import bulk_connection
 from powerwatch import archive, backup, replay
+from powerwatch.errors import BackupError
 from powerwatch.loader import load_chunk
 from powerwatch.settings import get_settings
 from tests.conftest import PG_BASE, T0, Database, make_readings, write_chunk
@@ -130,3 +131,40 @@ def test_restore_refuses_a_damaged_snapshot_and_replays_nothing(
         replay.restore(snapshot, f"sqlite:///{target}", settings)
 
     assert not target.exists()
+
+
+def test_the_drill_compares_the_restored_last_day_with_the_live_one(
+    sqlite_synced: Database,
+) -> None:
+    settings = get_settings()
+    now = T0 + timedelta(hours=1)
+    _load("a.parquet", make_readings(STATIONS, 30, T0))
+    backup.backup_database(sqlite_synced.url, settings.backups_dir)
+    _load("b.parquet", make_readings(STATIONS, 30, T0 + timedelta(minutes=1)))
+    _load("c-outside.parquet", make_readings(STATIONS, 5, now + timedelta(minutes=1)))
+
+    result = replay.restore_drill(settings, now)
+
+    assert result.differ == [] and result.replay.replayed == 2  # b, and c (outside the window)
+    assert {name: t.readings for name, t in result.stations.items()} == dict.fromkeys(STATIONS, 60)
+    assert result.window == ((now - timedelta(days=1)).isoformat(), now.isoformat())
+
+    (settings.loaded_dir / "b.parquet").unlink()  # a chunk since the snapshot is lost
+
+    with pytest.raises(BackupError, match="KhonKaen: live 60 readings, restored 30"):
+        replay.restore_drill(settings, now)
+
+
+def test_the_drill_notices_a_changed_value(sqlite_synced: Database) -> None:
+    settings = get_settings()
+    now = T0 + timedelta(hours=1)
+    _load("a.parquet", make_readings(STATIONS, 30, T0))
+    backup.backup_database(sqlite_synced.url, settings.backups_dir)
+    with bulk_connection() as bulk:  # the live database changed behind the ledger's back
+        bulk.execute(
+            "UPDATE power_readings SET active_power1 = 0 "
+            "WHERE ts = (SELECT max(ts) FROM power_readings)"
+        )
+
+    with pytest.raises(BackupError, match="checksums differ"):
+        replay.restore_drill(settings, now)
