@@ -16,6 +16,7 @@ from prefect.states import Completed, Failed
 from db.load import require_schema
 from flows.naming import stamped
 from powerwatch import landing
+from powerwatch.diskguard import low_space
 from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError, from_os_error
 from powerwatch.loader import TAKEN, ChunkReport
 from powerwatch.reports import load_summary_rows
@@ -29,6 +30,8 @@ def load_chunks() -> State:
     (skipping those another loader took), publish the table, fail if any did."""
     settings = get_settings()
     logger = get_run_logger()
+    if (low := low_space(settings, "load")) is not None:
+        return Failed(message=str(low), data=low)  # the chunks wait in landing/
     try:
         require_schema(settings.database_url, "load")
         recovered = landing.recover_claims(settings.landing_dir)

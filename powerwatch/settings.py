@@ -91,6 +91,21 @@ class Settings(BaseSettings):
         description="... and its events after this many days (flow-run heartbeats after "
         "one day at most: they are most of the events and matter only while a run lives).",
     )
+    disk_min_free_percent: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Disk guard: write jobs refuse to start when the data folder's (or the "
+        "SQLite database's) file system has less free space than the smaller of this share "
+        "of its size and disk_min_free_bytes (0 turns the guard off).",
+    )
+    disk_min_free_bytes: int = Field(
+        2_000_000_000,
+        ge=0,
+        le=2**62,
+        description="... and this many bytes (2 GB).",
+    )
     prefect_port: int = Field(
         4200,
         ge=1,
