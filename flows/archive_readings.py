@@ -17,6 +17,7 @@ from powerwatch.diskguard import low_space
 from powerwatch.errors import DiskFull, InputError, StorageError
 from powerwatch.settings import get_settings
 from tasks.archive import archive_day_task, plan_archive_task, reclaim_space_task
+from tasks.wal import checkpoint_wal_task
 
 
 @flow(name="archive-readings", flow_run_name=stamped("archive-readings"), log_prints=True)
@@ -52,6 +53,7 @@ def archive_readings(older_than_days: int | None = None) -> State:
         line = str(error) if isinstance(error, Exception) else "failed"
         failed.append(line if line.startswith(str(day)) else f"{day}: {line}")
     reclaimed = reclaim_space_task() if reports else None
+    checkpoint_wal_task()  # also when nothing was archived: a load's WAL left behind
     run = archive.ArchiveRun(cutoff, reports, failed, reclaimed)
     create_table_artifact(
         key="archive-readings",

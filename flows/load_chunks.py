@@ -22,6 +22,7 @@ from powerwatch.loader import TAKEN, ChunkReport
 from powerwatch.reports import load_summary_rows
 from powerwatch.settings import get_settings
 from tasks.load import load_chunk_task
+from tasks.wal import checkpoint_wal_task
 
 
 @flow(name="load-chunks", flow_run_name=stamped("load-chunks"), log_prints=True)
@@ -64,6 +65,8 @@ def load_chunks() -> State:
             # Every later chunk would wait out the same retries: stop, they wait in landing/.
             unavailable = error
             break
+    if any(r.status == "loaded" for r in reports):
+        checkpoint_wal_task()  # the -wal file stays bounded (db/wal.py); never fails the run
     create_table_artifact(
         key="load-chunks",
         table=load_summary_rows(reports),
