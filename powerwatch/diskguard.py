@@ -3,7 +3,7 @@
 A job that starts on a nearly full disk fails half-way (a chunk's move, an archive day's
 file, a backup's copy: each is rolled back, tested in tests/faults), and meanwhile it
 takes the last space the database's own journal needs. So before a write job (load,
-archive, backup, migrate-logs, refresh-rollups, energy-statements) does anything, the
+archive, backup, refresh-rollups) does anything, the
 file systems it writes to (the data folder and the SQLite database's folder) must have
 at least the smaller of `disk_min_free_percent` (5 %) of their size and
 `disk_min_free_bytes` (2 GB) free. The smaller: 5 % of a 4 TB disk (200 GB) would stop a
