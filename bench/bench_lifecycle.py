@@ -175,6 +175,7 @@ def restart_to_healthy(root: Path) -> tuple[float, float]:
     """(from the new start, from its "running" line) until load completed + capture runs."""
     from tests.faults.test_restarts import Site, stop
 
+    root.mkdir(parents=True)
     site = Site(root)
     first, _log, _began = site.start()
     site.wait_taken(first)
