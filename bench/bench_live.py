@@ -23,8 +23,9 @@ same path before this change, `bench_capture`'s row (flush every 10 s, load ever
 
 from __future__ import annotations
 
+import json
 import os
-import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -65,33 +66,48 @@ def shipped_capture() -> dict[str, Any]:
     return dict(deployment["parameters"])
 
 
-class Observer(threading.Thread):
-    """Polls the committed ledger rows over its own SQLite connection: when each chunk's
-    readings became visible to SQL."""
+# Visibility is observed from another process, as a client would see it (and because a
+# second SQLite copy, stdlib `sqlite3`, in the loading process would drop ADBC's locks:
+# docs/design.md, "SQLite and ADBC in one process"). SIGTERM: print what was seen.
+OBSERVER = """
+import json, signal, sqlite3, sys, time
+path, poll = sys.argv[1], float(sys.argv[2])
+seen, last, stop = {}, 0, []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+print("ready", flush=True)
+while not stop:
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        rows = db.execute("SELECT id, input_name FROM load_batches "
+                          "WHERE id > ? AND status = 'committed'", (last,)).fetchall()
+    finally:
+        db.close()
+    now = time.time()
+    for batch_id, name in rows:
+        seen.setdefault(name, now)
+        last = max(last, batch_id)
+    time.sleep(poll)
+print(json.dumps(seen))
+"""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="observer", daemon=True)
-        self.path, self.stop = path, threading.Event()
-        self.seen: dict[str, float] = {}  # chunk name -> wall time first seen committed
 
-    def run(self) -> None:
-        last = 0
-        while not self.stop.is_set():
-            # A new connection per poll, as a client asking "is it there yet?" would.
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            try:
-                rows = db.execute(
-                    "SELECT id, input_name FROM load_batches "
-                    "WHERE id > ? AND status = 'committed'",
-                    (last,),
-                ).fetchall()
-            finally:
-                db.close()
-            now = time.time()
-            for batch_id, name in rows:
-                self.seen.setdefault(name, now)
-                last = max(last, batch_id)
-            self.stop.wait(POLL_SECONDS)
+def start_observer(db: Path) -> subprocess.Popen[str]:
+    observer = subprocess.Popen(
+        [sys.executable, "-c", OBSERVER, str(db), str(POLL_SECONDS)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert observer.stdout is not None
+    assert observer.stdout.readline().strip() == "ready"
+    return observer
+
+
+def stop_observer(observer: subprocess.Popen[str]) -> dict[str, float]:
+    """What the observer saw: chunk name -> wall time its commit was first visible."""
+    observer.terminate()
+    out, _ = observer.communicate(timeout=60)
+    seen: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return seen
 
 
 class Sweeper(threading.Thread):
@@ -159,8 +175,7 @@ def run(plan: Plan, work: Path) -> dict[str, Any]:
             from flows.capture_stations import capture_stations
 
             api = str(PREFECT_API_URL.value())
-            observer, sweeper = Observer(work / "live.db"), Sweeper()
-            observer.start()
+            observer, sweeper = start_observer(work / "live.db"), Sweeper()
             sweeper.start()
             load_before = os.getloadavg()
             since = datetime.now(UTC)
@@ -175,8 +190,7 @@ def run(plan: Plan, work: Path) -> dict[str, Any]:
             sweeper.stop.set()
             sweeper.join()
             time.sleep(2 * POLL_SECONDS)
-            observer.stop.set()
-            observer.join()
+            seen = stop_observer(observer)
             time.sleep(3.0)  # the publisher's last events reach the server's store
             until = datetime.now(UTC)
             events_all = _events(api, since, until, None)
@@ -190,7 +204,7 @@ def run(plan: Plan, work: Path) -> dict[str, Any]:
             pl.read_parquet(loaded / name, columns=["received_at"]).select(
                 (pl.lit(at * 1000) - pl.col("received_at").dt.epoch("ms")).alias("ms")
             )
-            for name, at in observer.seen.items()
+            for name, at in seen.items()
             if (loaded / name).exists()
         ]
         or [pl.DataFrame({"ms": []}, schema={"ms": pl.Float64})]

@@ -25,15 +25,20 @@ from powerwatch.registry import load_registry
 from powerwatch.settings import Settings, get_settings
 
 
-def live_loader(settings: Settings) -> LiveLoader:
-    """The sweep's per-chunk load (`load_chunk_task`'s function, no task run per chunk: one
-    every few seconds would flood the UI and the server), behind the sweep's schema check."""
+def live_loader(settings: Settings, logger: Any) -> LiveLoader | None:
+    """The sweep's per-chunk load (`load_chunk_task`'s function; no task run per chunk: one
+    every two seconds would flood the UI and the server), if the sweep's schema check
+    passes now; if not (no database, an old schema, unreachable), this run leaves every
+    chunk to `load-chunks`, which says why, and the next run checks again."""
     from db.load import require_schema
     from tasks.load import load_chunk_task
 
-    return LiveLoader(
-        load_chunk_task.fn, lambda: require_schema(settings.database_url, "live load")
-    )
+    try:
+        require_schema(settings.database_url, "live load")
+    except Exception as exc:
+        logger.warning("live load off for this run, chunks wait for load-chunks: %s", exc)
+        return None
+    return LiveLoader(load_chunk_task.fn)
 
 
 def publish_status(settings: Settings, logger: Any) -> None:
@@ -68,6 +73,8 @@ def capture_stations(
     `load`: the run loads each chunk it lands (False: every chunk waits for `load-chunks`;
     None: POWERWATCH_CAPTURE_LOAD)."""
     settings = get_settings()
+    logger = get_run_logger()
+    live = settings.capture_load if load is None else load
     report, interruption = run_capture(
         load_registry(settings.stations),
         settings.landing_dir,
@@ -79,14 +86,13 @@ def capture_stations(
         silent_after=settings.silent_after,
         stall_after=settings.stall_after,
         counts_seconds=settings.health_counts_seconds,
-        loader=live_loader(settings) if (settings.capture_load if load is None else load) else None,
+        loader=live_loader(settings, logger) if live else None,
     )
     create_markdown_artifact(
         key="capture-stations",
         markdown=report.markdown(),
         description=f"{report.readings} readings in {len(report.chunks)} chunks",
     )
-    logger = get_run_logger()
     publish_status(settings, logger)
     logger.info(
         "capture ended by %s: %d frames, %d readings, rejected %s, %d chunks, "

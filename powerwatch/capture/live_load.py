@@ -16,6 +16,11 @@ stays in `landing/` and the scheduled load, every minute, sweeps it. The live lo
 retries and never fails the capture: after a failure it pauses for `PAUSE_SECONDS`
 (chunks landed meanwhile are left to the sweep) and then tries again, so a database that
 is down costs one attempt per pause, not one per chunk. See docs/design.md ("Live load").
+
+Only this thread touches the database in a capture process while the run lasts, and only
+through ADBC: a SQLAlchemy (stdlib `sqlite3`) connection opened and closed beside an
+ADBC one would drop its locks (docs/design.md, "SQLite and ADBC in one process"); the
+flow checks the schema before the run starts, not here.
 """
 
 from __future__ import annotations
@@ -50,22 +55,16 @@ class LiveCounts:
 class LiveLoader:
     """Loads submitted chunks one at a time, oldest first, in a daemon thread.
 
-    `load` is the sweep's per-chunk function; `check` (run before the first load and after
-    every failure) refuses a database the sweep would refuse (missing, old schema).
+    `load` is the sweep's per-chunk function (it claims, stores under the ledger, moves).
     """
 
     def __init__(
-        self,
-        load: Callable[[Path], ChunkReport],
-        check: Callable[[], None] = lambda: None,
-        *,
-        pause_seconds: float = PAUSE_SECONDS,
+        self, load: Callable[[Path], ChunkReport], *, pause_seconds: float = PAUSE_SECONDS
     ) -> None:
-        self._load, self._check = load, check
+        self._load = load
         self.pause_seconds = pause_seconds
         self.counts = LiveCounts()
         self._queue: queue.Queue[Path | None] = queue.Queue()
-        self._checked = False
         self._paused_until = 0.0
         self._deadline: float | None = None  # set by `close`: queued chunks after it are left
         # Started with the first chunk: a run that never lands one leaves no thread behind.
@@ -100,9 +99,6 @@ class LiveLoader:
                 self.counts.left += 1
                 continue
             try:
-                if not self._checked:
-                    self._check()
-                    self._checked = True
                 report = self._load(chunk)
             except Exception as exc:  # never fails the capture: the chunk waits for the sweep
                 self._failed(chunk, exc)
@@ -121,7 +117,6 @@ class LiveLoader:
 
     def _failed(self, chunk: Path, exc: Exception) -> None:
         self.counts.left += 1
-        self._checked = False
         self._paused_until = time.monotonic() + self.pause_seconds
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if text != self.counts.last_error:  # one line per kind of failure, not per chunk

@@ -37,7 +37,6 @@ import uvloop
 
 from powerwatch import health, landing
 from powerwatch.capture.connections import FrameBuffer, StationClient, StationState, Taken
-from powerwatch.capture.live_load import LiveCounts, LiveLoader
 from powerwatch.capture.frames import (
     CHUNK_COLUMNS,
     DEAD_LETTER_COLUMNS,
@@ -51,6 +50,7 @@ from powerwatch.capture.frames import (
     check_frames,
     reason_class,
 )
+from powerwatch.capture.live_load import LiveCounts, LiveLoader
 from powerwatch.errors import DiskFull, InputError, JobError, StorageError, from_os_error
 from powerwatch.faults import fault_point
 from powerwatch.jsonlines import RAW
