@@ -250,7 +250,10 @@ def main() -> int:
             f"max {result['max']:.1f} s; {result['visible']:,} of {result['readings']:,} readings "
             f"timed; {result['chunks']} chunks: {result['live_loaded']} loaded by the capture, "
             f"{result['live_taken']} taken by the sweep first, {result['live_left']} left to it "
-            f"({result['swept']} swept)",
+            f"({result['swept']} swept); arrival {result['readings'] / result['seconds']:,.0f} "
+            f"readings/s (the simulator reached "
+            f"{100 * result['readings'] / (result['seconds'] * plan.stations * plan.rate):.0f} % "
+            "of its schedule on the shared cores)",
         ),
         (
             "baseline: flush every 10 s, load every 60 s (`bench-capture` above, before "
