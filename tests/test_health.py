@@ -374,7 +374,7 @@ def _wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], deadlin
     while time.monotonic() < deadline:
         if path.exists() and text in path.read_text(errors="replace"):
             return time.monotonic()
-        assert proc.poll() is None, f"{proc.args} ended: {path.read_text()[-2000:]}"
+        assert proc.poll() is None, f"{proc.args!r} ended: {path.read_text()[-2000:]}"
         time.sleep(0.2)
     raise AssertionError(f"{text!r} not in {path} by the deadline: {path.read_text()[-2000:]}")
 
