@@ -529,6 +529,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         f"{len(report.chunks)} chunks; dead letters: {report.dead_letter or 'none'}; "
         f"{report.crashes} station task crashes, {report.flush_failures} failed flushes"
     )
+    print(report.live_line())
     return 0
 
 

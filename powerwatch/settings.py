@@ -54,12 +54,17 @@ class Settings(BaseSettings):
         description="Retries (with backoff) of a chunk load whose database is busy/unreachable.",
     )
     capture_flush_seconds: float = Field(
-        10.0,
+        2.0,
         gt=0,
         le=86_400,
         allow_inf_nan=False,
-        description="A capture writes a landing chunk at least this often (seconds): the "
-        "largest share of a reading's way to the database besides the load interval.",
+        description="A capture writes a landing chunk at least this often (seconds), then "
+        "loads it: the largest share of a reading's way to the database.",
+    )
+    capture_load: bool = Field(
+        True,
+        description="A capture loads each chunk it lands at once (readings queryable in "
+        "seconds); false: every chunk waits for the scheduled load (every minute).",
     )
     capture_flush_rows: int = Field(
         40_000,

@@ -366,3 +366,94 @@ def test_bad_outage_and_bad_webhook_url_are_bad_input(tmp_path: Path) -> None:
         assert done.returncode == 2, (args, done.stderr)
         assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "s.yaml").exists()  # nothing started
+
+
+def _wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], deadline: float) -> float:
+    """Until `text` appears in the file the process writes (its own announcement of the
+    moment); that moment, as `time.monotonic()`."""
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return time.monotonic()
+        assert proc.poll() is None, f"{proc.args!r} ended: {path.read_text()[-2000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {path} by the deadline: {path.read_text()[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(tmp_path: Path) -> None:
+    """`powerwatch serve` as a site runs it (its own Prefect server, pool, automations,
+    deployments, worker; no simulator of its own), against a simulator whose SIM-0002 goes
+    off air (`--outage`) once serve's capture has seen it up: the webhook receives `down`
+    within SILENT_AFTER + 60 s of the outage and `up` within 60 s of its return."""
+    silent = 10.0
+    receiver = _Receiver()
+    data, sim_registry = tmp_path / "data", tmp_path / "stations.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "POWERWATCH_"))}
+    env |= {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "POWERWATCH_DATA_DIR": str(data),
+        "POWERWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'pw.db'}",
+        "POWERWATCH_STATIONS": str(sim_registry),
+        "POWERWATCH_SILENT_AFTER": str(silent),
+        "POWERWATCH_ALERT_WEBHOOK_URL": receiver.url,
+        "POWERWATCH_PREFECT_PORT": str(_free_port()),
+    }
+    # Off air 120 s after the simulator starts: serve (server, deploy, worker, the first
+    # capture run) is up well before on a loaded 2-core host; the test waits for the
+    # capture to have seen SIM-0002 up, then for the simulator's own "off air" line.
+    off_after, off_for = 120.0, 20.0
+    sim_log, serve_log = tmp_path / "simulate.log", tmp_path / "serve.log"
+    with open(sim_log, "wb") as out:
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "powerwatch.cli", "simulate", "--count", "3", "--rate", "5",
+             "--outage", f"SIM-0002@{off_after:g}+{off_for:g}"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    serve: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while not sim_registry.exists():
+            assert time.monotonic() < deadline and sim.poll() is None, "simulator did not start"
+            time.sleep(0.1)
+        with open(serve_log, "wb") as out:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "powerwatch.cli", "serve"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        started = time.monotonic()
+        deadline = started + off_after
+        while health.read_state(data)["stations"].get("SIM-0002", {}).get("state") != "up":
+            assert time.monotonic() < deadline, (
+                f"serve's capture did not see SIM-0002 up in {off_after:g} s: "
+                f"{serve_log.read_text()[-2000:]}"
+            )
+            assert serve.poll() is None, serve_log.read_text()[-2000:]
+            time.sleep(0.5)
+        print(f"serve capturing after {time.monotonic() - started:.0f} s")
+        off_at = _wait_for_text(sim_log, "SIM-0002: off air", sim, time.monotonic() + off_after)
+        down_at = receiver.wait_for("station", "SIM-0002", "down", off_at + silent + 60)
+        back_at = _wait_for_text(sim_log, "SIM-0002: on air again", sim, off_at + off_for + 30)
+        up_at = receiver.wait_for("station", "SIM-0002", "up", back_at + 60)
+        posts = [p for _, p in receiver.posts if p.get("station") == "SIM-0002"]
+        assert [p["status"] for p in posts] == ["down", "up"]
+        assert all(p["since"].endswith("Z") for p in posts)  # ISO-8601 UTC
+        on_air = [p for _, p in receiver.posts if p.get("station") in ("SIM-0001", "SIM-0003")]
+        assert on_air == []
+        print(
+            f"down {down_at - off_at:.1f} s after off air, up {up_at - back_at:.1f} s after return"
+        )
+    finally:
+        for proc in (serve, sim):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (serve, sim):
+            if proc is None:
+                continue
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        receiver.server.shutdown()

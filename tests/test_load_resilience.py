@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +18,7 @@ from db.engine import bulk_connection
 from powerwatch.errors import DatabaseUnavailable
 from powerwatch.loader import load_chunk
 from powerwatch.settings import get_settings
-from tests.conftest import Database, make_readings, write_chunk
+from tests.conftest import T0, Database, make_readings, write_chunk
 
 LOAD_ALL = (
     "from db.engine import bulk_connection\n"
@@ -74,6 +75,46 @@ def test_locked_database_fails_retryably_and_keeps_the_chunk(synced: Database) -
         assert bulk.scalar("SELECT count(*) FROM load_batches") == 0
         report = load_chunk(bulk, chunk, get_settings())  # lock gone: loads normally
     assert report.inserted == 5
+
+
+@pytest.mark.slow  # a lock holder process and a busy timeout: ~10 s on a loaded host
+def test_live_load_leaves_chunks_to_the_sweep_while_the_database_is_locked(
+    synced: Database,
+) -> None:
+    """A capture's live load (`LiveLoader` over the sweep's per-chunk load) against a locked
+    database: the first chunk fails after the busy timeout, its claim given back; the next
+    one, landed during the pause that follows, is not even tried. Both wait in landing/,
+    nothing is stored; once the lock is gone the sweep loads them, each once."""
+    if synced.backend != "sqlite":
+        pytest.skip("SQLite's file lock")
+    from powerwatch import landing
+    from powerwatch.capture.live_load import LiveLoader
+    from tasks.load import load_chunk_task
+
+    landing_dir = synced.data_dir / "landing"
+    chunks = [
+        write_chunk(make_readings(["KhonKaen"], 5, start=T0 + timedelta(seconds=10 * i)),
+                    landing_dir, f"capture-{i}.parquet")
+        for i in range(2)
+    ]  # fmt: skip
+    holder = _hold_lock(synced, 600)
+    try:
+        loader = LiveLoader(load_chunk_task.fn, pause_seconds=600)
+        for chunk in chunks:
+            loader.submit(chunk)
+        counts = loader.close(wait=60)  # busy timeout 2 s (the fixture's)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (counts.loaded, counts.left) == (0, 2), counts
+    assert "locked" in counts.last_error
+    assert sorted(landing.list_chunks(landing_dir)) == chunks
+    assert not any((landing_dir / ".claimed").glob("*"))
+    with bulk_connection() as bulk:
+        assert bulk.scalar("SELECT count(*) FROM load_batches") == 0
+        reports = [load_chunk(bulk, c, get_settings()) for c in landing.list_chunks(landing_dir)]
+        assert [r.inserted for r in reports] == [5, 5]
+        assert bulk.scalar("SELECT count(*) FROM power_readings") == 10
 
 
 def _snapshot(path: str) -> tuple[list[tuple[object, ...]], ...]:

@@ -50,6 +50,7 @@ from powerwatch.capture.frames import (
     check_frames,
     reason_class,
 )
+from powerwatch.capture.live_load import LiveCounts, LiveLoader
 from powerwatch.errors import DiskFull, InputError, JobError, StorageError, from_os_error
 from powerwatch.faults import fault_point
 from powerwatch.jsonlines import RAW
@@ -62,6 +63,8 @@ CHECK_ROWS = 10_000  # frames judged at once in a flush
 NEARLY_FULL = 1 << 20  # bytes free under which a failed chunk write is taken as a full disk
 STOP_GRACE = 1.0  # seconds, after the closing handshakes (themselves at most CLOSE_TIMEOUT),
 # for the receive loops to end before they are cancelled: a stop flushes well within 5 s
+LIVE_DRAIN_SECONDS = 10.0  # a run ended by its duration loads its queued chunks this long;
+# ended by a signal, STOP_GRACE: what is left waits in landing/ for the scheduled load
 
 
 @dataclass
@@ -78,6 +81,7 @@ class CaptureReport:
     last_flush_error: str = ""
     unwritten: int = 0  # frames still unwritten when the run ended (its last write failed)
     failure: JobError | None = None  # set with `unwritten`: what the run failed with
+    live: LiveCounts | None = None  # what the run's own load of its chunks did (live_load)
 
     @property
     def crashes(self) -> int:
@@ -122,6 +126,18 @@ class CaptureReport:
             for s in self.stations
         ]
 
+    def live_line(self) -> str:
+        live = self.live
+        if live is None:
+            return "Loaded live: off (the scheduled load takes every chunk)."
+        return (
+            f"Loaded live: {live.loaded} chunks ({live.inserted} readings stored); taken by "
+            f"another loader: {live.taken}; left for the scheduled load: {live.left}"
+            + (f" (last: {live.last_error})" if live.last_error else "")
+            + (f"; set aside: {live.unreadable}" if live.unreadable else "")
+            + "."
+        )
+
     def markdown(self) -> str:
         """The run's Prefect artifact: totals, the per-station table, the chunks written."""
         rows = self.rows()
@@ -141,6 +157,8 @@ class CaptureReport:
             *("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows),
             "",
             f"Dead letters: `{self.dead_letter or 'none'}`.",
+            "",
+            self.live_line(),
             "",
             f"Chunks written ({len(self.chunks)}):",
             *(f"- `{name}`" for name in self.chunks),
@@ -173,6 +191,7 @@ class Capture:
         silent_after: float = 120.0,
         stall_after: float = 300.0,
         counts_seconds: float = 60.0,
+        loader: LiveLoader | None = None,
     ) -> None:
         if not stations:
             raise InputError("the registry has no stations to capture from")
@@ -203,6 +222,7 @@ class Capture:
         self._seen = {s.name: health.Seen() for s in stations}
         self._totals = {s.name: [0, 0] for s in stations}  # since the last counts event
         self._run_id = landing.chunk_name("run").removesuffix(".parquet")
+        self.loader = loader  # None: chunks wait in landing/ for the scheduled load
 
     def _health_tick(self, counts: bool) -> None:
         """Fold what this run saw into the shared health state; emit its changes (thread)."""
@@ -280,6 +300,9 @@ class Capture:
             await self._flush(buffer)
             if self.data_dir is not None:  # the run's last readings count for the next
                 await asyncio.to_thread(self._health_tick, True)
+            if self.loader is not None:
+                drain = LIVE_DRAIN_SECONDS if self._stop_reason == "duration" else STOP_GRACE
+                self.report.live = await asyncio.to_thread(self.loader.close, drain)
             unwritten = sum(batch.rows for batch in self._pending)
             if unwritten:
                 self.report.unwritten += unwritten
@@ -420,6 +443,8 @@ class Capture:
                 path = self.landing_dir / landing.chunk_name("capture")
                 _write_chunk(checked.readings, path)
                 self.report.chunks.append(path.name)
+                if self.loader is not None:  # complete in landing/: now it may be loaded
+                    self.loader.submit(path)
             batch.chunk_written = True
             fault_point("capture.chunk_written")
         if not batch.letters_written:
@@ -595,6 +620,7 @@ def run_capture(
     silent_after: float = 120.0,
     stall_after: float = 300.0,
     counts_seconds: float = 60.0,
+    loader: LiveLoader | None = None,
 ) -> Finished:
     """Run a capture; SIGINT/SIGTERM end it after the final flush.
 
@@ -615,6 +641,7 @@ def run_capture(
         silent_after=silent_after,
         stall_after=stall_after,
         counts_seconds=counts_seconds,
+        loader=loader,
     )
     outcome: list[CaptureReport | BaseException] = []
     started, done = threading.Event(), threading.Event()

@@ -8,7 +8,9 @@ committed once) and that no half file or claim is left visible.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import time
 from datetime import timedelta
@@ -29,10 +31,12 @@ from tests.faults.conftest import (
     expected_keys,
     fill,
     free,
+    paused_at,
     powerwatch_env,
     run_powerwatch,
     stored_keys,
     visible_files,
+    wait_for_line,
 )
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
@@ -164,6 +168,52 @@ def _finished_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+@pytest.mark.slow
+def test_capture_live_load_and_powerwatch_load_race_for_the_same_chunks(
+    synced: Database, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A capture's own load (`flows.capture_stations.live_loader`, the object a capture run
+    uses) and a `powerwatch load` reach for the same chunks. Made deterministic by fault
+    points: the sweep holds chunk-000's claim (paused at `load.claimed`), so the capture's
+    load skips it (`taken`); the capture's load of chunk-001 commits and then fails
+    (`load.committed` ioerror), so chunk-001 is back in landing/ though stored: the sweep
+    must find it in the ledger and store nothing twice. Ground truth at the end."""
+    from flows.capture_stations import live_loader
+    from powerwatch import faults
+    from powerwatch.settings import get_settings
+
+    landing = synced.data_dir / "landing"
+    truth = land(landing, 3)
+    chunks = names(landing)
+    notify, log = tmp_path / "notify", tmp_path / "sweep.log"
+    sweep = spawn_powerwatch(
+        "load", env=_env(prefect_api, paused_at("load.claimed", notify)), log=log
+    )
+    try:
+        wait_for_line(notify, "load.claimed", sweep)  # it holds chunk-000, the oldest
+        monkeypatch.setenv(faults.ENV, "load.committed=ioerror@2")
+        monkeypatch.setattr(faults, "_passes", {})
+        loader = live_loader(get_settings(), logging.getLogger(__name__))
+        assert loader is not None  # the schema check passed: this is a live-loading run
+        for name in ("chunk-000.parquet", "chunk-002.parquet", "chunk-001.parquet"):
+            loader.submit(landing / name)
+        counts = loader.close(wait=120)
+        monkeypatch.delenv(faults.ENV)
+        assert (counts.taken, counts.loaded, counts.left) == (1, 1, 1), counts
+        assert "Input/output error" in counts.last_error
+        # chunk-002 loaded by the capture; chunk-001 committed but back in landing/;
+        # chunk-000 untouched (the paused sweep has claimed it, stored nothing yet).
+        assert committed_per_chunk(synced.url) == {"chunk-001.parquet": 1, "chunk-002.parquet": 1}
+        assert names(landing) == {"chunk-001.parquet"}
+        assert names(synced.data_dir / "loaded") == {"chunk-002.parquet"}
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)  # dies holding chunk-000's claim
+        sweep.wait(timeout=30)
+    again = run_powerwatch("load", env=_env(prefect_api))
+    assert again.returncode == 0, again.stderr
+    assert_all_loaded_once(synced, truth, chunks)
 
 
 # --- full disks -----------------------------------------------------------------------------
