@@ -34,6 +34,7 @@ from tests.faults.conftest import (
     paused_at,
     powerwatch_env,
     run_powerwatch,
+    spawn_powerwatch,
     stored_keys,
     visible_files,
     wait_for_line,
