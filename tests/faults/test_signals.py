@@ -241,7 +241,8 @@ def check_capture_interrupted(
 
     from powerwatch.simulator import expected_readings
 
-    registry, record = tmp_path / "stations.yaml", tmp_path / "record.ndjson"
+    # not stations.yaml: the fixture's registry is there, and would look written already
+    registry, record = tmp_path / "sim-stations.yaml", tmp_path / "record.ndjson"
     env = env | {"POWERWATCH_STATIONS": str(registry)}
     simulator = subprocess.Popen(
         [sys.executable, "-c", SIMULATE, str(registry), str(record)], env=env
