@@ -58,6 +58,7 @@ from powerwatch.legacy import (
     iter_batches,
     why_not_detected,
 )
+from powerwatch.legacy.lines import ReadPosition
 from powerwatch.loader import WRITE_TABLES, validate
 from powerwatch.migration_report import QUOTED_LINES, FileReport, add_reasons
 from schemas.channels import REASON
@@ -70,7 +71,8 @@ KIND: Final = "log_migration"
 PARSE_LINES: Final = 10_000
 STORE_ROWS: Final = 50_000
 
-Progress = Callable[[FileReport], None]
+# After each stored part: the file's report so far, and the bytes of the file read.
+Progress = Callable[[FileReport, int], None]
 
 
 def discover(paths: Iterable[Path]) -> list[Path]:
@@ -166,7 +168,7 @@ def import_file(
                 ledger += stored
                 part.add_to(report, stored)
                 if progress is not None:
-                    progress(report)
+                    progress(report, part.bytes_read)
             finish_batch(
                 bulk,
                 batch_id,
@@ -205,6 +207,7 @@ class _Part:
     quotes: list[dict[str, Any]] = field(default_factory=list)
     first: datetime | None = None
     last: datetime | None = None
+    bytes_read: int = 0  # of the file as stored, when this part was parsed
 
     def add_to(self, report: FileReport, stored: StoreResult) -> None:
         """Count this part, and what storing its readings gave, into the file's report."""
@@ -254,16 +257,20 @@ def _parse(
     pending: list[ParsedBatch] = []
     rows = 0
     quoted = 0
-    for batch in iter_batches(path, fmt, tz=tz, batch_lines=parse_lines):
+    position = ReadPosition()
+    for batch in iter_batches(path, fmt, tz=tz, batch_lines=parse_lines, position=position):
         pending.append(batch)
         rows += batch.readings.height
         if rows >= store_rows:
             part = _validated(pending, known, QUOTED_LINES - quoted)
+            part.bytes_read = position.value
             quoted += len(part.quotes)
             yield part
             pending, rows = [], 0
     if pending:
-        yield _validated(pending, known, QUOTED_LINES - quoted)
+        part = _validated(pending, known, QUOTED_LINES - quoted)
+        part.bytes_read = position.value
+        yield part
 
 
 def _validated(batches: list[ParsedBatch], known: pl.Series, quotes: int) -> _Part:

@@ -35,7 +35,7 @@ from powerwatch.legacy.formats import (
     csv_header_fields,
     is_csv_header,
 )
-from powerwatch.legacy.lines import iter_line_blocks
+from powerwatch.legacy.lines import ReadPosition, iter_line_blocks
 from schemas.reading import (
     ACTIVE_CHANNELS,
     CHANNEL_KEYS,
@@ -94,11 +94,17 @@ class ParsedBatch:
 
 
 def iter_batches(
-    path: Path, fmt: Format, *, tz: str = DEFAULT_TZ, batch_lines: int = 500_000
+    path: Path,
+    fmt: Format,
+    *,
+    tz: str = DEFAULT_TZ,
+    batch_lines: int = 500_000,
+    position: ReadPosition | None = None,
 ) -> Iterator[ParsedBatch]:
     """Parse `path` as format `fmt`, `batch_lines` lines at a time, in bounded memory.
 
-    `tz` is the zone of format T's local time stamps. Raises `InputError` at once
+    `tz` is the zone of format T's local time stamps; `position` follows the bytes
+    of the file read so far. Raises `InputError` at once
     for an unknown zone; `LegacyLogError` (while iterating) for a CSV file without
     a usable header or a damaged gzip stream.
     """
@@ -107,7 +113,7 @@ def iter_batches(
     check_time_zone(tz)
     if batch_lines < 1:
         raise InputError("batch_lines must be at least 1")
-    blocks = iter_line_blocks(path, batch_lines)
+    blocks = iter_line_blocks(path, batch_lines, position=position)
     if fmt == "T":
         return (parse_text_block(block, tz) for block in blocks)
     if fmt == "J":
