@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Final, Protocol
+from typing import IO, Any, Final
 
 # At most one update a second to each listener (a Prefect update is an API call);
 # the last one (100 %) is always sent.
@@ -43,8 +43,7 @@ class Update:
         return min(100.0, 100.0 * self.done_bytes / self.total_bytes)
 
 
-class Listener(Protocol):
-    def __call__(self, update: Update) -> None: ...
+Listener = Callable[[Update], None]
 
 
 class JobProgress:
