@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,7 +45,7 @@ from db.load import (
     store_readings,
 )
 from db.tables import data_sources, load_batches
-from powerwatch.concurrency import ReadAhead
+from powerwatch.concurrency import ReadAhead, map_ahead
 from powerwatch.errors import InputError
 from powerwatch.faults import fault_point
 from powerwatch.jsonlines import LINE
@@ -55,21 +56,27 @@ from powerwatch.legacy import (
     LegacyLogError,
     ParsedBatch,
     detect_format,
-    iter_batches,
     why_not_detected,
 )
 from powerwatch.legacy.lines import ReadPosition
+from powerwatch.legacy.parsers import iter_block_jobs
 from powerwatch.loader import WRITE_TABLES, validate
 from powerwatch.migration_report import QUOTED_LINES, FileReport, add_reasons
 from schemas.channels import REASON
 
 KIND: Final = "log_migration"
 # Lines parsed at once: parsing's intermediate columns (tokens, texts) cost many
-# times the text, so blocks stay small; validation's per-call cost is still small
-# at this size. Readings stored at once: large enough that a store's fixed costs
-# (the registry, each station's newest time, a round trip) do not count.
-PARSE_LINES: Final = 10_000
-STORE_ROWS: Final = 50_000
+# times the text, so blocks stay small. Lines per part (validated and stored at once):
+# large enough that validation's per-call cost and a store's fixed costs (the registry,
+# each station's newest time, a round trip) stay small. Both were halved or more when
+# two parts came to be parsed at once: peak memory on bench/legacy_corpus.py's million
+# lines, in-process, 473 MB at 10,000/50,000, 424 MB at 5,000/20,000 (with about
+# 250 MB of imports: Prefect, pandera with pandas, SQLAlchemy, pyarrow).
+PARSE_LINES: Final = 5_000
+STORE_ROWS: Final = 20_000
+# Parts parsed at once (threads): the two cores of the machine this is sized for; the
+# store of the part before runs meanwhile in the caller's thread.
+PARSE_WORKERS: Final = 2
 
 # After each stored part: the file's report so far, and the bytes of the file read.
 Progress = Callable[[FileReport, int], None]
@@ -247,30 +254,34 @@ def _iso(moment: datetime) -> str:
 def _parse(
     path: Path, fmt: Format, tz: str, known: pl.Series, parse_lines: int, store_rows: int
 ) -> Iterator[_Part]:
-    """The file as `_Part`s of about `store_rows` reading lines, parsed `parse_lines` at a time.
+    """The file as `_Part`s of `store_rows` lines (rounded up to whole blocks of
+    `parse_lines`), parsed and validated by `PARSE_WORKERS` threads, yielded in order.
 
-    Small blocks keep parsing's intermediate columns small (memory); parts are
-    validated and stored whole, so validation's per-call cost (pandera's, ~15 ms)
-    and a store's fixed costs are paid once per part. A part keeps its blocks'
-    text until it is validated, so that any rejected line can be quoted.
+    Reading lines is sequential and cheap (this thread); parsing and validating a
+    part is independent of the other parts and releases the GIL inside polars, so
+    two parts are parsed at once while the caller stores the one before: the work
+    of both cores overlaps (`powerwatch.concurrency.map_ahead`, at most
+    `PARSE_WORKERS` parts in flight). Small blocks keep parsing's intermediate columns
+    small (memory); a part is validated and stored whole, so validation's per-call
+    cost (pandera's, ~15 ms) and a store's fixed costs are paid once per part. A part
+    keeps its blocks' text until it is validated, so that any rejected line can be
+    quoted.
     """
-    pending: list[ParsedBatch] = []
-    rows = 0
-    quoted = 0
     position = ReadPosition()
-    for batch in iter_batches(path, fmt, tz=tz, batch_lines=parse_lines, position=position):
-        pending.append(batch)
-        rows += batch.readings.height
-        if rows >= store_rows:
-            part = _validated(pending, known, QUOTED_LINES - quoted)
-            part.bytes_read = position.value
-            quoted += len(part.quotes)
-            yield part
-            pending, rows = [], 0
-    if pending:
-        part = _validated(pending, known, QUOTED_LINES - quoted)
-        part.bytes_read = position.value
-        yield part
+    per_part = max(1, -(-store_rows // parse_lines))
+
+    def groups() -> Iterator[tuple[list[Callable[[], ParsedBatch]], int]]:
+        jobs = iter_block_jobs(path, fmt, tz=tz, batch_lines=parse_lines, position=position)
+        while group := list(islice(jobs, per_part)):
+            yield group, position.value
+
+    def work(group: tuple[list[Callable[[], ParsedBatch]], int]) -> _Part:
+        jobs, bytes_read = group
+        part = _validated([job() for job in jobs], known, QUOTED_LINES)
+        part.bytes_read = bytes_read
+        return part
+
+    yield from map_ahead(work, groups(), PARSE_WORKERS)
 
 
 def _validated(batches: list[ParsedBatch], known: pl.Series, quotes: int) -> _Part:
