@@ -4,7 +4,7 @@ A file that is no log fails alone; a failure of the whole job (disk full, a dama
 database, an I/O error) ends the run with that one line: every later file would fail
 the same way, and nothing of the failing file was stored.
 
-Outcome (docs/operations.md): the final message leads with the inserted and rejected
+Outcome (docs/design.md, "Log migration"): the final message leads with the inserted and rejected
 counts. A run that inserted nothing while it rejected readings (say every reading of
 an unknown station) ends Failed with that message, although every file committed:
 nothing it was asked to bring in arrived, and green would say it had. A run that
