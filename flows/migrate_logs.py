@@ -4,11 +4,11 @@ A file that is no log fails alone; a failure of the whole job (disk full, a dama
 database, an I/O error) ends the run with that one line: every later file would fail
 the same way, and nothing of the failing file was stored.
 
-Outcome (docs/design.md, "Log migration"): the final message leads with the inserted and rejected
-counts. A run that inserted nothing while it rejected readings (say every reading of
-an unknown station) ends Failed with that message, although every file committed:
-nothing it was asked to bring in arrived, and green would say it had. A run that
-rejected nothing and inserted nothing (all duplicates, all skipped) is Completed.
+Outcome (docs/design.md, "Log migration"): the final message leads with the inserted
+and rejected counts. A run that inserted nothing while it rejected readings (say every
+reading of an unknown station) ends Failed with that message, although every file
+committed: nothing it was asked to bring in arrived, and green would say it had. A run
+that rejected nothing and inserted nothing (all duplicates, all skipped) is Completed.
 
 Progress: the run's progress artifact (`migrate-logs-progress`, percent of the files'
 bytes read) is updated at most once a second, and the CLI's terminal bar, when it has
