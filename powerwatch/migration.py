@@ -68,15 +68,17 @@ KIND: Final = "log_migration"
 # Lines parsed at once: parsing's intermediate columns (tokens, texts) cost many
 # times the text, so blocks stay small. Lines per part (validated and stored at once):
 # large enough that validation's per-call cost and a store's fixed costs (the registry,
-# each station's newest time, a round trip) stay small. Both were halved or more when
-# two parts came to be parsed at once: peak memory on bench/legacy_corpus.py's million
-# lines, in-process, 473 MB at 10,000/50,000, 424 MB at 5,000/20,000 (with about
-# 250 MB of imports: Prefect, pandera with pandas, SQLAlchemy, pyarrow).
+# each station's newest time, a round trip) stay small. Peak memory importing
+# bench/legacy_corpus.py's million lines in-process (about 250 MB of it imports:
+# Prefect, pandera with pandas, SQLAlchemy, pyarrow): 448 MB at 10,000/50,000 lines,
+# 390-395 MB at 5,000/20,000, with no loss of speed measured.
 PARSE_LINES: Final = 5_000
 STORE_ROWS: Final = 20_000
-# Parts parsed at once (threads): the two cores of the machine this is sized for; the
-# store of the part before runs meanwhile in the caller's thread.
-PARSE_WORKERS: Final = 2
+# Parts parsed at once, in threads, while the caller's thread stores the part before.
+# Two were measured slower and heavier than one on this 2-core machine under load
+# (66-69 k vs 75-76 k lines/s, 418 vs 390-395 MB peak, same corpus, back to back):
+# the store and the parse already fill both cores, and polars parallelises each parse.
+PARSE_WORKERS: Final = 1
 
 # After each stored part: the file's report so far, and the bytes of the file read.
 Progress = Callable[[FileReport, int], None]
@@ -259,8 +261,8 @@ def _parse(
 
     Reading lines is sequential and cheap (this thread); parsing and validating a
     part is independent of the other parts and releases the GIL inside polars, so
-    two parts are parsed at once while the caller stores the one before: the work
-    of both cores overlaps (`powerwatch.concurrency.map_ahead`, at most
+    it runs in worker threads while the caller stores the part before: the work of
+    both cores overlaps (`powerwatch.concurrency.map_ahead`, at most
     `PARSE_WORKERS` parts in flight). Small blocks keep parsing's intermediate columns
     small (memory); a part is validated and stored whole, so validation's per-call
     cost (pandera's, ~15 ms) and a store's fixed costs are paid once per part. A part
