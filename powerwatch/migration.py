@@ -68,10 +68,11 @@ KIND: Final = "log_migration"
 # Lines parsed at once: parsing's intermediate columns (tokens, texts) cost many
 # times the text, so blocks stay small. Lines per part (validated and stored at once):
 # large enough that validation's per-call cost and a store's fixed costs (the registry,
-# each station's newest time, a round trip) stay small. Peak memory importing
-# bench/legacy_corpus.py's million lines in-process (about 250 MB of it imports:
-# Prefect, pandera with pandas, SQLAlchemy, pyarrow): 448 MB at 10,000/50,000 lines,
-# 390-395 MB at 5,000/20,000, with no loss of speed measured.
+# each station's newest time, a round trip) stay small; small enough that the parts in
+# flight stay small. Peak memory importing bench/legacy_corpus.py's million lines
+# in-process (about 250 MB of it imports: Prefect, pandera with pandas, SQLAlchemy,
+# pyarrow): 435-451 MB with parts of 50,000 lines, 382-388 MB with 20,000; speeds
+# 90-157 k vs 92-109 k lines/s (the same runs, back to back, on a loaded machine).
 PARSE_LINES: Final = 5_000
 STORE_ROWS: Final = 20_000
 # Parts parsed at once, in threads, while the caller's thread stores the part before.
@@ -283,7 +284,10 @@ def _parse(
         part.bytes_read = bytes_read
         return part
 
-    yield from map_ahead(work, groups(), PARSE_WORKERS)
+    if PARSE_WORKERS > 1:
+        yield from map_ahead(work, groups(), PARSE_WORKERS)
+    else:  # in this thread (the caller's read-ahead): no part more in flight than needed
+        yield from map(work, groups())
 
 
 def _validated(batches: list[ParsedBatch], known: pl.Series, quotes: int) -> _Part:
