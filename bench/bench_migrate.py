@@ -17,6 +17,8 @@ Generated files are deleted as soon as they were measured.
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import os
 import re
@@ -28,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 from bench.data import bench_stations
@@ -117,7 +119,7 @@ def _valid(row: dict[str, Any]) -> bool:
 def _baseline_rows(path: Path, fmt: Format, ids: dict[str, int]) -> Iterator[dict[str, Any]]:
     """One dict per valid reading line, parsed the obvious way."""
     zone = ZoneInfo(TZ)
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+    with _open_text(path) as handle:
         if fmt == "C":
             reader = csv.reader(handle)
             header = next(reader)
@@ -207,9 +209,20 @@ def run_baseline(path: Path, fmt: Format) -> tuple[float, int, int]:
         if pending:
             inserted += conn.execute(statement, pending).rowcount
     engine.dispose()
-    with open(path, "rb") as handle:
-        lines = sum(1 for _ in handle)
+    with _open_binary(path) as raw:
+        lines = sum(1 for _ in raw)
     return time.perf_counter() - started, lines, inserted
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    with open(path, "rb") as handle:
+        gz = handle.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gz else open(path, "rb")  # type: ignore[return-value]
+
+
+def _open_text(path: Path) -> IO[str]:
+    """The obvious way: text mode, a BOM dropped (utf-8-sig), gzip by its magic bytes."""
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", errors="replace", newline="")
 
 
 # --------------------------------------------------------------------------- memory

@@ -44,6 +44,9 @@ def readings(stations: int, seconds: int, *, start_second: int = 0, seed: int = 
     i = pl.int_range(0, n, dtype=pl.Int64)
     second = i // stations + start_second
     station_no = i % stations
+    # Values are a function of (station, second), not of the position in this frame:
+    # two calls over overlapping seconds give the same readings (rotated logs).
+    i = second * stations + station_no
     columns: dict[str, pl.Expr] = {
         "station": pl.lit(names).gather(station_no),
         "timestamp": (pl.lit(int(EPOCH.timestamp() * 1000)) + second * 1000)

@@ -24,13 +24,15 @@ import polars as pl
 
 from bench.data import readings
 from powerwatch.legacy import Format
+from powerwatch.legacy.formats import UTF8_BOM
 from powerwatch.legacy.parsers import T_LABELS
 from schemas.channels import CHANNEL_KEYS
 
 PIECE_SECONDS = 20_000  # seconds of readings built at once (x stations lines)
 NOISE_EVERY = 100  # format T: non-data lines after every n-th reading
 BAD_EVERY = 1_000  # one reading line in n does not parse
-CSV_HEADER = ",".join(["timestamp", "station", *CHANNEL_KEYS])
+CSV_COLUMNS: tuple[str, ...] = ("timestamp", "station", *CHANNEL_KEYS)
+UNKNOWN_STATION = "LEGACY-RETIRED"  # a station the registry does not hold
 ISO_MS = "%Y-%m-%dT%H:%M:%S%.3fZ"
 
 
@@ -42,6 +44,7 @@ class Generated:
     lines: int = 0
     readings: int = 0  # reading lines that parse (valid, registered stations)
     bad: int = 0  # reading lines that do not parse
+    unknown: int = 0  # reading lines that parse, of a station not in the registry
     non_data: int = 0
 
 
@@ -112,11 +115,19 @@ def json_lines(frame: pl.DataFrame, offset: int) -> pl.DataFrame:
     return frame.select(line.alias("line"), index.alias("_order"))
 
 
-def csv_lines(frame: pl.DataFrame, offset: int) -> pl.DataFrame:
-    """Format C rows (the header is written once, by `generate`)."""
+def csv_lines(
+    frame: pl.DataFrame, offset: int, columns: tuple[str, ...] = CSV_COLUMNS
+) -> pl.DataFrame:
+    """Format C rows in the order of `columns` (the header is written once, by `generate`)."""
     index = pl.int_range(offset, offset + frame.height, dtype=pl.Int64)
-    cells: list[pl.Expr] = [pl.col("timestamp").dt.strftime(ISO_MS), pl.col("station")]
-    for key in CHANNEL_KEYS:
+    cells: list[pl.Expr] = []
+    for key in columns:
+        if key == "timestamp":
+            cells.append(pl.col("timestamp").dt.strftime(ISO_MS))
+            continue
+        if key == "station":
+            cells.append(pl.col("station"))
+            continue
         value = _values(key).fill_null("")
         if key == "activePower1":
             value = pl.when(_bad(index)).then(pl.lit("abc")).otherwise(value)
@@ -126,12 +137,10 @@ def csv_lines(frame: pl.DataFrame, offset: int) -> pl.DataFrame:
 
 def _with_nulls(frame: pl.DataFrame) -> pl.DataFrame:
     """activePower3 absent in one reading of 97, as in the samples."""
-    index = pl.int_range(0, frame.height)
+    # Keyed by station and time, so that overlapping files agree on every reading.
+    key = pl.col("timestamp").dt.epoch("ms").hash(3) ^ pl.col("station").hash(5)
     return frame.with_columns(
-        pl.when(index.hash(3) % 97 == 0)
-        .then(None)
-        .otherwise(pl.col("activePower3"))
-        .alias("activePower3")
+        pl.when(key % 97 == 0).then(None).otherwise(pl.col("activePower3")).alias("activePower3")
     )
 
 
@@ -139,6 +148,20 @@ def _open(path: Path, gz: bool) -> IO[bytes]:
     if gz:
         return gzip.open(path, "wb", compresslevel=1)  # type: ignore[return-value]
     return path.open("wb")
+
+
+def _unknown(index: pl.Expr, every: int) -> pl.Expr:
+    """One reading in `every` is of a station the registry does not hold (never a bad one)."""
+    return (index % every) == every // 3 if every else pl.lit(False)
+
+
+def _out_of_order(piece: pl.DataFrame, every: int) -> pl.DataFrame:
+    """Every `every`-th line moved a few lines later: lines out of time order."""
+    if not every:
+        return piece
+    at = pl.int_range(0, pl.len(), dtype=pl.Int64)
+    key = at.cast(pl.Float64) + pl.when(at % every == every // 2).then(5.5).otherwise(0.0)
+    return piece.with_columns(key.alias("_moved")).sort("_moved").drop("_moved")
 
 
 def generate(
@@ -149,36 +172,75 @@ def generate(
     stations: int = 50,
     gz: bool = False,
     start_second: int = 0,
+    bom: bool = False,
+    crlf: bool = False,
+    trailing_blank: int = 0,
+    unknown_every: int = 0,
+    shuffle_every: int = 0,
+    csv_columns: tuple[str, ...] = CSV_COLUMNS,
+    seed: int = 0,
 ) -> Generated:
-    """Write a log of about `lines` reading lines (T adds its non-data lines on top)."""
+    """Write a log of about `lines` reading lines (T adds its non-data lines on top).
+
+    As real files have them, on request: a UTF-8 byte-order mark, CRLF line ends,
+    blank lines at the end, one reading in `unknown_every` of a station not in the
+    registry, every `shuffle_every`-th line a few lines out of time order, CSV
+    columns in another order. Reading lines are of `stations` stations, once a
+    second each from `start_second` on (`bench.data.readings`): two files whose
+    seconds overlap hold the same readings (rotation).
+    """
     out = Generated(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    end = b"\r\n" if crlf else b"\n"
     with _open(path, gz) as handle:
+        if bom:
+            handle.write(UTF8_BOM)
         if fmt == "C":
-            handle.write(CSV_HEADER.encode() + b"\n")
+            handle.write(",".join(csv_columns).encode() + end)
             out.lines += 1
             out.non_data += 1
         written = 0
         second = start_second
         while written < lines:
             seconds = min(PIECE_SECONDS, -(-(lines - written) // stations))
-            frame = _with_nulls(readings(stations, seconds, start_second=second)).head(
+            frame = _with_nulls(readings(stations, seconds, start_second=second, seed=seed)).head(
                 lines - written
             )
+            index = pl.int_range(written, written + frame.height)
+            if unknown_every:
+                frame = frame.with_columns(
+                    pl.when(_unknown(index, unknown_every))
+                    .then(pl.lit(UNKNOWN_STATION))
+                    .otherwise(pl.col("station"))
+                    .alias("station")
+                )
             if fmt == "T":
                 piece = text_lines(frame, written)
             elif fmt == "J":
                 piece = json_lines(frame, written)
             else:
-                piece = csv_lines(frame, written)
-            piece.select("line").write_csv(handle, include_header=False, quote_style="never")
-            bad = frame.select(_bad(pl.int_range(written, written + frame.height)).sum()).item()
+                piece = csv_lines(frame, written, csv_columns)
+            piece = _out_of_order(piece.select("line"), shuffle_every)
+            piece.write_csv(
+                handle,
+                include_header=False,
+                quote_style="never",
+                line_terminator=end.decode(),
+            )
+            bad, unknown = frame.select(
+                _bad(index).sum().alias("bad"),
+                (_unknown(index, unknown_every) & ~_bad(index)).sum().alias("unknown"),
+            ).row(0)
             out.lines += piece.height
             out.non_data += piece.height - frame.height
             out.bad += bad
-            out.readings += frame.height - bad
+            out.unknown += unknown
+            out.readings += frame.height - bad - unknown
             written += frame.height
             second += seconds
+        handle.write(end * trailing_blank)
+        out.lines += trailing_blank
+        out.non_data += trailing_blank
     return out
 
 

@@ -3,15 +3,31 @@
 A file that is no log fails alone; a failure of the whole job (disk full, a damaged
 database, an I/O error) ends the run with that one line: every later file would fail
 the same way, and nothing of the failing file was stored.
+
+Outcome (docs/design.md, "Log migration"): the final message leads with the inserted
+and rejected counts. A run that inserted nothing while it rejected readings (say every
+reading of an unknown station) ends Failed with that message, although every file
+committed: nothing it was asked to bring in arrived, and green would say it had. A run
+that rejected nothing and inserted nothing (all duplicates, all skipped) is Completed.
+
+Progress: the run's progress artifact (`migrate-logs-progress`, percent of the files'
+bytes read) is updated at most once a second, and the CLI's terminal bar, when it has
+one, hears the same updates (`powerwatch.progress`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import State, flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.states import Completed, Failed
 
 from db.load import require_schema
@@ -21,6 +37,7 @@ from powerwatch.faults import fault_point
 from powerwatch.legacy import DEFAULT_TZ, check_time_zone
 from powerwatch.migration import discover, failed_report
 from powerwatch.migration_report import FileReport, MigrationReport
+from powerwatch.progress import JobProgress, Listener, Update, terminal_listener
 from powerwatch.settings import get_settings
 from tasks.migrate import ATTEMPTS, import_file_task
 
@@ -36,29 +53,63 @@ def migrate_logs(paths: list[str], tz: str = DEFAULT_TZ, force: bool = False) ->
         return Failed(message=str(exc), data=exc)
     check_time_zone(tz)
     files = discover(Path(p) for p in paths)
+    sizes = [_size(path) for path in files]
+    job = JobProgress(sizes, _listeners())
     report = MigrationReport()
-    for path in files:
+    for path, size in zip(files, sizes, strict=True):
         # One file at a time: each import holds the database's write lock, and its
         # parsing already keeps both cores busy.
-        state = import_file_task(path, tz, force, return_state=True)
+        state = import_file_task(path, tz, force, job, return_state=True)
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
             if isinstance(error, JobError) and not isinstance(error, DatabaseUnavailable):
                 publish(report)
                 return Failed(message=str(error), data=error)
         report.files.append(state.result() if state.is_completed() else _failed(path, state))
+        job.finish_file(size, report.files[-1].lines)
         fault_point("migrate.recorded")
     publish(report)
+    logger = get_run_logger()
     for f in report.failed:
-        get_run_logger().error("failed: %s", f.error)
-    summary = (
-        f"{len(files)} file(s): {len(files) - len(report.failed)} imported or skipped, "
-        f"{len(report.failed)} failed"
-    )
-    if report.failed:
+        logger.error("failed: %s", f.error)
+    for f in report.rejecting:
+        logger.warning("%s: %s", f.verdict, f.warning)
+    summary = report.summary()
+    if report.failed or report.nothing_inserted_but_rejected:
         # Failed, but still carrying the report: the CLI prints it, the UI shows red.
         return Failed(message=summary, data=report)
     return Completed(message=summary, data=report)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _listeners() -> list[Listener]:
+    """The run's progress artifact, and this process's terminal bar if the CLI has one."""
+    listeners: list[Listener] = []
+    created = create_progress_artifact(
+        progress=0.0,
+        key="migrate-logs-progress",
+        description="Bytes of the legacy log files read",
+    )
+    assert isinstance(created, UUID)  # the sync call in a sync flow (async_dispatch)
+    artifact = created
+
+    def to_artifact(update: Update) -> None:
+        update_progress_artifact(
+            artifact,
+            progress=round(update.percent, 1),
+            description=f"{update.files_done} of {update.files} files, {update.lines:,} lines read",
+        )
+
+    listeners.append(to_artifact)
+    if (bar := terminal_listener()) is not None:
+        listeners.append(bar)
+    return listeners
 
 
 def publish(report: MigrationReport) -> None:

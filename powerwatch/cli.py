@@ -572,16 +572,20 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     discover(args.paths)
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.migrate_logs import migrate_logs
+    from powerwatch.progress import terminal_bar
 
-    state = migrate_logs(
-        paths=[str(p) for p in args.paths], tz=tz, force=args.force, return_state=True
-    )
+    # A bar (bytes, lines/s, ETA) on a terminal only: never in CI logs or pipes.
+    with terminal_bar("migrate-logs"):
+        state = migrate_logs(
+            paths=[str(p) for p in args.paths], tz=tz, force=args.force, return_state=True
+        )
     report = state.result(raise_on_failure=False)
     if isinstance(report, PowerwatchError):
         raise report
     if not isinstance(report, MigrationReport):
         return _exit_status(state, "migrate-logs") or 1
     write_table(pl.DataFrame(report.rows()), sys.stdout)
+    print(report.summary())
     if args.report is not None:
         report.write_json(args.report)
     return _exit_status(state, "migrate-logs")

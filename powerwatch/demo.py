@@ -8,7 +8,11 @@ steps 1, 3, 4 and 5 below; the alert automations send to `POWERWATCH_ALERT_WEBHO
 Runbook (each step is what an operator would do by hand on a site):
 1. `powerwatch db upgrade` on the configured database (SQLite `data/powerwatch.db`);
 2. the simulator: five stations with faults on 127.0.0.1, writing `stations.yaml`;
-3. `powerwatch stations sync`;
+3. `powerwatch stations sync`: the simulated stations, and (demo only) the five stations of
+   the legacy sample logs (`SAMPLE_LOG_STATIONS`, as `../shared/samples/stations.yaml`
+   lists them), so that the README's migration example imports their readings. They are
+   in the database only, not in `stations.yaml`: capture does not dial them and health
+   does not watch them (they are off air in the demo);
 4. a Prefect server on 127.0.0.1 (its own SQLite under `data/prefect/`), the work pool,
    the zombie-run automation, every deployment of prefect.yaml, and a worker;
 5. one capture run and one load run started at once, so the UI has runs to show before
@@ -35,6 +39,7 @@ from types import FrameType
 
 from powerwatch.errors import JobError
 from powerwatch.lifecycle import SITE_ENV, die_with_parent
+from powerwatch.registry import Station
 from powerwatch.settings import Settings
 from powerwatch.stack import LocalStack, offline_environment
 
@@ -44,6 +49,54 @@ DEMO_FIRST_PORT = 19100  # POWERWATCH_DEMO_STATION_PORT moves it (tests, a secon
 # Started once at start-up; afterwards their schedules take over.
 UI_ONLY = "the UI only (set POWERWATCH_ALERT_WEBHOOK_URL)"
 KICK_OFF = ("capture-stations/overlapping-windows", "load-chunks/every-minute")
+# The stations of the legacy sample logs (`../shared/samples/stations.yaml`, verbatim, so a
+# later `stations sync` of that file changes nothing): the demo registers them so that the
+# README's `migrate-logs ../shared/samples/legacy-logs` imports readings instead of
+# rejecting every one as "unknown station".
+SAMPLE_LOG_STATIONS: tuple[Station, ...] = (
+    Station(
+        "KhonKaen",
+        "237db9a3-0311-4ba5-a431-7182045adce9",
+        "127.0.0.1",
+        "northeast",
+        "ws://127.0.0.1:19100/",
+    ),
+    Station(
+        "ChiangMai",
+        "a3b4f9db-5a66-4019-aebb-6c47f99e1f95",
+        "127.0.0.1",
+        "north",
+        "ws://127.0.0.1:19101/",
+    ),
+    Station(
+        "Songkhla",
+        "01d79e66-46cb-49b9-a8d9-1b110132253f",
+        "127.0.0.1",
+        "south",
+        "ws://127.0.0.1:19102/",
+    ),
+    Station(
+        "Phuket",
+        "8200e417-09cd-4b20-aa1b-ea0fd469ba2e",
+        "127.0.0.1",
+        "south",
+        "ws://127.0.0.1:19103/",
+    ),
+    Station(
+        "UdonThani",
+        "025d1f2b-48be-49f0-a3cd-93bd444b967d",
+        "127.0.0.1",
+        "northeast",
+        "ws://127.0.0.1:19104/",
+    ),
+)
+
+
+def demo_registry(simulated: Sequence[Station]) -> list[Station]:
+    """What the demo syncs into the database: the simulator's stations, then the sample
+    logs' stations (a name the simulator uses is not added twice)."""
+    names = {s.name for s in simulated}
+    return [*simulated, *(s for s in SAMPLE_LOG_STATIONS if s.name not in names)]
 
 
 def absolute_environment(settings: Settings) -> dict[str, str]:
@@ -157,7 +210,11 @@ def run_site(settings: Settings, *, simulate: bool, outages: Sequence[str] = ())
         simulator = start_simulator(settings, child_env | {SITE_ENV: stack.site_id}, stack, outages)
     try:
         registry = load_registry(settings.stations)
-        print(f"stations: {sync_stations(engine, registry)} ({settings.stations})")
+        where = str(settings.stations)
+        if simulate:
+            registry = demo_registry(registry)
+            where += " + the legacy sample logs' stations"
+        print(f"stations: {sync_stations(engine, registry)} ({where})")
         print("starting the Prefect server on 127.0.0.1 ...", flush=True)
         stack.start_server()
         print("deploying prefect.yaml, starting a worker ...", flush=True)

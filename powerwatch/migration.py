@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,7 +45,7 @@ from db.load import (
     store_readings,
 )
 from db.tables import data_sources, load_batches
-from powerwatch.concurrency import ReadAhead
+from powerwatch.concurrency import ReadAhead, map_ahead
 from powerwatch.errors import InputError
 from powerwatch.faults import fault_point
 from powerwatch.jsonlines import LINE
@@ -55,22 +56,33 @@ from powerwatch.legacy import (
     LegacyLogError,
     ParsedBatch,
     detect_format,
-    iter_batches,
     why_not_detected,
 )
+from powerwatch.legacy.lines import ReadPosition
+from powerwatch.legacy.parsers import iter_block_jobs
 from powerwatch.loader import WRITE_TABLES, validate
 from powerwatch.migration_report import QUOTED_LINES, FileReport, add_reasons
 from schemas.channels import REASON
 
 KIND: Final = "log_migration"
 # Lines parsed at once: parsing's intermediate columns (tokens, texts) cost many
-# times the text, so blocks stay small; validation's per-call cost is still small
-# at this size. Readings stored at once: large enough that a store's fixed costs
-# (the registry, each station's newest time, a round trip) do not count.
-PARSE_LINES: Final = 10_000
-STORE_ROWS: Final = 50_000
+# times the text, so blocks stay small. Lines per part (validated and stored at once):
+# large enough that validation's per-call cost and a store's fixed costs (the registry,
+# each station's newest time, a round trip) stay small; small enough that the parts in
+# flight stay small. Peak memory importing bench/legacy_corpus.py's million lines
+# in-process (about 250 MB of it imports: Prefect, pandera with pandas, SQLAlchemy,
+# pyarrow): 435-451 MB with parts of 50,000 lines, 382-388 MB with 20,000; speeds
+# 90-157 k vs 92-109 k lines/s (the same runs, back to back, on a loaded machine).
+PARSE_LINES: Final = 5_000
+STORE_ROWS: Final = 20_000
+# Parts parsed at once, in threads, while the caller's thread stores the part before.
+# Two were measured slower and heavier than one on this 2-core machine under load
+# (66-69 k vs 75-76 k lines/s, 418 vs 390-395 MB peak, same corpus, back to back):
+# the store and the parse already fill both cores, and polars parallelises each parse.
+PARSE_WORKERS: Final = 1
 
-Progress = Callable[[FileReport], None]
+# After each stored part: the file's report so far, and the bytes of the file read.
+Progress = Callable[[FileReport, int], None]
 
 
 def discover(paths: Iterable[Path]) -> list[Path]:
@@ -166,7 +178,7 @@ def import_file(
                 ledger += stored
                 part.add_to(report, stored)
                 if progress is not None:
-                    progress(report)
+                    progress(report, part.bytes_read)
             finish_batch(
                 bulk,
                 batch_id,
@@ -205,6 +217,7 @@ class _Part:
     quotes: list[dict[str, Any]] = field(default_factory=list)
     first: datetime | None = None
     last: datetime | None = None
+    bytes_read: int = 0  # of the file as stored, when this part was parsed
 
     def add_to(self, report: FileReport, stored: StoreResult) -> None:
         """Count this part, and what storing its readings gave, into the file's report."""
@@ -244,26 +257,37 @@ def _iso(moment: datetime) -> str:
 def _parse(
     path: Path, fmt: Format, tz: str, known: pl.Series, parse_lines: int, store_rows: int
 ) -> Iterator[_Part]:
-    """The file as `_Part`s of about `store_rows` reading lines, parsed `parse_lines` at a time.
+    """The file as `_Part`s of `store_rows` lines (rounded up to whole blocks of
+    `parse_lines`), parsed and validated by `PARSE_WORKERS` threads, yielded in order.
 
-    Small blocks keep parsing's intermediate columns small (memory); parts are
-    validated and stored whole, so validation's per-call cost (pandera's, ~15 ms)
-    and a store's fixed costs are paid once per part. A part keeps its blocks'
-    text until it is validated, so that any rejected line can be quoted.
+    Reading lines is sequential and cheap (this thread); parsing and validating a
+    part is independent of the other parts and releases the GIL inside polars, so
+    it runs in worker threads while the caller stores the part before: the work of
+    both cores overlaps (`powerwatch.concurrency.map_ahead`, at most
+    `PARSE_WORKERS` parts in flight). Small blocks keep parsing's intermediate columns
+    small (memory); a part is validated and stored whole, so validation's per-call
+    cost (pandera's, ~15 ms) and a store's fixed costs are paid once per part. A part
+    keeps its blocks' text until it is validated, so that any rejected line can be
+    quoted.
     """
-    pending: list[ParsedBatch] = []
-    rows = 0
-    quoted = 0
-    for batch in iter_batches(path, fmt, tz=tz, batch_lines=parse_lines):
-        pending.append(batch)
-        rows += batch.readings.height
-        if rows >= store_rows:
-            part = _validated(pending, known, QUOTED_LINES - quoted)
-            quoted += len(part.quotes)
-            yield part
-            pending, rows = [], 0
-    if pending:
-        yield _validated(pending, known, QUOTED_LINES - quoted)
+    position = ReadPosition()
+    per_part = max(1, -(-store_rows // parse_lines))
+
+    def groups() -> Iterator[tuple[list[Callable[[], ParsedBatch]], int]]:
+        jobs = iter_block_jobs(path, fmt, tz=tz, batch_lines=parse_lines, position=position)
+        while group := list(islice(jobs, per_part)):
+            yield group, position.value
+
+    def work(group: tuple[list[Callable[[], ParsedBatch]], int]) -> _Part:
+        jobs, bytes_read = group
+        part = _validated([job() for job in jobs], known, QUOTED_LINES)
+        part.bytes_read = bytes_read
+        return part
+
+    if PARSE_WORKERS > 1:
+        yield from map_ahead(work, groups(), PARSE_WORKERS)
+    else:  # in this thread (the caller's read-ahead): no part more in flight than needed
+        yield from map(work, groups())
 
 
 def _validated(batches: list[ParsedBatch], known: pl.Series, quotes: int) -> _Part:

@@ -3,6 +3,13 @@
 One `FileReport` per file, whatever happened to it; the same objects feed the
 printed table, the `--report` JSON and the Prefect artifacts, so the three can
 never disagree. For every file: lines = non_data + inserted + duplicates + rejected.
+
+Truthful outcomes: a file whose transaction committed has `status` "imported" (the
+spec's word), but its `verdict` says what that import amounted to: "all rejected"
+(readings rejected, none stored or already there), "mostly rejected" (more than
+`MOSTLY_REJECTED` of its reading lines), "no readings" (nothing but non-data), else
+"imported". Every view leads with inserted and rejected counts and shows the verdict
+where a clean import would say "imported".
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ QUOTED_LINES: Final = 5  # rejected lines quoted per file ("the first few")
 REASONS_KEPT: Final = 50  # distinct rejection reasons listed per file; the rest are summed
 OTHER_REASONS: Final = "(other reasons)"
 _QUOTE_CHARS: Final = 200
+# More than this share of a file's reading lines rejected: the file is "mostly rejected".
+MOSTLY_REJECTED: Final = 0.5
 
 
 @dataclass
@@ -53,8 +62,38 @@ class FileReport:
     def balanced(self) -> bool:
         return self.lines == self.non_data + self.inserted + self.duplicates + self.rejected
 
+    @property
+    def reading_lines(self) -> int:
+        """Lines that were readings (stored, duplicate or rejected): all but non-data."""
+        return self.lines - self.non_data
+
+    @property
+    def verdict(self) -> str:
+        """What the import amounted to (module docstring); `status` unless imported."""
+        if self.status != "imported":
+            return self.status
+        if self.reading_lines <= 0:
+            return "no readings"
+        if self.rejected and self.inserted + self.duplicates == 0:
+            return "all rejected"
+        if self.rejected > MOSTLY_REJECTED * self.reading_lines:
+            return "mostly rejected"
+        return "imported"
+
+    @property
+    def warning(self) -> str | None:
+        """One line for a file that is not a clean import, leading with the counts."""
+        if self.verdict not in ("all rejected", "mostly rejected"):
+            return None
+        top = sorted(self.rejected_by_reason.items(), key=lambda x: -x[1])[:3]
+        reasons = "; ".join(f"{reason}: {count:,}" for reason, count in top)
+        return (
+            f"{self.name}: {self.rejected:,} of {self.reading_lines:,} readings rejected, "
+            f"{self.inserted:,} inserted ({reasons})"
+        )
+
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"verdict": self.verdict}
 
 
 NUMERIC_KEYS: Final = (
@@ -90,6 +129,38 @@ class MigrationReport:
     def failed(self) -> list[FileReport]:
         return [f for f in self.files if f.status == "failed"]
 
+    @property
+    def rejecting(self) -> list[FileReport]:
+        """Imported files that are all or mostly rejected readings."""
+        return [f for f in self.files if f.verdict in ("all rejected", "mostly rejected")]
+
+    @property
+    def nothing_inserted_but_rejected(self) -> bool:
+        """The run stored no reading while it rejected some: not a success to show green."""
+        inserted = sum(f.inserted for f in self.files)
+        return inserted == 0 and any(f.rejected for f in self.files)
+
+    def summary(self) -> str:
+        """The run's final message: counts first, then the files' fate."""
+        t = self.totals()
+        head = (
+            f"{t['inserted']:,} inserted, {t['rejected']:,} rejected, "
+            f"{t['duplicates']:,} duplicates"
+        )
+        if self.nothing_inserted_but_rejected:
+            head = f"nothing inserted: {t['rejected']:,} readings rejected"
+            unknown = sum(sum(f.unknown_stations.values()) for f in self.files)
+            if unknown:
+                head += f" ({unknown:,} of unknown stations: add them, sync, run with --force)"
+            head += f", {t['duplicates']:,} duplicates"
+        files = (
+            f"{t['files']} file(s): {t['imported']} imported, {t['skipped']} skipped, "
+            f"{t['failed']} failed"
+        )
+        if self.rejecting:
+            files += f", {len(self.rejecting)} all or mostly rejected"
+        return f"{head}; {files}"
+
     def totals(self) -> dict[str, Any]:
         totals: dict[str, Any] = {
             key: sum(getattr(f, key) for f in self.files) for key in NUMERIC_KEYS
@@ -108,18 +179,20 @@ class MigrationReport:
         path.write_text(json.dumps(self.as_json(), indent=2) + "\n", encoding="utf-8")
 
     def rows(self) -> list[dict[str, object]]:
-        """One row per file and a TOTAL row: the printed table and the table artifact."""
+        """One row per file and a TOTAL row: the printed table and the table artifact.
+        Inserted and rejected first after the file and its verdict: what an operator
+        looks at first."""
         rows: list[dict[str, object]] = [
             {
                 "file": f.path,
-                "format": f.format or "",
-                "status": f.status + (f" after {f.attempts} attempts" if f.attempts > 1 else ""),
+                "status": f.verdict + (f" after {f.attempts} attempts" if f.attempts > 1 else ""),
+                "inserted": f.inserted,
+                "rejected": f.rejected,
+                "duplicates": f.duplicates,
                 "lines": f.lines,
                 "non-data": f.non_data,
                 "readings": f.readings,
-                "inserted": f.inserted,
-                "duplicates": f.duplicates,
-                "rejected": f.rejected,
+                "format": f.format or "",
                 "time range (UTC)": _time_range(f),
                 "seconds": round(f.seconds, 2),
                 "error": f.error or "",
@@ -131,14 +204,16 @@ class MigrationReport:
             {
                 "file": f"TOTAL ({t['files']} files: {t['imported']} imported, "
                 f"{t['skipped']} skipped, {t['failed']} failed)",
-                "format": "",
-                "status": "failed" if t["failed"] else "ok",
+                "status": "failed"
+                if t["failed"]
+                else ("nothing inserted" if self.nothing_inserted_but_rejected else "ok"),
+                "inserted": t["inserted"],
+                "rejected": t["rejected"],
+                "duplicates": t["duplicates"],
                 "lines": t["lines"],
                 "non-data": t["non_data"],
                 "readings": t["readings"],
-                "inserted": t["inserted"],
-                "duplicates": t["duplicates"],
-                "rejected": t["rejected"],
+                "format": "",
                 "time range (UTC)": "",
                 "seconds": t["seconds"],
                 "error": "",
@@ -150,13 +225,17 @@ class MigrationReport:
         """The run's summary: totals, what failed and why, rejections quoted per file."""
         t = self.totals()
         out = [
-            f"# Log migration: {t['files']} files, {t['imported']} imported, "
-            f"{t['skipped']} skipped, {t['failed']} failed",
+            f"# Log migration: {t['inserted']:,} inserted, {t['rejected']:,} rejected",
+            "",
+            f"{self.summary()}.",
             "",
             f"{t['lines']:,} lines: {t['non_data']:,} non-data, {t['inserted']:,} inserted, "
             f"{t['duplicates']:,} duplicates ({t['conflicts']:,} with different values, "
             f"first kept), {t['rejected']:,} rejected.",
         ]
+        if self.rejecting:
+            out += ["", "## Files with all or most readings rejected", ""]
+            out += [f"- **{f.verdict}**: {f.warning}" for f in self.rejecting]
         if self.failed:
             out += ["", "## Failed", ""]
             out += [f"- `{f.path}` (after {f.attempts} attempt(s)): {f.error}" for f in self.failed]

@@ -12,6 +12,7 @@ from prefect.tasks import exponential_backoff
 from db.engine import bulk_connection
 from powerwatch.migration import import_file
 from powerwatch.migration_report import FileReport
+from powerwatch.progress import JobProgress
 from powerwatch.settings import get_settings
 from tasks.retry import retry_when_database_unavailable
 
@@ -27,15 +28,21 @@ ATTEMPTS = "powerwatch_attempts"  # attribute of a failed import's exception
     retry_condition_fn=retry_when_database_unavailable,
     cache_policy=NO_CACHE,
 )
-def import_file_task(path: Path, tz: str, force: bool) -> FileReport:
+def import_file_task(
+    path: Path, tz: str, force: bool, job: JobProgress | None = None
+) -> FileReport:
     """Import one file in one transaction. Only a busy or unreachable database is retried
     (with backoff and jitter; nothing of the file is stored before the commit); a file
-    that is not a log fails at once with its reason."""
+    that is not a log fails at once with its reason. `job` hears how far the file is."""
     logger = get_run_logger()
     logged = 0
+    if job is not None:
+        job.start_file(path.name)
 
-    def progress(report: FileReport) -> None:
+    def progress(report: FileReport, bytes_read: int) -> None:
         nonlocal logged
+        if job is not None:
+            job.advance(bytes_read, report.lines)
         if report.lines - logged >= PROGRESS_EVERY_LINES:
             logged = report.lines
             logger.info(
@@ -55,12 +62,12 @@ def import_file_task(path: Path, tz: str, force: bool) -> FileReport:
         raise
     report.attempts = get_run_count()
     logger.info(
-        "%s: %s (%s lines, %s inserted, %s duplicates, %s rejected)",
+        "%s: %s inserted, %s rejected, %s duplicates (%s lines): %s",
         path.name,
-        report.status,
-        f"{report.lines:,}",
         f"{report.inserted:,}",
-        f"{report.duplicates:,}",
         f"{report.rejected:,}",
+        f"{report.duplicates:,}",
+        f"{report.lines:,}",
+        report.verdict,
     )
     return report

@@ -188,3 +188,40 @@ def test_cli_refuses_an_unknown_zone_or_a_missing_path_with_exit_2(
     assert "no such file or folder" in capsys.readouterr().err
     with bulk_connection() as bulk:
         assert bulk.scalar("SELECT count(*) FROM load_batches") == 0
+
+
+@pytest.mark.slow
+def test_a_run_that_only_rejects_fails_saying_so_and_shows_its_progress(
+    prefect_server: None, sqlite_synced: Database, tmp_path: Path
+) -> None:
+    """Every reading of a station not in the registry: each file committed, but the run
+    inserted nothing while rejecting readings, so it ends Failed with the counts first;
+    the table leads with inserted and rejected; the progress artifact reached 100 %."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    lines = [
+        T_LINE.format(stamp=f"2024-03-01 07:00:{s:02d}.000", station="Retired", p1=f"{s}.5")
+        for s in range(12)
+    ]
+    (folder / "retired.log").write_text("\n".join(lines) + "\n")
+
+    state = migrate_logs(paths=[str(folder)], return_state=True)
+
+    assert state.is_failed()
+    assert (state.message or "").startswith(
+        "nothing inserted: 12 readings rejected (12 of unknown stations"
+    )
+    [only] = cast(MigrationReport, state.result(raise_on_failure=False)).files
+    assert (only.status, only.verdict, only.inserted, only.rejected) == (
+        "imported",
+        "all rejected",
+        0,
+        12,
+    )
+    table = asyncio.run(_artifact("migrate-logs"))
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert list(rows[0])[:4] == ["file", "status", "inserted", "rejected"]
+    assert [r["status"] for r in rows] == ["all rejected", "nothing inserted"]
+    summary = asyncio.run(_artifact("migrate-logs-summary"))
+    assert summary.startswith("# Log migration: 0 inserted, 12 rejected\n")
+    assert asyncio.run(_artifact("migrate-logs-progress")) == 100.0

@@ -22,7 +22,7 @@ from db.stations import sync_stations
 from powerwatch.legacy import LegacyLogError
 from powerwatch.migration import discover, failed_report, import_file
 from powerwatch.migration_report import QUOTED_LINES, FileReport, MigrationReport
-from powerwatch.registry import load_registry
+from powerwatch.registry import Station, load_registry
 from tests.conftest import SAMPLES, STATIONS_YAML, Database
 
 CSV_HEADER = (
@@ -535,3 +535,91 @@ def test_shared_samples_reconcile_exactly(database: Database, tmp_path: Path) ->
     forced = run(logs, force=True)
     assert forced.totals()["inserted"] == 0
     assert forced.totals()["duplicates"] == totals["inserted"] + totals["duplicates"]
+
+
+# --------------------------------------------------------------------------- truthful outcomes
+
+
+def test_all_and_mostly_rejected_files_are_not_reported_like_clean_imports(
+    sqlite_synced: Database, tmp_path: Path
+) -> None:
+    """A committed file says what it amounted to; every view leads with inserted, rejected."""
+    stamps = [f"2024-03-01 07:00:{s:02d}.000" for s in range(10)]
+    retired = write(tmp_path, "a/retired.log", [t_line(s, "Retired") for s in stamps])
+    mostly = write(
+        tmp_path,
+        "b/mostly.log",
+        [t_line(s, "Retired" if i < 6 else "KhonKaen") for i, s in enumerate(stamps)],
+    )
+    clean = write(tmp_path, "c/clean.log", [t_line(s, "ChiangMai") for s in stamps])
+
+    report = run(retired, mostly, clean)
+
+    verdicts = [(f.name, f.status, f.verdict, f.inserted, f.rejected) for f in report.files]
+    assert verdicts == [
+        ("retired.log", "imported", "all rejected", 0, 10),
+        ("mostly.log", "imported", "mostly rejected", 4, 6),
+        ("clean.log", "imported", "imported", 10, 0),
+    ]
+    rows = report.rows()
+    assert list(rows[0])[:4] == ["file", "status", "inserted", "rejected"]
+    assert [r["status"] for r in rows] == ["all rejected", "mostly rejected", "imported", "ok"]
+    assert report.summary().startswith("14 inserted, 16 rejected, 0 duplicates; 3 file(s)")
+    assert report.summary().endswith("2 all or mostly rejected")
+    assert report.rejecting[0].warning == (
+        "retired.log: 10 of 10 readings rejected, 0 inserted (unknown station: 10)"
+    )
+    markdown = report.markdown()
+    assert markdown.startswith("# Log migration: 14 inserted, 16 rejected\n")
+    assert "**all rejected**: retired.log: 10 of 10 readings rejected" in markdown
+    data = report.as_json()
+    assert [(f["status"], f["verdict"]) for f in data["files"]] == [
+        ("imported", "all rejected"),
+        ("imported", "mostly rejected"),
+        ("imported", "imported"),
+    ]
+    assert not report.nothing_inserted_but_rejected
+
+    only_rejected = MigrationReport(report.files[:1])
+    assert only_rejected.nothing_inserted_but_rejected
+    assert only_rejected.summary().startswith(
+        "nothing inserted: 10 readings rejected (10 of unknown stations: add them, sync, "
+        "run with --force)"
+    )
+    assert only_rejected.rows()[-1]["status"] == "nothing inserted"
+    # Nothing rejected and nothing new (every file skipped): not a failure.
+    assert not run(clean).nothing_inserted_but_rejected
+
+
+# --------------------------------------------------------------------------- the demo's registry
+
+
+@pytest.mark.skipif(not (SAMPLES / "legacy-logs").is_dir(), reason="shared samples not available")
+def test_the_demo_registry_imports_the_sample_logs(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    """The README's example in the demo: `demo_registry` (what `powerwatch demo` syncs)
+    holds the sample logs' stations as the samples' registry lists them, so their
+    readings are stored, not rejected as unknown."""
+    from powerwatch.demo import SAMPLE_LOG_STATIONS, demo_registry
+
+    assert list(SAMPLE_LOG_STATIONS) == load_registry(SAMPLES / "stations.yaml")
+    simulated = [
+        Station("SIM-0001", "00000000-0000-4000-8000-000000000001", "127.0.0.1", "sim", "ws://x/")
+    ]
+    registry = demo_registry(simulated)
+    assert registry[0] == simulated[0] and len(registry) == 1 + len(SAMPLE_LOG_STATIONS)
+    engine = make_engine()
+    sync_stations(engine, registry)
+    engine.dispose()
+    logs = tmp_path / "legacy-logs"
+    shutil.copytree(SAMPLES / "legacy-logs", logs)
+
+    report = run(logs)
+
+    assert all(f.verdict == "imported" for f in report.files), report.summary()
+    unknown = {name for f in report.files for name in f.unknown_stations}
+    # Only a station the samples' own registry lacks (a deliberate stray) is unknown.
+    assert not unknown & {s.name for s in SAMPLE_LOG_STATIONS}, unknown
+    assert report.totals()["inserted"] > 0
+    assert stored().height == report.totals()["inserted"]

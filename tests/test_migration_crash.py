@@ -32,7 +32,7 @@ MIGRATE = (
     "with bulk_connection() as bulk:\n"
     "    for path in discover([Path(sys.argv[1])]):\n"
     "        report = import_file(bulk, path, parse_lines=500, store_rows=int(sys.argv[2]),\n"
-    "            progress=lambda r: print('progress', Path(r.path).name, r.lines, flush=True))\n"
+    "            progress=lambda r, _: print('progress', Path(r.path).name, r.lines, flush=True))\n"
     "        print('done', path.name, report.status, flush=True)\n"
 )
 STORE_ROWS = 2_000

@@ -11,8 +11,9 @@ Every line of a block is counted exactly once: non-data, reading or rejected.
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -35,7 +36,7 @@ from powerwatch.legacy.formats import (
     csv_header_fields,
     is_csv_header,
 )
-from powerwatch.legacy.lines import iter_line_blocks
+from powerwatch.legacy.lines import ReadPosition, iter_line_blocks
 from schemas.reading import (
     ACTIVE_CHANNELS,
     CHANNEL_KEYS,
@@ -94,11 +95,17 @@ class ParsedBatch:
 
 
 def iter_batches(
-    path: Path, fmt: Format, *, tz: str = DEFAULT_TZ, batch_lines: int = 500_000
+    path: Path,
+    fmt: Format,
+    *,
+    tz: str = DEFAULT_TZ,
+    batch_lines: int = 500_000,
+    position: ReadPosition | None = None,
 ) -> Iterator[ParsedBatch]:
     """Parse `path` as format `fmt`, `batch_lines` lines at a time, in bounded memory.
 
-    `tz` is the zone of format T's local time stamps. Raises `InputError` at once
+    `tz` is the zone of format T's local time stamps; `position` follows the bytes
+    of the file read so far. Raises `InputError` at once
     for an unknown zone; `LegacyLogError` (while iterating) for a CSV file without
     a usable header or a damaged gzip stream.
     """
@@ -107,12 +114,55 @@ def iter_batches(
     check_time_zone(tz)
     if batch_lines < 1:
         raise InputError("batch_lines must be at least 1")
-    blocks = iter_line_blocks(path, batch_lines)
+    blocks = iter_line_blocks(path, batch_lines, position=position)
     if fmt == "T":
         return (parse_text_block(block, tz) for block in blocks)
     if fmt == "J":
         return (parse_json_block(block) for block in blocks)
     return _iter_csv(path.name, blocks)
+
+
+def iter_block_jobs(
+    path: Path,
+    fmt: Format,
+    *,
+    tz: str = DEFAULT_TZ,
+    batch_lines: int = 500_000,
+    position: ReadPosition | None = None,
+) -> Iterator[Callable[[], ParsedBatch]]:
+    """`iter_batches`, split in two: the file is read into blocks of lines here, in
+    order; each block's parsing is a job (a function without arguments) that may run in
+    any thread, in any order, and gives what `iter_batches` gives for that block.
+
+    Reading lines is cheap and sequential; parsing is most of the work and each
+    block's is independent once a CSV header was found (the blocks up to and including
+    the header's are parsed here, in order). Same errors as `iter_batches`.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown legacy format {fmt!r}")
+    check_time_zone(tz)
+    if batch_lines < 1:
+        raise InputError("batch_lines must be at least 1")
+    blocks = iter_line_blocks(path, batch_lines, position=position)
+    if fmt == "T":
+        yield from (partial(parse_text_block, block, tz) for block in blocks)
+        return
+    if fmt == "J":
+        yield from (partial(parse_json_block, block) for block in blocks)
+        return
+    parser = _CsvParser(path.name)
+    for block in blocks:
+        if parser.header is None:
+            done = parser.parse(block)  # finds the header: in order
+            yield partial(_done, done)
+        else:
+            yield partial(parser.parse, block)  # the header known: no state changes
+    if parser.header is None and parser.looked_at:
+        raise LegacyLogError(f"{path.name}: no CSV header naming timestamp and station")
+
+
+def _done(batch: ParsedBatch) -> ParsedBatch:
+    return batch
 
 
 def check_time_zone(tz: str) -> None:
