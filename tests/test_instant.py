@@ -72,7 +72,12 @@ def test_idle_job_commands_never_import_prefect(sqlite_synced: Database, tmp_pat
         assert "temporary" not in output(done.stderr)
 
 
-def test_query_commands_import_no_prefect_nor_pandera(sqlite_synced: Database) -> None:
+HEAVY = {"prefect", "pandera", "sqlalchemy", "alembic", "pyarrow", "adbc_driver_manager", "pandas"}
+
+
+def test_query_commands_import_no_prefect_pandera_nor_sqlalchemy(sqlite_synced: Database) -> None:
+    """On SQLite a query command reads through stdlib sqlite3 (db.reader) and names tables
+    through db.names: none of the packages that cost seconds to import is loaded."""
     _load_noisy(sqlite_synced)
     for args in (
         ("latest",),
@@ -80,10 +85,23 @@ def test_query_commands_import_no_prefect_nor_pandera(sqlite_synced: Database) -
         ("readings",),
         ("rollups",),
         ("completeness", "--station", "KhonKaen", "--day", "2026-11-01"),
+        ("status",),
     ):
         done = run(*args)
         assert done.returncode == 0, output(done.stderr)
-        assert not imported(done.stderr) & {"prefect", "pandera"}, args
+        assert not imported(done.stderr) & HEAVY, args
+
+
+def test_db_names_are_the_declared_ones() -> None:
+    """db.names (plain strings for readers) names exactly what db.tables declares."""
+    from db import names, tables
+
+    declared = {t.name for t in tables.metadata.sorted_tables}
+    spelled = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
+    assert spelled == declared
+    assert names.ROLLUP_COLUMNS == tuple(c.name for c in tables.rollup_hourly.columns)
+    assert names.ROLLUP_COLUMNS == tuple(c.name for c in tables.rollup_daily.columns)
+    assert set(names.READING_VALUE_COLUMNS) < {c.name for c in tables.power_readings.columns}
 
 
 @pytest.mark.parametrize(
