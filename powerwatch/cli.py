@@ -589,6 +589,13 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
 
 def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
     _require_database()
+    from db.rollups import pending_hours
+
+    with _query_connection() as bulk:
+        queued = pending_hours(bulk)
+    if not queued:  # decided before Prefect is imported: nothing queued, nothing to refresh
+        print("0 queued station-hour(s): the rollups are up to date")
+        return 0
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.refresh_rollups import refresh_rollups
 
