@@ -359,3 +359,29 @@ def test_a_chunk_in_random_order_counts_like_one_in_time_order(
     assert (report.rows_in, report.inserted) == (full.height + 12, full.height - 30)
     assert (report.duplicates, report.conflicts) == (30 + 6, 4 + 2)
     assert _stored().equals(full.sort("station", "timestamp"))
+
+
+def test_a_chunk_out_of_time_order_is_read_in_time_buckets(tmp_path: Path) -> None:
+    """powerwatch.loader.in_time_order: a shuffled chunk comes back as buckets of about a
+    slice, each later in time than the one before, every row once, repeats of a key in
+    file order; a chunk in time order is streamed as it is."""
+    from powerwatch.loader import in_time_order
+
+    frame = make_readings(STATIONS, 100)
+    repeat = frame.slice(150, 1).with_columns(pl.col("activePower1") + 1)
+    shuffled = pl.concat([frame.sample(fraction=1.0, shuffle=True, seed=5), repeat])
+    write_chunk(shuffled, tmp_path, "shuffled.parquet")
+    write_chunk(frame, tmp_path, "ordered.parquet")
+
+    buckets = list(in_time_order(tmp_path / "shuffled.parquet", 50))
+
+    assert len(buckets) == 7 and all(b.height <= 60 for b in buckets)
+    for before, after in zip(buckets, buckets[1:], strict=False):
+        assert before["timestamp"].max() < after["timestamp"].min()
+    together = pl.concat(buckets)
+    assert together.sort("station", "timestamp", maintain_order=True).equals(
+        shuffled.sort("station", "timestamp", maintain_order=True)
+    )
+    ordered = list(in_time_order(tmp_path / "ordered.parquet", 50))
+    assert [b.height for b in ordered] == [50] * 6
+    assert pl.concat(ordered).equals(frame)
