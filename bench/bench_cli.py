@@ -1,6 +1,6 @@
 """CLI fixed costs: idle job commands and query command latency, as an operator sees them.
 
-    python -m bench.bench_cli            # 3 runs each, with and without a Prefect server
+    python -m bench.bench_cli            # 3 runs each (queries 7), with and without a server
     python -m bench.bench_cli --quick    # 3 runs each, without a server (a smoke run)
 
 Idle job commands: `load` with an empty landing zone, `migrate-logs` on an empty folder,
@@ -30,7 +30,9 @@ QUERIES = (
     ("readings", "--limit", "100"),
     ("rollups", "--interval", "hour"),
     ("completeness", "--station", "BENCH-0000", "--day", "2026-10-01"),
+    ("status",),
 )
+QUERY_RUNS = 7  # a query is cheap: more runs, a steadier median on a shared host
 
 
 def timed(command: list[str], env: dict[str, str], runs: int) -> str:
@@ -75,6 +77,7 @@ def main() -> None:
             "load (empty landing/)": cli("load"),
             "migrate-logs (empty folder)": cli("migrate-logs", str(empty)),
             "archive (nothing older than the retention)": cli("archive"),
+            "refresh-rollups (nothing queued)": cli("refresh-rollups"),
         }
         rows = [("`python -c pass` (baseline)", baseline, "")]
         servers: dict[str, str] = {}
@@ -99,13 +102,16 @@ def main() -> None:
         finally:
             if not args.quick:
                 stack.stop()
-        queries = [("`powerwatch " + " ".join(q) + "`", timed(cli(*q), env, runs)) for q in QUERIES]
+        queries = [
+            ("`powerwatch " + " ".join(q) + "`", timed(cli(*q), env, QUERY_RUNS)) for q in QUERIES
+        ]
     load = os.getloadavg()[0]
     markdown = "\n\n".join(
         [
             "## CLI fixed costs (bench_cli)",
-            f"Median of {runs} runs each, real processes; load average at the end "
-            f"{load:.1f} on {os.cpu_count()} cores.",
+            f"Median of {runs} runs each (queries: {QUERY_RUNS}), real processes; load "
+            f"average at the end {load:.1f} on {os.cpu_count()} cores. Targets: an idle job "
+            "<= 2 s, a query <= 0.5 s (issue 14).",
             table(rows, ("idle job command", "seconds, no server", "seconds, server configured")),
             "Query commands on a demo-sized SQLite database (5 stations x 6 h at 1 Hz, "
             "108,000 readings):",
