@@ -88,24 +88,39 @@ class BatchKeys:
     newest_before: pl.DataFrame | None = None  # station_id, newest: before the batch began
     stored: list[pl.Series] = field(default_factory=list)  # `_key`s this batch inserted
     count: int = 0
+    reach: dict[int, int] = field(default_factory=dict)  # station_id -> newest ts it stored
 
     @property
     def usable(self) -> bool:
         return self.count <= BATCH_KEYS_MAX
 
-    def remember(self, keys: pl.Series) -> None:
-        self.stored.append(keys)
-        self.count += keys.len()
+    def remember(self, inserted: pl.DataFrame) -> None:
+        """Keys and per-station newest ts of rows just inserted (`_key`, station_id, ts)."""
+        self.stored.append(inserted["_key"])
+        self.count += inserted.height
+        newest = inserted.group_by("station_id").agg(pl.col("ts").max())
+        for station_id, ts in newest.iter_rows():
+            self.reach[station_id] = max(ts, self.reach.get(station_id, ts))
         if not self.usable:
             self.stored.clear()  # memory back; the database answers from now on
 
-    def stored_before(self, keys: pl.Series) -> pl.Series:
-        """Whether each key was stored by an earlier slice of this batch."""
+    def stored_before(self, rows: pl.DataFrame) -> pl.Series:
+        """Whether each row's key (`_key`, station_id, ts) was stored by an earlier slice of
+        this batch. Only rows at or before the newest ts the batch stored for their station
+        can be, so a chunk in time order checks (almost) none."""
+        found = pl.Series(values=[False] * rows.height, dtype=pl.Boolean)
         if not self.stored:
-            return pl.Series(values=[False] * keys.len(), dtype=pl.Boolean)
+            return found
+        reach = rows["station_id"].replace_strict(
+            list(self.reach), list(self.reach.values()), default=None, return_dtype=pl.Int64
+        )
+        maybe = (rows["ts"] <= reach).fill_null(False).arg_true()
+        if maybe.len() == 0:
+            return found
         if len(self.stored) > 1:
             self.stored = [pl.concat(self.stored)]
-        return keys.is_in(self.stored[0])
+        hits = rows["_key"].gather(maybe).is_in(self.stored[0])
+        return found.scatter(maybe.filter(hits), True)
 
 
 def begin_batch(
@@ -237,7 +252,7 @@ def store_readings(
     first = first.join(newest, on="station_id", how="left")
     older = pl.col("newest").is_not_null() & (pl.col("ts") <= pl.col("newest"))
     if remembering and keys is not None:
-        older = older | keys.stored_before(first["_key"])
+        older = older | keys.stored_before(first)
     first = first.with_columns(older.alias("_older"))
     fresh = first.filter(~pl.col("_older"))
     candidates = first.filter(pl.col("_older"))
@@ -256,7 +271,7 @@ def store_readings(
         bulk.ingest(power_readings.name, out.to_arrow())
         result.inserted += out.height
         if remembering and keys is not None:
-            keys.remember(to_insert["_key"])
+            keys.remember(to_insert)
         # Rollups: queue the station-hours just stored (one small append, same transaction);
         # `db.rollups.refresh_rollups` recomputes them later. Covers every load path.
         mark_dirty(bulk, out, batch_id)
