@@ -12,7 +12,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup browser demo test lint bench clean
+.PHONY: setup browser demo test lint bench screenshots clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -46,6 +46,10 @@ test: setup browser
 
 bench: setup
 	$(VENV)/bin/python -m bench.run_all
+
+# docs/ui-*.png: every job's artifact in the UI at 1,440 px (needs chromium: make browser)
+screenshots: setup browser
+	$(VENV)/bin/python docs/ui_screenshots.py
 
 clean:
 	rm -rf .tools $(VENV) .venv-deployed .pytest_cache .mypy_cache .ruff_cache
