@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -376,7 +377,7 @@ def test_a_chunk_out_of_time_order_is_read_in_time_buckets(tmp_path: Path) -> No
     buckets = list(in_time_order(tmp_path / "shuffled.parquet", 50))
 
     assert len(buckets) == 7 and all(b.height <= 60 for b in buckets)
-    for before, after in zip(buckets, buckets[1:], strict=False):
+    for before, after in itertools.pairwise(buckets):
         assert before["timestamp"].max() < after["timestamp"].min()
     together = pl.concat(buckets)
     assert together.sort("station", "timestamp", maintain_order=True).equals(
