@@ -27,7 +27,11 @@ import httpx
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "samples" / "legacy-logs"
+# The legacy samples beside the project (`../shared`; a worktree sits one level deeper).
+SAMPLES = next(
+    (p / "shared" / "samples" / "legacy-logs" for p in ROOT.parents if (p / "shared").is_dir()),
+    ROOT.parent / "shared" / "samples" / "legacy-logs",
+)
 # Artifact key -> the picture's name in docs/.
 SHOTS = {
     "capture-stations": "ui-capture-stations.png",

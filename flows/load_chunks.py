@@ -18,7 +18,7 @@ from flows.naming import stamped
 from powerwatch import landing
 from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError, from_os_error
 from powerwatch.loader import TAKEN, ChunkReport
-from powerwatch.reports import load_details, load_summary_rows
+from powerwatch.reports import load_details, load_rate, load_summary_rows
 from powerwatch.settings import get_settings
 from tasks.load import load_chunk_task
 
@@ -64,7 +64,8 @@ def load_chunks() -> State:
     create_table_artifact(
         key="load-chunks",
         table=load_summary_rows(reports),
-        description=f"{len(reports)} chunk(s) loaded, {len(failed)} failed after retries",
+        description=f"{len(reports)} chunk(s) loaded, {len(failed)} failed after retries; "
+        f"{load_rate(reports)}",
     )
     details = load_details(reports) + [f"- {line}" for line in failed]
     if details:  # reasons and errors are long: a list, beside the table

@@ -468,12 +468,13 @@ def cmd_load(_args: argparse.Namespace) -> int:
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.load_chunks import load_chunks
     from powerwatch.output import write_table
-    from powerwatch.reports import load_details, load_summary_rows
+    from powerwatch.reports import load_details, load_rate, load_summary_rows
 
     state = load_chunks(return_state=True)
     reports = state.result(raise_on_failure=False)
     if isinstance(reports, list):
         write_table(pl.DataFrame(load_summary_rows(reports)))
+        print(load_rate(reports))
         for line in load_details(reports):
             print(line.removeprefix("- ").replace("`", ""))
     return _exit_status(state, "load")

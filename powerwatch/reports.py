@@ -10,8 +10,9 @@ if TYPE_CHECKING:  # the loader imports pandera: an idle `load` prints this tabl
 
 def load_summary_rows(reports: list[ChunkReport]) -> list[dict[str, object]]:
     """One row per chunk and a TOTAL row, the main table: what an operator looks at first
-    (inserted, rejected), narrow enough for the UI at 1,440 px. Rejections by reason and
-    errors are in `load_details` (long text)."""
+    (inserted, rejected), narrow enough for the UI at 1,440 px beside a capture chunk's
+    long name. Rows in (= inserted + rejected + duplicates + conflicts) and the rate are
+    in `load_rate`; rejections by reason and errors in `load_details` (long text)."""
     rows: list[dict[str, object]] = [
         {
             "chunk": r.chunk,
@@ -20,13 +21,9 @@ def load_summary_rows(reports: list[ChunkReport]) -> list[dict[str, object]]:
             "rejected": r.rejected,
             "duplicates": r.duplicates,
             "conflicts": r.conflicts,
-            "rows in": r.rows_in,
-            "rows/s": round(r.rows_in / r.seconds) if r.seconds else None,
         }
         for r in reports
     ]
-    seconds = sum(r.seconds for r in reports)
-    total_in = sum(r.rows_in for r in reports)
     rows.append(
         {
             "chunk": f"TOTAL ({len(reports)} chunks)",
@@ -35,11 +32,17 @@ def load_summary_rows(reports: list[ChunkReport]) -> list[dict[str, object]]:
             "rejected": sum(r.rejected for r in reports),
             "duplicates": sum(r.duplicates for r in reports),
             "conflicts": sum(r.conflicts for r in reports),
-            "rows in": total_in,
-            "rows/s": round(total_in / seconds) if seconds else None,
         }
     )
     return rows
+
+
+def load_rate(reports: list[ChunkReport]) -> str:
+    """`N rows in at R rows/s` over the run's chunks."""
+    seconds = sum(r.seconds for r in reports)
+    total_in = sum(r.rows_in for r in reports)
+    rate = f" at {total_in / seconds:,.0f} rows/s" if seconds else ""
+    return f"{total_in:,} rows in{rate}"
 
 
 def load_details(reports: list[ChunkReport]) -> list[str]:

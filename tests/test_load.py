@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -378,7 +379,8 @@ def test_a_chunk_out_of_time_order_is_read_in_time_buckets(tmp_path: Path) -> No
 
     assert len(buckets) == 7 and all(b.height <= 60 for b in buckets)
     for before, after in itertools.pairwise(buckets):
-        assert before["timestamp"].max() < after["timestamp"].min()
+        last, first = before["timestamp"].max(), after["timestamp"].min()
+        assert isinstance(last, datetime) and isinstance(first, datetime) and last < first
     together = pl.concat(buckets)
     assert together.sort("station", "timestamp", maintain_order=True).equals(
         shuffled.sort("station", "timestamp", maintain_order=True)

@@ -91,7 +91,8 @@ class StationState:
             if not stopping:
                 self.down_since_ms = time.time_ns() // 1_000_000
         self.connected = False
-        self.last_error = reason
+        if not stopping:  # the stop's own close says nothing about the station
+            self.last_error = reason
 
     def window_state(self) -> str:
         """What happened to the connection over the capture window, in a few words:
