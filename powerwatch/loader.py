@@ -131,13 +131,14 @@ def in_time_order(path: Path, rows: int | None = None) -> Iterator[pl.DataFrame]
     """
     size = rows or landing.SLICE_ROWS
     try:
-        parquet = pq.ParquetFile(path)
-        count = parquet.metadata.num_rows
-        times = _epoch_ms(pl.from_arrow(pq.read_table(path, columns=["timestamp"])))
+        count = pq.ParquetFile(path).metadata.num_rows
+        times = None
+        if count > size:
+            times = _epoch_ms(pl.from_arrow(pq.read_table(path, columns=["timestamp"])))
     except Exception:  # unreadable or off-contract: iter_chunk names why (ChunkError)
         yield from landing.iter_chunk(path, size)
         return
-    if count <= size or times is None or _ordered(times, size):
+    if times is None or _ordered(times, size):
         yield from landing.iter_chunk(path, size)
         return
     buckets = -(-count // size)
