@@ -14,6 +14,7 @@ database (5 stations x 6 h at 1 Hz, the demo's shape). Baseline in the same run:
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -36,16 +37,21 @@ QUERY_RUNS = 7  # a query is cheap: more runs, a steadier median on a shared hos
 
 
 def timed(command: list[str], env: dict[str, str], runs: int) -> str:
-    """Median seconds, or what failed (a temporary server may time out on a busy host)."""
-    times = []
+    """Median wall seconds (and median CPU seconds of the process, user + system: what the
+    command itself costs, which a busy shared host does not inflate), or what failed (a
+    temporary server may time out on a busy host)."""
+    walls, cpus = [], []
     for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        times.append(time.perf_counter() - started)
+        walls.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if done.returncode:
             last = (done.stderr.strip().splitlines() or ["?"])[-1][:120]
-            return f"exit {done.returncode} after {times[-1]:.1f} s: {last}"
-    return f"{statistics.median(times):.2f}"
+            return f"exit {done.returncode} after {walls[-1]:.1f} s: {last}"
+    return f"{statistics.median(walls):.2f} (CPU {statistics.median(cpus):.2f})"
 
 
 def cli(*args: str) -> list[str]:
@@ -111,7 +117,9 @@ def main() -> None:
             "## CLI fixed costs (bench_cli)",
             f"Median of {runs} runs each (queries: {QUERY_RUNS}), real processes; load "
             f"average at the end {load:.1f} on {os.cpu_count()} cores. Targets: an idle job "
-            "<= 2 s, a query <= 0.5 s (issue 14).",
+            "<= 2 s, a query <= 0.5 s (issue 14). Each figure: median wall seconds (median "
+            "CPU seconds of the process, user + system, which other jobs on the host do not "
+            "inflate; several threads can make it exceed the wall time).",
             table(rows, ("idle job command", "seconds, no server", "seconds, server configured")),
             "Query commands on a demo-sized SQLite database (5 stations x 6 h at 1 Hz, "
             "108,000 readings):",
