@@ -12,6 +12,11 @@ export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
+# Most of the suite's time is spent waiting on real servers and processes, not computing:
+# three workers on two cores, one test module per worker (module-scoped servers are
+# started once). `make test PYTEST_PARALLEL=` runs it serially. See docs/benchmarks.md.
+PYTEST_PARALLEL ?= -n 3 --dist loadfile
+
 .PHONY: setup browser demo test lint bench screenshots clean
 
 $(UV):
@@ -42,9 +47,12 @@ browser:
 test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_PARALLEL)
 
+# The benchmarks add pandas (the `to_sql` baseline); the next `make setup` takes it away.
 bench: setup
+	$(UV) sync --locked --quiet --compile-bytecode --group baselines
+	rm -f $(VENV)/.synced
 	$(VENV)/bin/python -m bench.run_all
 
 # docs/ui-*.png: every job's artifact in the UI at 1,440 px (needs chromium: make browser)

@@ -5,10 +5,11 @@ time to healthy after its restart.
     python -m bench.bench_lifecycle --rounds 1 --skip-restart   # a busy host's short run
     python -m bench.bench_lifecycle --quick    # load and backup, 1 round; no restart
 
-1. Each job command is paused at a fault point (`pause`: the moment is the job's own),
-   then `kill -TERM -<pgid>`: seconds until the command exited, with PREFECT_API_URL set
-   (a running server) and without it (the command's temporary server). The issue's
-   before: capture 161 s, load still running after 60 s.
+1. Each job command is paused at a fault point (`pause`: the moment is the job's own;
+   capture: once it has received 2 s of a simulator's frames), then `kill -TERM -<pgid>`:
+   seconds until the command exited, with PREFECT_API_URL set (a running server) and
+   without it (the command's temporary server). The issue's before: capture 161 s,
+   load still running after 60 s.
 2. `powerwatch demo` killed with -9 (its whole group) while the worker has a run taken,
    then started again: seconds from the new start until a load-chunks run completed and
    a capture-stations run is running (and from the "running" line, the stack's start-up
@@ -122,10 +123,59 @@ def sigterm_to_exit(root: Path, job: str, extra: dict[str, str]) -> float:
     return time.monotonic() - started
 
 
+def capture_sigterm_to_exit(root: Path, extra: dict[str, str]) -> float:
+    """`powerwatch capture` connected to a simulator (two stations at 20 Hz) and receiving:
+    SIGTERM to its group once 2 s of frames were sent (the simulator's own record decides
+    the moment), seconds until it exited. The test with the same set-up
+    (tests/faults/test_signals.py) proves what the exit keeps."""
+    from tests.faults.test_signals import SIMULATE, sent_frames
+
+    registry, record = root / "stations-sim.yaml", root / "record.ndjson"
+    env = _env(root, extra) | {"POWERWATCH_STATIONS": str(registry)}
+    simulator = subprocess.Popen(
+        [sys.executable, "-c", SIMULATE, str(registry), str(record)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not registry.exists():
+            if simulator.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the simulator did not start")
+            time.sleep(0.1)
+        cli = [sys.executable, "-m", "powerwatch.cli"]
+        subprocess.run([*cli, "stations", "sync"], env=env, check=True, capture_output=True)
+        proc = subprocess.Popen(
+            [*cli, "capture", "--flush-seconds", "60", "--flush-rows", "100000"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while True:
+            frames = sent_frames(record) if record.exists() else None
+            sent = frames["sent_ms"].to_list() if frames is not None and frames.height else []
+            if sent and max(sent) - min(sent) >= 2000:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"capture ended ({proc.returncode}) before receiving")
+            time.sleep(0.1)
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(120)
+        return time.monotonic() - started
+    finally:
+        simulator.terminate()
+        simulator.wait(30)
+
+
 def restart_to_healthy(root: Path) -> tuple[float, float]:
     """(from the new start, from its "running" line) until load completed + capture runs."""
     from tests.faults.test_restarts import Site, stop
 
+    root.mkdir(parents=True)
     site = Site(root)
     first, _log, _began = site.start()
     site.wait_taken(first)
@@ -161,7 +211,7 @@ def _arguments() -> argparse.Namespace:
 def main() -> None:
     args = _arguments()
     rounds = 1 if args.quick else args.rounds
-    jobs = ["load", "backup"] if args.quick else list(JOBS)
+    jobs = ["load", "backup"] if args.quick else [*JOBS, "capture"]
     rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as home:
         server = _start_server(Path(home))
@@ -180,6 +230,8 @@ def main() -> None:
                         fresh = root / f"r{time.monotonic_ns()}"
                         fresh.mkdir()
                         _site(fresh)
+                        if job == "capture":
+                            return capture_sigterm_to_exit(fresh, extra)
                         return sigterm_to_exit(fresh, job, extra)
 
                     median, worst = _median(once, rounds)

@@ -1,10 +1,11 @@
 """The interpreter of a site's install, for the processes whose memory a benchmark measures.
 
-This venv has the dev dependencies, pandas among them (only for the `to_sql` baseline).
-pandera imports pandas whenever it is importable: +110 MB of RSS that its polars backend
-never uses, and that no site's process carries, since a site installs without the dev
-group. So the processes measured for peak memory run in a second venv made from the same
-lock file without the dev group (`uv sync --locked --no-dev`), exactly as a site has it.
+`make bench` adds pandas to the dev venv (the `baselines` group, only for the `to_sql`
+baseline). pandera imports pandas whenever it is importable: +110 MB of RSS that its
+polars backend never uses, and that no site's process carries, since a site installs
+without the dev and baselines groups. So the processes measured for peak memory run in a
+second venv made from the same lock file without them (`uv sync --locked --no-dev`),
+exactly as a site has it.
 """
 
 from __future__ import annotations

@@ -120,6 +120,9 @@ def _sqlite_pragmas(busy_timeout_ms: int, *, new_file: bool = False) -> list[str
         *first,
         "PRAGMA journal_mode=WAL",
         "PRAGMA synchronous=NORMAL",
+        # Whenever SQLite resets the -wal file (all of it checkpointed, no reader left on
+        # it), it truncates it to this (64 MiB): a burst's WAL does not stay (db/wal.py).
+        "PRAGMA journal_size_limit=67108864",
         "PRAGMA foreign_keys=ON",
         # Staging tables of a bulk load live in memory, and the key's B-tree pages
         # stay cached across a load's lookups (16 MiB; the default is 2 MiB; 64 MiB bought

@@ -13,9 +13,11 @@ from db.engine import make_engine
 from db.migrate import require_current
 from flows.naming import stamped
 from powerwatch import archive
+from powerwatch.diskguard import low_space
 from powerwatch.errors import DiskFull, InputError, StorageError
 from powerwatch.settings import get_settings
 from tasks.archive import archive_day_task, plan_archive_task, reclaim_space_task
+from tasks.wal import checkpoint_wal_task
 
 
 @flow(name="archive-readings", flow_run_name=stamped("archive-readings"), log_prints=True)
@@ -27,6 +29,8 @@ def archive_readings(older_than_days: int | None = None) -> State:
     further day would meet it too); a day that could not be archived safely is kept
     and the run goes on."""
     settings = get_settings()
+    if (low := low_space(settings, "archive")) is not None:
+        return Failed(message=str(low), data=low)
     days_kept = settings.retention_days if older_than_days is None else older_than_days
     if days_kept < 0:
         bad = InputError(f"archive retention must not be negative (got {days_kept} days)")
@@ -49,6 +53,7 @@ def archive_readings(older_than_days: int | None = None) -> State:
         line = str(error) if isinstance(error, Exception) else "failed"
         failed.append(line if line.startswith(str(day)) else f"{day}: {line}")
     reclaimed = reclaim_space_task() if reports else None
+    checkpoint_wal_task()  # also when nothing was archived: a load's WAL left behind
     run = archive.ArchiveRun(cutoff, reports, failed, reclaimed)
     create_table_artifact(
         key="archive-readings",

@@ -13,6 +13,7 @@ from db.engine import make_engine
 from db.migrate import require_current
 from flows.naming import stamped
 from powerwatch.backup import Manifest
+from powerwatch.diskguard import low_space
 from powerwatch.settings import get_settings
 from tasks.backup import backup_database_task, rotate_backups_task
 
@@ -21,7 +22,10 @@ from tasks.backup import backup_database_task, rotate_backups_task
 def backup_database() -> State:
     """Runbook: check the schema, back up (checked before it counts), rotate, publish.
     A named failure (disk full) fails the run with its one line (the error as data)."""
-    require_current(make_engine(get_settings().database_url))
+    settings = get_settings()
+    if (low := low_space(settings, "backup")) is not None:
+        return Failed(message=str(low), data=low)
+    require_current(make_engine(settings.database_url))
     made = backup_database_task(return_state=True)
     if not made.is_completed():
         return Failed(message=made.message, data=made.result(raise_on_failure=False))

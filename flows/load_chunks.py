@@ -16,11 +16,13 @@ from prefect.states import Completed, Failed
 from db.load import require_schema
 from flows.naming import stamped
 from powerwatch import landing
+from powerwatch.diskguard import low_space
 from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError, from_os_error
 from powerwatch.loader import TAKEN, ChunkReport
 from powerwatch.reports import load_details, load_rate, load_summary_rows
 from powerwatch.settings import get_settings
 from tasks.load import load_chunk_task
+from tasks.wal import checkpoint_wal_task
 
 
 @flow(name="load-chunks", flow_run_name=stamped("load-chunks"), log_prints=True)
@@ -29,6 +31,8 @@ def load_chunks() -> State:
     (skipping those another loader took), publish the table, fail if any did."""
     settings = get_settings()
     logger = get_run_logger()
+    if (low := low_space(settings, "load")) is not None:
+        return Failed(message=str(low), data=low)  # the chunks wait in landing/
     try:
         require_schema(settings.database_url, "load")
         recovered = landing.recover_claims(settings.landing_dir)
@@ -61,6 +65,8 @@ def load_chunks() -> State:
             # Every later chunk would wait out the same retries: stop, they wait in landing/.
             unavailable = error
             break
+    if any(r.status == "loaded" for r in reports):
+        checkpoint_wal_task()  # the -wal file stays bounded (db/wal.py); never fails the run
     create_table_artifact(
         key="load-chunks",
         table=load_summary_rows(reports),

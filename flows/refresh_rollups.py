@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from prefect import flow
+from prefect import State, flow
 from prefect.artifacts import create_table_artifact
+from prefect.states import Failed
 
 from db.engine import make_engine
 from db.migrate import require_current
 from db.rollups import RefreshResult
 from flows.naming import stamped
+from powerwatch.diskguard import low_space
 from powerwatch.settings import get_settings
 from tasks.rollups import refresh_rollups_task
 
 
 @flow(name="refresh-rollups", flow_run_name=stamped("refresh-rollups"), log_prints=True)
-def refresh_rollups() -> RefreshResult:
-    """Runbook: check the schema, refresh what loads have queued, publish what changed."""
-    require_current(make_engine(get_settings().database_url))
+def refresh_rollups() -> RefreshResult | State:
+    """Runbook: check the schema, refresh what loads have queued, publish what changed.
+    On a nearly full disk it refuses to start (the disk guard), in one line."""
+    settings = get_settings()
+    if (low := low_space(settings, "refresh-rollups")) is not None:
+        return Failed(message=str(low), data=low)  # the queued hours wait
+    require_current(make_engine(settings.database_url))
     result = refresh_rollups_task()
     create_table_artifact(
         key="refresh-rollups",

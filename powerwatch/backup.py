@@ -80,6 +80,23 @@ BLOCK = 4 << 20
 LOCK_FILE = ".backups.lock"  # beside the folder, like the archive's: not a file in it
 
 
+@dataclass(frozen=True)
+class LedgerMark:
+    """The newest ledger row a snapshot holds (see `Manifest.ledger`)."""
+
+    batch_id: int
+    input_name: str
+    content_hash: str
+
+
+LEDGER_MARK_SQL = "SELECT id, input_name, content_hash FROM load_batches ORDER BY id DESC LIMIT 1"
+
+
+def ledger_mark(row: Any) -> LedgerMark | None:
+    """The mark of the first row `LEDGER_MARK_SQL` returned (None: an empty ledger)."""
+    return None if row is None else LedgerMark(int(row[0]), str(row[1]), str(row[2]))
+
+
 @dataclass
 class Manifest:
     """What a backup file holds and how to check it (written beside it as JSON)."""
@@ -94,6 +111,16 @@ class Manifest:
     raw_sha256: str = ""
     integrity_check: str = ""
     seconds: float = 0.0
+    # The newest ledger row (`load_batches`) in the snapshot: id, input name and content
+    # hash. Every batch up to it is in the backup (batches are created and committed
+    # under the write lock, one at a time); those after it are replayed from loaded/
+    # on restore. Name and hash tell this database's history from another's (a restore
+    # of an older backup reuses ids). None in backups taken before this was recorded.
+    ledger: LedgerMark | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ledger, dict):  # read back from JSON
+            self.ledger = LedgerMark(**self.ledger)
 
     @classmethod
     def read(cls, backup: Path, invalid: type[PowerwatchError] = BackupError) -> Manifest:
@@ -291,8 +318,9 @@ def check_sqlite_copy(path: Path, rows: dict[str, int]) -> str:
     return result
 
 
-def _snapshot_copy(url: URL, target: Path) -> dict[str, int]:
-    """Copy the live database into `target` as one consistent snapshot; its row counts."""
+def _snapshot_copy(url: URL, target: Path) -> tuple[dict[str, int], LedgerMark | None]:
+    """Copy the live database into `target` as one consistent snapshot; its row counts
+    and its newest ledger row."""
     engine = make_engine(url.render_as_string(hide_password=False))
     try:
         with engine.connect() as conn:
@@ -300,6 +328,7 @@ def _snapshot_copy(url: URL, target: Path) -> dict[str, int]:
             live.execute("BEGIN")  # a read transaction: writers carry on under WAL
             try:
                 rows = _table_rows(live)
+                mark = ledger_mark(live.execute(LEDGER_MARK_SQL).fetchone())
                 with closing(sqlite3.connect(target)) as copy:
                     live.backup(copy)  # inside the transaction: the snapshot just counted
                     copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
@@ -307,7 +336,7 @@ def _snapshot_copy(url: URL, target: Path) -> dict[str, int]:
                 live.execute("COMMIT")
     finally:
         engine.dispose()
-    return rows
+    return rows, mark
 
 
 def _compress(raw: Path, target: Path) -> tuple[str, int]:
@@ -360,7 +389,7 @@ def _backup(parsed: URL, folder: Path, now: datetime | None) -> tuple[Path, Mani
     raw = folder / f".{stem}.db.{uuid.uuid4().hex[:8]}.tmp"
     packed = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        rows = _snapshot_copy(parsed, raw)
+        rows, mark = _snapshot_copy(parsed, raw)
         fault_point("backup.copied")
         integrity = check_sqlite_copy(raw, rows)
         fault_point("backup.verified")
@@ -382,6 +411,7 @@ def _backup(parsed: URL, folder: Path, now: datetime | None) -> tuple[Path, Mani
         raw_sha256=raw_sha,
         integrity_check=integrity,
         seconds=round(time.perf_counter() - started, 3),
+        ledger=mark,
     )
     _record(manifest, final)
     return final, manifest
@@ -448,6 +478,7 @@ def _backup_postgres(
                 t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one())
                 for t in sorted(tables)
             }
+            mark = ledger_mark(conn.execute(text(LEDGER_MARK_SQL)).first())
             done = subprocess.run(
                 [
                     pg_dump,
@@ -486,6 +517,7 @@ def _backup_postgres(
         rows=rows,
         integrity_check=listed,
         seconds=round(time.perf_counter() - started, 3),
+        ledger=mark,
     )
     _record(manifest, final)
     return final, manifest
@@ -573,10 +605,7 @@ def restore_database(
     started = time.perf_counter()
     parsed = parse_url(url)
     if not is_sqlite(parsed):
-        raise InputError(
-            f"{parsed.render_as_string()} is PostgreSQL: restore a dump with "
-            f"`pg_restore --clean --if-exists --dbname <url> {backup}` (stop capture/load first)"
-        )
+        return _restore_postgres(backup, parsed, force=force, invalid=invalid)
     target = sqlite_path(parsed)
     if target is None:
         raise InputError("cannot restore into an in-memory SQLite database")
@@ -595,6 +624,53 @@ def restore_database(
     finally:
         unpacked.unlink(missing_ok=True)
     return RestoreReport(backup.name, str(target), manifest.rows, time.perf_counter() - started)
+
+
+def _restore_postgres(
+    backup: Path, url: URL, *, force: bool, invalid: type[PowerwatchError]
+) -> RestoreReport:
+    """`pg_restore` a verified dump into the database `url` names, into the schema it
+    was taken from (the dump creates it). Refused (RestoreRefused) when the URL's schema
+    already holds tables, unless `force` (then the dump's objects replace theirs)."""
+    started = time.perf_counter()
+    manifest = verify_backup(backup, invalid=invalid)
+    if manifest.kind != "postgresql":
+        raise invalid(f"{backup.name}: a SQLite backup; restore it into a sqlite:/// URL")
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with engine.connect() as conn:
+            tables = conn.execute(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    if tables and not force:
+        raise RestoreRefused(
+            f"{url.render_as_string()} holds {tables} table(s); restoring would replace them "
+            "(stop capture/load, then use --force)"
+        )
+    dbname, env = _libpq(url)
+    done = subprocess.run(
+        [
+            _pg_tool("pg_restore"),
+            "--clean",  # with --if-exists: also an empty `public` the dump creates again
+            "--if-exists",
+            "--no-owner",
+            "--exit-on-error",
+            f"--dbname={dbname}",
+            str(backup),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BackupError(f"pg_restore failed: {_redact(last, url)}")
+    return RestoreReport(
+        backup.name, url.render_as_string(), manifest.rows, time.perf_counter() - started
+    )
 
 
 # --- rotation and the drill -------------------------------------------------------------
@@ -648,25 +724,30 @@ class DrillReport:
 
 def restore_drill(folder: Path, now: datetime | None = None) -> DrillReport:
     """Restore the newest backup to a temporary path and check it, as a restore would."""
-    started = time.perf_counter()
     backups = list_backups(folder)
     if not backups:
         raise BackupError(f"no verified backup in {folder} to drill")
     newest = backups[0]
-    moment = now if now is not None else datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="powerwatch-drill-") as scratch:
-        manifest = Manifest.read(newest)
-        if manifest.kind == "sqlite":
-            target = Path(scratch) / "restored.db"
-            # restore_database verifies what it puts in place: checksums, integrity, counts.
-            restore_database(newest, f"sqlite:///{target}", invalid=BackupError)
-            check = f"restored; integrity_check {manifest.integrity_check}; row counts match"
-        else:
-            check = verify_backup(newest).integrity_check
+        return restore_drill_into(newest, f"sqlite:///{Path(scratch) / 'restored.db'}", now)
+
+
+def restore_drill_into(backup: Path, target: str, now: datetime | None = None) -> DrillReport:
+    """Restore `backup` (SQLite) into the empty SQLite `target` with every check a
+    restore makes; a PostgreSQL dump is verified (`pg_restore --list`) instead."""
+    started = time.perf_counter()
+    moment = now if now is not None else datetime.now(UTC)
+    manifest = Manifest.read(backup)
+    if manifest.kind == "sqlite":
+        # restore_database verifies what it puts in place: checksums, integrity, counts.
+        restore_database(backup, target, invalid=BackupError)
+        check = f"restored; integrity_check {manifest.integrity_check}; row counts match"
+    else:
+        check = verify_backup(backup).integrity_check
     return DrillReport(
-        backup=newest.name,
+        backup=backup.name,
         created_at=manifest.created_at,
-        age_hours=round((moment - backup_time(newest)).total_seconds() / 3600, 2),
+        age_hours=round((moment - backup_time(backup)).total_seconds() / 3600, 2),
         rows=manifest.rows,
         check=check,
         seconds=round(time.perf_counter() - started, 3),

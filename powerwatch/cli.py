@@ -701,15 +701,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():  # refused before anything (a folder for the target) is made
         raise InputError(f"{args.file}: no such backup file")
-    from powerwatch.backup import restore_database
+    from powerwatch.replay import restore
     from powerwatch.settings import get_settings
 
-    report = restore_database(args.file, get_settings().database_url, force=args.force)
+    settings = get_settings()
+    report, replay = restore(args.file, settings.database_url, settings, force=args.force)
     print(
         f"{report.target}: restored from {report.backup} "
-        f"({report.rows.get('power_readings', 0):,} readings, checked)"
+        f"({report.rows.get('power_readings', 0):,} readings, checked); replayed "
+        f"{replay.replayed} chunk(s) loaded since ({replay.inserted:,} readings, "
+        f"{replay.in_snapshot} in the snapshot already); {replay.archived_dropped:,} "
+        "archived reading(s) left in the archive"
     )
-    return 0
+    for line in replay.unreadable:
+        print(f"unreadable, not replayed: {line}", file=sys.stderr)
+    return 1 if replay.unreadable else 0
 
 
 Handler = Callable[[argparse.Namespace], int]

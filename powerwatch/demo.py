@@ -149,6 +149,8 @@ def run_site(settings: Settings, *, simulate: bool, outages: Sequence[str] = ())
     stack = LocalStack(home=settings.data_dir.resolve() / "prefect", port=settings.prefect_port)
     stack.env = env
     stack.alert_webhook_url = settings.alert_webhook_url
+    stack.history_days = settings.prefect_history_days
+    stack.events_days = settings.prefect_events_days
     simulator: subprocess.Popen[bytes] | None = None
     if simulate:
         check_ports_free(station_port(), DEMO_STATIONS)

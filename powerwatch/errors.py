@@ -59,6 +59,10 @@ class DiskFull(JobError):
     """No space left on a device the job writes to."""
 
 
+class DiskLow(DiskFull):
+    """Free space below the disk guard's threshold: a write job refused to start."""
+
+
 class StorageError(JobError):
     """An I/O error of a disk or file system (not a full disk, not bad input)."""
 

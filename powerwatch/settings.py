@@ -70,6 +70,42 @@ class Settings(BaseSettings):
     retention_days: int = Field(
         90, ge=1, le=MAX_DAYS, description="Readings older than this move to the archive."
     )
+    rejects_retention_days: int = Field(
+        30,
+        ge=1,
+        le=MAX_DAYS,
+        description="Files in quarantine/, failed/ and dead-letter/ are deleted this many "
+        "days after they were written (their counts stay in the ledger and run artifacts).",
+    )
+    prefect_history_days: int = Field(
+        14,
+        ge=1,
+        le=MAX_DAYS,
+        description="The Prefect server (as `powerwatch` starts it) deletes finished flow "
+        "runs, with their logs and artifacts, this many days after they ended.",
+    )
+    prefect_events_days: int = Field(
+        7,
+        ge=1,
+        le=MAX_DAYS,
+        description="... and its events after this many days (flow-run heartbeats after "
+        "one day at most: they are most of the events and matter only while a run lives).",
+    )
+    disk_min_free_percent: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Disk guard: write jobs refuse to start when the data folder's (or the "
+        "SQLite database's) file system has less free space than the smaller of this share "
+        "of its size and disk_min_free_bytes (0 turns the guard off).",
+    )
+    disk_min_free_bytes: int = Field(
+        2_000_000_000,
+        ge=0,
+        le=2**62,
+        description="... and this many bytes (2 GB).",
+    )
     prefect_port: int = Field(
         4200,
         ge=1,

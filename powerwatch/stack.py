@@ -52,6 +52,23 @@ def prefect_command() -> list[str]:
     return [sys.executable, "-m", "prefect"]
 
 
+def vacuum_environment(history_days: int, events_days: int) -> dict[str, str]:
+    """The server's own retention (Prefect's `db_vacuum` service, hourly): finished flow
+    runs (with their logs and artifacts) older than `history_days`, events older than
+    `events_days`, flow-run heartbeats (two a minute per running run, most of the
+    events) after one day at most. Prefect's defaults vacuum events only (7 days) and
+    keep run history forever. Durations as ISO 8601 (`P14D`): the forms both of
+    Prefect's duration settings accept."""
+    return {
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": f"P{history_days}D",
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"P{events_days}D",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_EVENT_RETENTION_OVERRIDES": (
+            f'{{"prefect.flow-run.heartbeat": "P{min(1, events_days)}D"}}'
+        ),
+    }
+
+
 def offline_environment() -> dict[str, str]:
     """Telemetry off for every Prefect process we start: this site has no internet."""
     return {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -70,6 +87,10 @@ class LocalStack:
     site_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # SITE_ENV's value
     abandoned: list[str] = field(default_factory=list)  # runs `prepare()` crashed
     alert_webhook_url: str | None = None  # POWERWATCH_ALERT_WEBHOOK_URL: alerts POSTed there
+    # The server's run history and events (settings prefect_history_days / _events_days;
+    # 14 days: yesterday's failed run, and last week's, are still there to open).
+    history_days: int = 14
+    events_days: int = 7
 
     @property
     def api_url(self) -> str:
@@ -82,6 +103,7 @@ class LocalStack:
     def environment(self) -> dict[str, str]:
         """What every child (and every `prefect` command we run) sees."""
         env = dict(os.environ) | offline_environment() | self.env
+        env |= vacuum_environment(self.history_days, self.events_days)
         env |= {
             "PREFECT_HOME": str(self.home),
             "PREFECT_API_URL": self.api_url,

@@ -9,7 +9,7 @@ from prefect import State, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from powerwatch import backup
+from powerwatch import backup, replay
 from powerwatch.settings import get_settings
 from tasks.outcome import named_failure_as_state
 from tasks.retry import retry_when_database_unavailable
@@ -42,6 +42,7 @@ def rotate_backups_task() -> list[str] | State[Any]:
 
 
 @task(task_run_name="restore drill", cache_policy=NO_CACHE)
-def restore_drill_task() -> backup.DrillReport:
-    """Restore the newest backup to a temporary path and check it."""
-    return backup.restore_drill(get_settings().backups_dir)
+def restore_drill_task() -> replay.DrillResult:
+    """Restore the newest backup beside the data, replay the chunks loaded since, and
+    compare the last day's readings per station (count, checksum) with the live database."""
+    return replay.restore_drill(get_settings())

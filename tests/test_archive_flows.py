@@ -97,3 +97,26 @@ def test_backup_flow_rotates(
     manifest = cast(backup.Manifest, backup_database())  # the Completed state's data
 
     assert [p.name for p in backup.list_backups(folder)] == [manifest.file]
+
+
+@pytest.mark.slow
+def test_retention_flow_deletes_what_the_backup_holds_and_publishes_per_folder(
+    prefect_server: None, sqlite_synced: Database
+) -> None:
+    from flows.apply_retention import apply_retention
+
+    _load_days(1)
+    settings = get_settings()
+    assert backup_database(return_state=True).is_completed()
+    later = make_readings(STATIONS, 5, T0 + timedelta(days=2))
+    with bulk_connection() as bulk:
+        load_chunk(bulk, write_chunk(later, settings.landing_dir, "later.parquet"), settings)
+
+    state = apply_retention(return_state=True)
+
+    assert state.is_completed(), state.message
+    assert sorted(p.name for p in settings.loaded_dir.iterdir()) == ["later.parquet"]
+    rows = {str(r["folder"]): r for r in read_artifact("apply-retention")}
+    assert rows.keys() == {"quarantine", "failed", "dead-letter", "loaded"}
+    assert rows["loaded"]["deleted"] == 1 and rows["loaded"]["kept"] == 1
+    assert rows["loaded"]["kept because"] == "1 not in a backup yet"

@@ -89,12 +89,14 @@ def prefect_server() -> Iterator[None]:
 
 @pytest.mark.slow
 def test_refresh_rollups_flow_and_command(prefect_server: None, synced: Database) -> None:
+    from db.rollups import RefreshResult
     from flows.refresh_rollups import refresh_rollups
 
     load(synced, readings("KhonKaen", list(range(0, 2 * HOUR, 10))))
     state = refresh_rollups(return_state=True)
     assert state.is_completed()
     result = state.result()
+    assert isinstance(result, RefreshResult)
     assert (result.marks, result.recomputed, result.days) == (2, 2, 1)
     load(synced, readings("ChiangMai", list(range(0, HOUR, 10))))
     assert main(["refresh-rollups"]) == 0

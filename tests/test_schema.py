@@ -98,6 +98,18 @@ def test_upgrade_is_idempotent_and_downgrade_reverses_it(database: Database) -> 
     migrate.require_current(engine)
 
 
+def test_the_head_read_from_the_files_is_alembics_head() -> None:
+    """`require_current`'s quick path trusts the files' `revision = ...` lines."""
+    assert migrate.declared_head() == migrate.head_revision()
+
+
+def test_an_older_schema_is_refused_by_the_quick_check_too(database: Database) -> None:
+    engine = make_engine(database.url)
+    migrate.downgrade(engine, "0001")
+    with pytest.raises(SchemaVersionError, match="older than this code"):
+        migrate.require_current(engine)
+
+
 def test_database_newer_than_the_code_is_refused(database: Database) -> None:
     engine = make_engine(database.url)
     with engine.begin() as conn:

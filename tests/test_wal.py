@@ -1,0 +1,85 @@
+"""The WAL checkpoint after load and archive runs (db/wal.py): a real SQLite file, a real
+second connection holding a snapshot, the loader writing."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+
+from db import wal
+from db.engine import bulk_connection
+from powerwatch.loader import load_chunk
+from powerwatch.settings import get_settings
+from tests.conftest import T0, Database, make_readings, write_chunk
+
+STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
+
+
+def _load(count: int, first: int = 0) -> None:
+    settings = get_settings()
+    with bulk_connection() as bulk:
+        for i in range(first, first + count):
+            start = T0 + timedelta(minutes=10 * i)
+            chunk = write_chunk(
+                make_readings(STATIONS, 600, start), settings.landing_dir, f"{i}.pq"
+            )
+            chunk = chunk.rename(chunk.with_suffix(".parquet"))
+            assert load_chunk(bulk, chunk, settings).status == "loaded"
+
+
+# A reader in its own process (as an analyst's session is: two SQLite libraries in one
+# process, ADBC's and Python's, would not see each other's POSIX locks). It holds a
+# snapshot until told, then reads on, each read on a new snapshot.
+READER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN")
+print(conn.execute("SELECT count(*) FROM power_readings").fetchone()[0], flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+print(conn.execute("SELECT count(*) FROM power_readings").fetchone()[0], flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_wal_is_reset_once_no_reader_holds_an_old_snapshot(sqlite_synced: Database) -> None:
+    path = Path(sqlite_synced.url.removeprefix("sqlite:///"))
+    wal_file = Path(f"{path}-wal")
+    settings = get_settings()
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdin is not None
+        assert reader.stdout.readline().strip() == "0"  # its snapshot: before the loads
+        _load(4)
+        with bulk_connection() as bulk:
+            held = wal.checkpoint(bulk, settings.busy_timeout_ms)
+        assert held is not None and not held.truncated and held.copied < held.frames
+        assert wal_file.stat().st_size > 0
+
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == str(4 * 1800)  # let go; still connected
+        with bulk_connection() as bulk:
+            done = wal.checkpoint(bulk, settings.busy_timeout_ms)
+        assert wal_file.stat().st_size == 0  # reset while the reader is still connected
+        reader.stdin.write("end\n")
+        reader.stdin.flush()
+        assert reader.wait(timeout=30) == 0
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+
+    assert done is not None and done.truncated and done.copied == done.frames
+    with closing(sqlite3.connect(path)) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert check.execute("SELECT count(*) FROM power_readings").fetchone() == (4 * 1800,)
