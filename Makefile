@@ -17,7 +17,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # started once). `make test PYTEST_PARALLEL=` runs it serially. See docs/benchmarks.md.
 PYTEST_PARALLEL ?= -n 3 --dist loadfile
 
-.PHONY: setup browser demo test lint bench clean
+.PHONY: setup browser demo test lint bench screenshots clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -27,7 +27,11 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	$(UV) sync --locked --quiet --compile-bytecode
 	touch $@
 
+# The project's own modules compiled too: with PYTHONDONTWRITEBYTECODE=1 (this host, CI)
+# every command would otherwise compile them again at each start (issue 14: instant
+# commands). Cheap when up to date; the caches are ignored by git.
 setup: $(VENV)/.synced
+	@env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/python -m compileall -q db flows powerwatch schemas tasks >/dev/null
 
 demo: setup
 	$(VENV)/bin/powerwatch demo
@@ -50,6 +54,10 @@ bench: setup
 	$(UV) sync --locked --quiet --compile-bytecode --group baselines
 	rm -f $(VENV)/.synced
 	$(VENV)/bin/python -m bench.run_all
+
+# docs/ui-*.png: every job's artifact in the UI at 1,440 px (needs chromium: make browser)
+screenshots: setup browser
+	$(VENV)/bin/python docs/ui_screenshots.py
 
 clean:
 	rm -rf .tools $(VENV) .venv-deployed .pytest_cache .mypy_cache .ruff_cache

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from db.names import POWER_READINGS, ROLLUP_DAILY
 from db.rollups import DAY_MS, gap_threshold, require_station_id
-from db.tables import power_readings, rollup_daily
 from schemas.channels import TIMESTAMP_DTYPE
 
 if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
@@ -123,7 +123,7 @@ def _timestamps(
     archive_dir: Path | None,
 ) -> pl.DataFrame:
     """The day's reading times plus the nearest one on each side, from database and archive."""
-    table = power_readings.name
+    table = POWER_READINGS
     day = bulk.frame(
         f"SELECT ts FROM {table} WHERE station_id = ? AND ts >= ? AND ts < ?",
         [station_id, start, end],
@@ -166,7 +166,7 @@ def _normal_interval(
     if times.len() >= 2:
         return float(times.diff().drop_nulls().quantile(0.5, "lower") or 0) or None
     known = bulk.scalar(
-        f"SELECT normal_interval_ms FROM {rollup_daily.name} WHERE station_id = ? "
+        f"SELECT normal_interval_ms FROM {ROLLUP_DAILY} WHERE station_id = ? "
         "AND start_ts < ? AND normal_interval_ms IS NOT NULL ORDER BY start_ts DESC LIMIT 1",
         [station_id, start],
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 
-from db.tables import READING_VALUE_COLUMNS, power_readings, stations
+from db.names import POWER_READINGS, READING_VALUE_COLUMNS, STATIONS
 from schemas.channels import CHANNELS, TIMESTAMP_DTYPE
 
 if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads neither
@@ -104,8 +104,8 @@ def iter_readings(
     name order, so rows come out ordered without a sort.
     """
     sql = [
-        f"SELECT p.station_id, p.ts, {_SELECT_VALUES} FROM {stations.name} s "
-        f"CROSS JOIN {power_readings.name} p WHERE p.station_id = s.id"
+        f"SELECT p.station_id, p.ts, {_SELECT_VALUES} FROM {STATIONS} s "
+        f"CROSS JOIN {POWER_READINGS} p WHERE p.station_id = s.id"
     ]
     params = _filter_clauses(where, sql)
     direction = "DESC" if where.order == "desc" else "ASC"
@@ -116,7 +116,7 @@ def iter_readings(
         if not bulk.sqlite and where.limit is None:
             sql[-1] = "OFFSET ?"
             params.pop(-2)
-    names = bulk.frame(f"SELECT id AS station_id, name AS station FROM {stations.name}").cast(
+    names = bulk.frame(f"SELECT id AS station_id, name AS station FROM {STATIONS}").cast(
         {"station_id": pl.Int64, "station": pl.String}
     )
     for batch in bulk.batches(" ".join(sql), params, rows=STREAM_BATCH_ROWS):
@@ -133,9 +133,9 @@ def station_day(bulk: BulkConnection, station: str, day_start: datetime) -> pl.D
 def latest(bulk: BulkConnection, station: str | None = None) -> pl.DataFrame:
     """The newest reading of every station (or one), by one index seek per station."""
     sql = (
-        f"SELECT s.name AS station, p.ts, {_SELECT_VALUES} FROM {stations.name} s "
-        f"JOIN {power_readings.name} p ON p.station_id = s.id AND p.ts = "
-        f"(SELECT q.ts FROM {power_readings.name} q WHERE q.station_id = s.id "
+        f"SELECT s.name AS station, p.ts, {_SELECT_VALUES} FROM {STATIONS} s "
+        f"JOIN {POWER_READINGS} p ON p.station_id = s.id AND p.ts = "
+        f"(SELECT q.ts FROM {POWER_READINGS} q WHERE q.station_id = s.id "
         "ORDER BY q.ts DESC LIMIT 1)"
     )
     params: list[object] = []
@@ -160,7 +160,7 @@ def aggregates(
     )
     sql = [
         f"SELECT s.name AS station, (p.ts / {width}) * {width} AS bucket, count(*) AS samples, "
-        f"{stats} FROM {power_readings.name} p JOIN {stations.name} s ON s.id = p.station_id "
+        f"{stats} FROM {POWER_READINGS} p JOIN {STATIONS} s ON s.id = p.station_id "
         "WHERE 1 = 1"
     ]
     params = _filter_clauses(where, sql)
@@ -179,9 +179,9 @@ def station_summary(bulk: BulkConnection) -> pl.DataFrame:
     """Every registered station with its newest reading time and its readings count."""
     sql = (
         f"SELECT s.name AS station, s.uuid, s.scene, s.url, "
-        f"(SELECT max(p.ts) FROM {power_readings.name} p WHERE p.station_id = s.id) AS last_ts, "
-        f"(SELECT count(*) FROM {power_readings.name} p WHERE p.station_id = s.id) AS readings "
-        f"FROM {stations.name} s ORDER BY s.name"
+        f"(SELECT max(p.ts) FROM {POWER_READINGS} p WHERE p.station_id = s.id) AS last_ts, "
+        f"(SELECT count(*) FROM {POWER_READINGS} p WHERE p.station_id = s.id) AS readings "
+        f"FROM {STATIONS} s ORDER BY s.name"
     )
     frame = bulk.frame(sql)
     if frame.is_empty():
@@ -196,7 +196,7 @@ def conflicts(bulk: BulkConnection, station: str | None = None) -> pl.DataFrame:
     """Readings that arrived again with different values: both versions, for an operator."""
     sql = (
         f"SELECT s.name AS station, c.ts, c.batch_id, c.stored_values, c.incoming_values "
-        f"FROM reading_conflicts c JOIN {stations.name} s ON s.id = c.station_id"
+        f"FROM reading_conflicts c JOIN {STATIONS} s ON s.id = c.station_id"
     )
     params: list[object] = []
     if station is not None:

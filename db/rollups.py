@@ -43,15 +43,16 @@ from typing import TYPE_CHECKING, Literal
 import polars as pl
 
 from db import energy
-from db.tables import (
+from db.names import (
+    ENERGY_EVENTS,
     MUX_COLUMNS,
+    POWER_READINGS,
     READING_VALUE_COLUMNS,
-    energy_events,
-    power_readings,
-    rollup_daily,
-    rollup_dirty,
-    rollup_hourly,
-    stations,
+    ROLLUP_COLUMNS,
+    ROLLUP_DAILY,
+    ROLLUP_DIRTY,
+    ROLLUP_HOURLY,
+    STATIONS,
 )
 from powerwatch.errors import UnknownStationError
 from schemas.channels import CHANNELS
@@ -71,11 +72,11 @@ REFRESH_BATCH_HOURS = 2_000
 REFRESH_BATCH_READINGS = 100_000
 # Refresh serialises with writers of readings (loads, archive) via power_readings' lock.
 LOCK_TABLES = (
-    power_readings.name,
-    rollup_dirty.name,
-    rollup_hourly.name,
-    rollup_daily.name,
-    energy_events.name,
+    POWER_READINGS,
+    ROLLUP_DIRTY,
+    ROLLUP_HOURLY,
+    ROLLUP_DAILY,
+    ENERGY_EVENTS,
 )
 
 KEY = ["station_id", "hour_ts"]
@@ -84,15 +85,13 @@ Interval = Literal["hour", "day"]
 
 def _rollup_schema() -> dict[str, pl.DataType]:
     schema: dict[str, pl.DataType] = {}
-    for column in rollup_hourly.columns:
-        if column.name == "station_id" or column.name.endswith(
-            ("_resets", "_gaps", "_wraps", "_flagged")
-        ):
-            schema[column.name] = pl.Int32()
-        elif column.name.endswith(("_ts", "_count")) or column.name == "samples":
-            schema[column.name] = pl.Int64()
+    for name in ROLLUP_COLUMNS:
+        if name == "station_id" or name.endswith(("_resets", "_gaps", "_wraps", "_flagged")):
+            schema[name] = pl.Int32()
+        elif name.endswith(("_ts", "_count")) or name == "samples":
+            schema[name] = pl.Int64()
         else:
-            schema[column.name] = pl.Float64()
+            schema[name] = pl.Float64()
     return schema
 
 
@@ -138,7 +137,7 @@ def mark_dirty(bulk: BulkConnection, stored: pl.DataFrame, batch_id: int) -> Non
             pl.col("len").cast(pl.Int64).alias("readings"),
         )
     )
-    bulk.ingest(rollup_dirty.name, marks.to_arrow())
+    bulk.ingest(ROLLUP_DIRTY, marks.to_arrow())
 
 
 # --- refresh -----------------------------------------------------------------------------
@@ -221,7 +220,7 @@ def refresh_batch(
     queued = _frame(
         bulk,
         "SELECT station_id, hour_ts, CAST(sum(readings) AS BIGINT) AS readings "
-        f"FROM {rollup_dirty.name} GROUP BY station_id, hour_ts "
+        f"FROM {ROLLUP_DIRTY} GROUP BY station_id, hour_ts "
         f"ORDER BY station_id, hour_ts LIMIT {int(limit)}",
         {"station_id": pl.Int32(), "hour_ts": pl.Int64(), "readings": pl.Int64()},
     )
@@ -234,7 +233,7 @@ def refresh_batch(
     with _staged(bulk, "pw_rollup_keys", keys):
         following = _frame(
             bulk,
-            f"SELECT k.station_id, (SELECT min(p.ts) FROM {power_readings.name} p "
+            f"SELECT k.station_id, (SELECT min(p.ts) FROM {POWER_READINGS} p "
             f"WHERE p.station_id = k.station_id AND p.ts >= k.hour_ts + {HOUR_MS}) AS next_ts "
             "FROM pw_rollup_keys k",
             {"station_id": pl.Int32(), "next_ts": pl.Int64()},
@@ -250,7 +249,7 @@ def refresh_batch(
             bulk,
             "SELECT d.station_id, d.hour_ts, d.batch_id, "
             "CAST(sum(d.readings) AS BIGINT) AS readings "
-            f"FROM pw_rollup_work w CROSS JOIN {rollup_dirty.name} d "
+            f"FROM pw_rollup_work w CROSS JOIN {ROLLUP_DIRTY} d "
             "WHERE d.station_id = w.station_id AND d.hour_ts = w.hour_ts "
             "GROUP BY d.station_id, d.hour_ts, d.batch_id",
             {
@@ -264,7 +263,7 @@ def refresh_batch(
             bulk,
             f"SELECT p.station_id, w.hour_ts, p.ts, p.batch_id, "
             f"{', '.join(f'p.{c}' for c in READING_VALUE_COLUMNS)} "
-            f"FROM pw_rollup_work w CROSS JOIN {power_readings.name} p "
+            f"FROM pw_rollup_work w CROSS JOIN {POWER_READINGS} p "
             f"WHERE p.station_id = w.station_id AND p.ts >= w.hour_ts "
             f"AND p.ts < w.hour_ts + {HOUR_MS}",
             {
@@ -278,7 +277,7 @@ def refresh_batch(
         raw = raw.sort("station_id", "ts")
         stored = _frame(
             bulk,
-            f"SELECT DISTINCT r.* FROM pw_rollup_work w JOIN {rollup_hourly.name} r "
+            f"SELECT DISTINCT r.* FROM pw_rollup_work w JOIN {ROLLUP_HOURLY} r "
             "ON r.station_id = w.station_id "
             f"AND r.start_ts >= w.hour_ts - {HOUR_MS} AND r.start_ts <= w.hour_ts",
             ROLLUP_SCHEMA,
@@ -286,7 +285,7 @@ def refresh_batch(
     preds = _stored_predecessors(bulk, raw)
     moduli = _frame(
         bulk,
-        f"SELECT id AS station_id, meter_modulus AS modulus FROM {stations.name} "
+        f"SELECT id AS station_id, meter_modulus AS modulus FROM {STATIONS} "
         "WHERE meter_modulus IS NOT NULL",
         {"station_id": pl.Int32(), "modulus": pl.Float64()},
     )
@@ -297,7 +296,7 @@ def refresh_batch(
     )
     hours = computed.hours
     if not hours.is_empty():
-        _replace(bulk, rollup_hourly.name, hours)
+        _replace(bulk, ROLLUP_HOURLY, hours)
         days = _rebuild_days(bulk, hours.select("station_id", "start_ts"))
     else:
         days = 0
@@ -306,7 +305,7 @@ def refresh_batch(
         # Exactly the marks read above: a mark committed meanwhile (by a writer that
         # does not take the readings' lock) stays queued for the next refresh.
         bulk.execute(
-            f"DELETE FROM {rollup_dirty.name} WHERE (station_id, hour_ts, batch_id) IN "
+            f"DELETE FROM {ROLLUP_DIRTY} WHERE (station_id, hour_ts, batch_id) IN "
             "(SELECT station_id, hour_ts, batch_id FROM pw_rollup_marks)"
         )
     consumed = marks.select(KEY).unique().height
@@ -330,9 +329,9 @@ def _stored_predecessors(bulk: BulkConnection, raw: pl.DataFrame) -> dict[str, p
             preds[m] = _frame(
                 bulk,
                 f"SELECT k.station_id, k.hour_ts, r.{m}_last_ts AS pred_ts, r.{m}_last AS pred_v "
-                f"FROM pw_energy_keys k CROSS JOIN {rollup_hourly.name} r "
+                f"FROM pw_energy_keys k CROSS JOIN {ROLLUP_HOURLY} r "
                 "WHERE r.station_id = k.station_id AND r.start_ts = ("
-                f"SELECT max(q.start_ts) FROM {rollup_hourly.name} q "
+                f"SELECT max(q.start_ts) FROM {ROLLUP_HOURLY} q "
                 "WHERE q.station_id = k.station_id AND q.start_ts > k.lo "
                 f"AND q.start_ts < k.hour_ts AND q.{m}_last_ts IS NOT NULL)",
                 energy.PRED_SCHEMA,
@@ -345,14 +344,14 @@ def _replace_events(bulk: BulkConnection, complete: pl.DataFrame, events: pl.Dat
     if not complete.is_empty():
         with _staged(bulk, "pw_energy_hours", complete):
             bulk.execute(
-                f"DELETE FROM {energy_events.name} WHERE (station_id, ts, meter) IN ("
+                f"DELETE FROM {ENERGY_EVENTS} WHERE (station_id, ts, meter) IN ("
                 f"SELECT e.station_id, e.ts, e.meter FROM pw_energy_hours k "
-                f"CROSS JOIN {energy_events.name} e WHERE e.station_id = k.station_id "
+                f"CROSS JOIN {ENERGY_EVENTS} e WHERE e.station_id = k.station_id "
                 f"AND e.ts >= k.hour_ts AND e.ts < k.hour_ts + {HOUR_MS})"
             )
     if not events.is_empty():
         bulk.ingest(
-            energy_events.name,
+            ENERGY_EVENTS,
             events.select(pl.col(n).cast(t) for n, t in EVENT_SCHEMA.items()).to_arrow(),
         )
 
@@ -375,7 +374,7 @@ def _rebuild_days(bulk: BulkConnection, hours: pl.DataFrame) -> int:
     with _staged(bulk, "pw_rollup_days", days):
         stored = _frame(
             bulk,
-            f"SELECT r.* FROM pw_rollup_days d JOIN {rollup_hourly.name} r "
+            f"SELECT r.* FROM pw_rollup_days d JOIN {ROLLUP_HOURLY} r "
             "ON r.station_id = d.station_id "
             f"AND r.start_ts >= d.day_ts AND r.start_ts < d.day_ts + {DAY_MS}",
             ROLLUP_SCHEMA,
@@ -387,7 +386,7 @@ def _rebuild_days(bulk: BulkConnection, hours: pl.DataFrame) -> int:
         .agg(_combine(pl.col("normal_interval_ms").quantile(0.5, "lower")))
         .rename({"day_ts": "start_ts"})
     )
-    _replace(bulk, rollup_daily.name, daily)
+    _replace(bulk, ROLLUP_DAILY, daily)
     return daily.height
 
 
@@ -659,7 +658,7 @@ def _recompute(
 
 def require_station_id(bulk: BulkConnection, station: str) -> int:
     """The id of a registered station; an unknown name is bad input."""
-    found = bulk.scalar(f"SELECT id FROM {stations.name} WHERE name = ?", [station])
+    found = bulk.scalar(f"SELECT id FROM {STATIONS} WHERE name = ?", [station])
     if found is None:
         raise UnknownStationError(f"unknown station: {station!r}")
     return int(found)
@@ -681,14 +680,14 @@ def rollups(
     but its share of the spread kWh: it is listed with 0 samples."""
     from db.queries import epoch_ms
 
-    table = rollup_hourly if interval == "hour" else rollup_daily
+    table = ROLLUP_HOURLY if interval == "hour" else ROLLUP_DAILY
     length = HOUR_MS if interval == "hour" else DAY_MS
     station_id = None if station is None else require_station_id(bulk, station)
     start_ms = None if start is None else int(start.timestamp() * 1000)
     end_ms = None if end is None else int(end.timestamp() * 1000)
     sql = [
-        f"SELECT s.name AS station, r.* FROM {table.name} r "
-        f"JOIN {stations.name} s ON s.id = r.station_id WHERE 1 = 1"
+        f"SELECT s.name AS station, r.* FROM {table} r "
+        f"JOIN {STATIONS} s ON s.id = r.station_id WHERE 1 = 1"
     ]
     params: list[object] = []
     if station_id is not None:
@@ -748,7 +747,7 @@ def _with_spread(
     lying wholly inside the interval, `*_estimated_kwh` holds the others; intervals
     that only an outage covers are added (0 samples)."""
     sql = [
-        f"SELECT station_id, meter, prev_ts, ts, kwh FROM {energy_events.name} "
+        f"SELECT station_id, meter, prev_ts, ts, kwh FROM {ENERGY_EVENTS} "
         "WHERE spread = 1 AND kwh > 0"
     ]
     # Integers only (ids and epoch ms), so inlined.
@@ -793,7 +792,7 @@ def _with_spread(
     )
     names = _frame(
         bulk,
-        f"SELECT id AS station_id, name AS station FROM {stations.name}",
+        f"SELECT id AS station_id, name AS station FROM {STATIONS}",
         {"station_id": pl.Int32(), "station": pl.String()},
     )
     missing = (
@@ -827,6 +826,6 @@ def pending_hours(bulk: BulkConnection) -> int:
     """Station-hours queued for the next refresh (rollups of them may be behind)."""
     return int(
         bulk.scalar(
-            f"SELECT count(*) FROM (SELECT DISTINCT station_id, hour_ts FROM {rollup_dirty.name}) q"
+            f"SELECT count(*) FROM (SELECT DISTINCT station_id, hour_ts FROM {ROLLUP_DIRTY}) q"
         )
     )

@@ -30,7 +30,8 @@ from sqlalchemy import (
     func,
 )
 
-from schemas.channels import CHANNELS
+from db.names import MUX_COLUMNS as MUX_COLUMNS
+from db.names import READING_VALUE_COLUMNS as READING_VALUE_COLUMNS
 
 metadata = MetaData()
 
@@ -81,8 +82,6 @@ load_batches = Table(
     Index("ix_load_batches_content_hash", "content_hash"),
 )
 
-READING_VALUE_COLUMNS: tuple[str, ...] = tuple(c.column for c in CHANNELS)
-
 power_readings = Table(
     "power_readings",
     metadata,
@@ -113,7 +112,6 @@ reading_conflicts = Table(
 # the raw readings. Sums (not averages) are stored so that rollups merge exactly; the
 # `*_last` columns carry each meter's last value so the next interval's first delta can
 # be computed after the raw rows are gone.
-MUX_COLUMNS: tuple[str, ...] = tuple(c.column for c in CHANNELS if c.unit == "kWh")
 
 
 def energy_columns(name: str) -> list[Column[Any]]:

@@ -37,14 +37,14 @@ def backup_database() -> State:
     create_table_artifact(
         key="backup-database",
         table=[
-            {
+            {  # what an operator looks at first; fits the UI at 1,440 px
                 "file": manifest.file,
+                "check": manifest.integrity_check,
+                "readings": manifest.rows.get("power_readings"),
                 "bytes": manifest.bytes,
                 "database bytes": manifest.raw_bytes,
-                "readings": manifest.rows.get("power_readings"),
-                "check": manifest.integrity_check,
-                "seconds": manifest.seconds,
                 "rotated out": len(removed),
+                "seconds": round(manifest.seconds, 2),
             }
         ],
         description=f"backup {manifest.file}; {len(removed)} old backup(s) rotated out",

@@ -10,7 +10,7 @@ chunks wait in landing/ for the next run. An unreadable chunk fails only itself.
 from __future__ import annotations
 
 from prefect import State, flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed
 
 from db.load import require_schema
@@ -19,7 +19,7 @@ from powerwatch import landing
 from powerwatch.diskguard import low_space
 from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError, from_os_error
 from powerwatch.loader import TAKEN, ChunkReport
-from powerwatch.reports import load_summary_rows
+from powerwatch.reports import load_details, load_rate, load_summary_rows
 from powerwatch.settings import get_settings
 from tasks.load import load_chunk_task
 from tasks.wal import checkpoint_wal_task
@@ -70,8 +70,16 @@ def load_chunks() -> State:
     create_table_artifact(
         key="load-chunks",
         table=load_summary_rows(reports),
-        description=f"{len(reports)} chunk(s) loaded, {len(failed)} failed after retries",
+        description=f"{len(reports)} chunk(s) loaded, {len(failed)} failed after retries; "
+        f"{load_rate(reports)}",
     )
+    details = load_details(reports) + [f"- {line}" for line in failed]
+    if details:  # reasons and errors are long: a list, beside the table
+        create_markdown_artifact(
+            key="load-chunks-details",
+            markdown="Rejections and errors per chunk:\n\n" + "\n".join(details),
+            description="rejected rows by reason (in quarantine/), errors",
+        )
     for line in failed:
         logger.error(line)
     if fatal is not None:

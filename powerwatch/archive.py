@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +61,22 @@ from db import rollups
 from db.bulk import BulkConnection
 from db.queries import epoch_ms
 from db.tables import READING_VALUE_COLUMNS, power_readings, stations
+from powerwatch.archive_plan import ARCHIVE_FILE as ARCHIVE_FILE
+from powerwatch.archive_plan import MANIFEST_FILE as MANIFEST_FILE
+from powerwatch.archive_plan import ArchiveRun as ArchiveRun
+from powerwatch.archive_plan import Cutoff as Cutoff
+from powerwatch.archive_plan import DayReport as DayReport
+from powerwatch.archive_plan import Reclaimed as Reclaimed
+from powerwatch.archive_plan import _ms, leftovers
+from powerwatch.archive_plan import days_to_archive as days_to_archive
+from powerwatch.archive_plan import retention_cutoff as retention_cutoff
+from powerwatch.archive_plan import summary_rows as summary_rows
 from powerwatch.concurrency import map_ahead
-from powerwatch.errors import ArchiveError, InputError
+from powerwatch.errors import ArchiveError
 from powerwatch.faults import fault_point
 from powerwatch.storage import storage_failure
-from schemas.channels import CHANNELS, FUTURE_TOLERANCE, LANDING_COLUMNS
+from schemas.channels import CHANNELS, LANDING_COLUMNS
 
-ARCHIVE_FILE = "readings.parquet"
-MANIFEST_FILE = "archive-manifest.json"
 LOCK_FILE = ".archive.lock"
 DAY_MS = 86_400_000
 ARCHIVE_SCHEMA: dict[str, pl.DataType] = dict(LANDING_COLUMNS)
@@ -80,79 +88,6 @@ _SELECT_DAY = (
 
 
 # --- the cut-off ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cutoff:
-    """Readings stamped before `before` (a UTC midnight) are archived."""
-
-    before: datetime
-    reference: datetime  # the "now" the retention is counted back from
-    wall_clock: datetime
-    newest_reading: datetime | None  # the data's witness of the time (see `retention_cutoff`)
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def retention_cutoff(
-    bulk: BulkConnection, retention_days: int, now: datetime | None = None
-) -> Cutoff:
-    """Where the retention ends, counted back from a "now" that neither a clock running
-    ahead nor a reading stamped in the future can move forward.
-
-    The reference is the earlier of the wall clock and the data's own witness of
-    the time: the newest reading of the *second*-newest station (the only one's
-    if there is one), ignoring readings stamped after the wall clock (+5 min, the
-    validation's tolerance). So one bogus future reading (one station) moves
-    nothing; a clock set ahead is capped by what the stations actually sent; a
-    clock set back only archives less. The cut-off is then floored to a UTC
-    midnight: the archive works in whole days.
-    """
-    if retention_days < 0:
-        raise InputError(f"archive retention must not be negative (got {retention_days} days)")
-    wall = now if now is not None else datetime.now(UTC)
-    newest = bulk.frame(
-        f"SELECT (SELECT max(p.ts) FROM {power_readings.name} p "
-        f"WHERE p.station_id = s.id AND p.ts <= ?) AS newest FROM {stations.name} s",
-        [_ms(wall + FUTURE_TOLERANCE)],
-    )
-    per_station = (
-        sorted((int(v) for v in newest["newest"].to_list() if v is not None), reverse=True)
-        if newest.height
-        else []
-    )
-    witness = _from_ms(per_station[min(1, len(per_station) - 1)]) if per_station else None
-    reference = min(wall, witness) if witness is not None else wall
-    edge = (reference - timedelta(days=retention_days)).astimezone(UTC)
-    before = datetime(edge.year, edge.month, edge.day, tzinfo=UTC)
-    return Cutoff(before=before, reference=reference, wall_clock=wall, newest_reading=witness)
-
-
-def days_to_archive(bulk: BulkConnection, before: datetime) -> Iterator[date]:
-    """UTC days holding readings stamped before `before`, oldest first.
-
-    Jumps from day to day with data by one seek per station (the first reading
-    at or after a moment), so a gap of years costs nothing.
-    """
-    sql = (
-        f"SELECT (SELECT min(p.ts) FROM {power_readings.name} p "
-        f"WHERE p.station_id = s.id AND p.ts >= ?) AS first FROM {stations.name} s"
-    )
-    limit = _ms(before)
-    after = -(2**62)
-    while True:
-        firsts = [int(v) for v in bulk.frame(sql, [after])["first"].to_list() if v is not None]
-        if not firsts or min(firsts) >= limit:
-            return
-        day_start = min(firsts) // DAY_MS * DAY_MS
-        yield _from_ms(day_start).date()
-        after = day_start + DAY_MS
 
 
 # --- paths and the manifest ---------------------------------------------------------------
@@ -222,10 +157,7 @@ def remove_leftovers(archive_root: Path) -> list[Path]:
     being written and manifests being replaced. Call only under `_exclusive`: the
     lock is held by every live archiver while it has a temp file, so whatever is
     found while holding it belongs to a dead process."""
-    found = [
-        *archive_root.glob(f"date=*/.{ARCHIVE_FILE}.*.tmp"),
-        *archive_root.parent.glob(f".{MANIFEST_FILE}.*.tmp"),
-    ]
+    found = leftovers(archive_root)
     for path in found:
         path.unlink(missing_ok=True)
     return found
@@ -321,18 +253,6 @@ class PartitionEntry:
     first: str  # ISO-8601 UTC, earliest reading
     last: str
     archived_at: str
-
-
-@dataclass
-class DayReport:
-    day: str
-    archived: int = 0  # rows deleted from the database
-    already_archived: int = 0  # rows found both in the database and the file (crash recovery)
-    file_rows: int = 0  # rows in the day's file afterwards
-    merged: bool = False  # the day had a file already (late data)
-    checksum: str = ""
-    seconds: float = 0.0
-    delete_seconds: float = 0.0  # the delete transaction: how long writers waited at most
 
 
 def _station_rows(bulk: BulkConnection, station_id: int, name: str, day: date) -> pl.DataFrame:
@@ -582,13 +502,6 @@ def _delete_rows(bulk: BulkConnection, start: int, expected: dict[int, int], day
 # --- giving the space back ----------------------------------------------------------------
 
 
-@dataclass
-class Reclaimed:
-    method: str
-    pages: int = 0
-    seconds: float = 0.0
-
-
 def reclaim_space(
     bulk: BulkConnection, *, step_pages: int = 2_048, pause: float = 0.01
 ) -> Reclaimed:
@@ -645,14 +558,6 @@ def verify_archive(archive_root: Path) -> list[str]:
 # --- a whole run ---------------------------------------------------------------------------
 
 
-@dataclass
-class ArchiveRun:
-    cutoff: Cutoff
-    days: list[DayReport]
-    failed: list[str]  # one line per day that stayed in the database, with the reason
-    reclaimed: Reclaimed | None
-
-
 def archive_readings(
     bulk: BulkConnection, archive_root: Path, retention_days: int, now: datetime | None = None
 ) -> ArchiveRun:
@@ -672,33 +577,3 @@ def archive_readings(
             failed.append(str(exc))
     reclaimed = reclaim_space(bulk) if reports else None
     return ArchiveRun(cutoff, reports, failed, reclaimed)
-
-
-def summary_rows(run: ArchiveRun) -> list[dict[str, object]]:
-    """One row per day plus a total: the Prefect artifact's and the CLI's table."""
-    rows: list[dict[str, object]] = [
-        {
-            "day": d.day,
-            "archived": d.archived,
-            "file rows": d.file_rows,
-            "merged": d.merged,
-            "already archived": d.already_archived,
-            "checksum": d.checksum[:16],
-            "rows/s": round(d.archived / d.seconds) if d.seconds else None,
-        }
-        for d in run.days
-    ]
-    seconds = sum(d.seconds for d in run.days)
-    archived = sum(d.archived for d in run.days)
-    rows.append(
-        {
-            "day": f"TOTAL ({len(run.days)} days, {len(run.failed)} kept)",
-            "archived": archived,
-            "file rows": sum(d.file_rows for d in run.days),
-            "merged": sum(d.merged for d in run.days),
-            "already archived": sum(d.already_archived for d in run.days),
-            "checksum": "",
-            "rows/s": round(archived / seconds) if seconds else None,
-        }
-    )
-    return rows

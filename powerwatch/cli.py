@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from prefect import State
 
     from db.bulk import BulkConnection
+    from powerwatch.archive_plan import ArchiveRun
 
 
 class _Parser(argparse.ArgumentParser):
@@ -467,12 +468,15 @@ def cmd_load(_args: argparse.Namespace) -> int:
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.load_chunks import load_chunks
     from powerwatch.output import write_table
-    from powerwatch.reports import load_summary_rows
+    from powerwatch.reports import load_details, load_rate, load_summary_rows
 
     state = load_chunks(return_state=True)
     reports = state.result(raise_on_failure=False)
     if isinstance(reports, list):
         write_table(pl.DataFrame(load_summary_rows(reports)))
+        print(load_rate(reports))
+        for line in load_details(reports):
+            print(line.removeprefix("- ").replace("`", ""))
     return _exit_status(state, "load")
 
 
@@ -593,6 +597,13 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
 
 def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
     _require_database()
+    from db.rollups import pending_hours
+
+    with _query_connection() as bulk:
+        queued = pending_hours(bulk)
+    if not queued:  # decided before Prefect is imported: nothing queued, nothing to refresh
+        print("0 queued station-hour(s): the rollups are up to date")
+        return 0
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.refresh_rollups import refresh_rollups
 
@@ -633,25 +644,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(get_settings(), args.outage)
 
 
+def _print_archive_run(run: ArchiveRun) -> None:
+    from powerwatch.archive_plan import summary_rows
+    from powerwatch.output import write_table
+
+    print(
+        f"cut-off {run.cutoff.before:%Y-%m-%d} (retention counted back from "
+        f"{run.cutoff.reference:%Y-%m-%d %H:%M} UTC)"
+    )
+    write_table(_frame(summary_rows(run)), sys.stdout)  # the stdout of now
+
+
 def cmd_archive(args: argparse.Namespace) -> int:
     _require_database()
-    import polars as pl
+    from powerwatch.archive_plan import ArchiveRun, nothing_to_do
+    from powerwatch.settings import get_settings
 
+    settings = get_settings()
+    days = settings.retention_days if args.older_than is None else args.older_than
+    with _query_connection() as bulk:
+        idle = nothing_to_do(bulk, settings.archive_dir, days)
+    if idle is not None:
+        # Decided before Prefect is imported: the flow's own output for no day to archive.
+        _print_archive_run(ArchiveRun(idle, [], [], None))
+        return 0
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.archive_readings import archive_readings
-    from powerwatch.archive import ArchiveRun, summary_rows
-    from powerwatch.output import write_table
 
     state = archive_readings(older_than_days=args.older_than, return_state=True)
     run = state.result(raise_on_failure=False)
     if isinstance(run, PowerwatchError):  # disk full, bad retention, damaged manifest
         raise run
     if isinstance(run, ArchiveRun):
-        print(
-            f"cut-off {run.cutoff.before:%Y-%m-%d} (retention counted back from "
-            f"{run.cutoff.reference:%Y-%m-%d %H:%M} UTC)"
-        )
-        write_table(pl.DataFrame(summary_rows(run)), sys.stdout)  # the stdout of now
+        _print_archive_run(run)
     return _exit_status(state, "archive")
 
 

@@ -15,13 +15,15 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from db.bulk import BulkConnection
-from db.tables import load_batches, power_readings, stations
+from db.names import LOAD_BATCHES, POWER_READINGS, STATIONS
 from powerwatch import health
+
+if TYPE_CHECKING:
+    from db.bulk import BulkConnection
 
 
 @dataclass
@@ -41,9 +43,9 @@ def collect(bulk: BulkConnection, data_dir: Path, silent_after: float) -> Status
     now = health.now_ms()
     state = health.read_state(data_dir)
     stored = bulk.frame(
-        f"SELECT s.name AS station, (SELECT q.ts FROM {power_readings.name} q "
+        f"SELECT s.name AS station, (SELECT q.ts FROM {POWER_READINGS} q "
         f"WHERE q.station_id = s.id ORDER BY q.ts DESC LIMIT 1) AS last_ts "
-        f"FROM {stations.name} s ORDER BY s.name"
+        f"FROM {STATIONS} s ORDER BY s.name"
     )
     rows: list[dict[str, Any]] = []
     alerts: list[str] = []
@@ -85,7 +87,7 @@ def collect(bulk: BulkConnection, data_dir: Path, silent_after: float) -> Status
                 if item.name.endswith(".parquet") and not item.name.startswith("."):
                     waiting.append(item.stat().st_mtime_ns // 1_000_000)
     last = bulk.frame(
-        f"SELECT max(finished_at) AS last FROM {load_batches.name} WHERE status = 'committed'"
+        f"SELECT max(finished_at) AS last FROM {LOAD_BATCHES} WHERE status = 'committed'"
     )
     last_load = _when(last.item(0, 0)) if last.height else None
     pipe = state.get("pipeline", {})

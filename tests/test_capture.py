@@ -293,3 +293,28 @@ async def test_two_overlapping_captures_lose_nothing_and_store_each_reading_once
     assert overlap > 0  # both held the overlap's readings ...
     assert sum(r.duplicates for r in loads) == overlap  # ... and the load stored them once
     assert sum(r.conflicts for r in loads) == 0
+
+
+def test_a_stations_state_says_what_happened_over_the_window() -> None:
+    """The capture table's state is the window's story, not a snapshot after it closed
+    (every station is disconnected by the stop itself)."""
+    from powerwatch.capture.connections import StationState
+
+    def station(*events: str) -> str:
+        state = StationState("S", "ws://127.0.0.1:1/")
+        for event in events:
+            if event == "fail":
+                state.failed_attempts += 1
+                state.mark_lost("cannot connect: refused", stopping=False)
+            elif event == "up":
+                state.mark_connected()
+            else:
+                state.mark_lost("closed", stopping=event == "stop")
+        return state.window_state()
+
+    assert station("up", "stop") == "up the whole time"
+    assert station("fail", "fail", "stop") == "never connected"
+    assert station("fail", "up", "stop").startswith("up from ")
+    assert station("up", "lost", "up", "lost", "up", "stop").startswith("2 reconnects, down ")
+    assert station("up", "lost", "stop").startswith("down since ")
+    assert station("up", "lost", "up", "lost", "stop").endswith("Z (1 reconnect)")

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -64,15 +65,20 @@ def _load_noisy(db: Database) -> pl.DataFrame:
 def test_idle_job_commands_never_import_prefect(sqlite_synced: Database, tmp_path: Path) -> None:
     empty = tmp_path / "old-logs"
     empty.mkdir()
-    for args in (("load",), ("migrate-logs", str(empty))):
+    for args in (("load",), ("migrate-logs", str(empty)), ("archive",), ("refresh-rollups",)):
         done = run(*args)
         assert done.returncode == 0, output(done.stderr)
-        assert "TOTAL (0" in done.stdout
+        assert "TOTAL (0" in done.stdout or "0 queued" in done.stdout
         assert not imported(done.stderr) & {"prefect", "pandera"}, args
         assert "temporary" not in output(done.stderr)
 
 
-def test_query_commands_import_no_prefect_nor_pandera(sqlite_synced: Database) -> None:
+HEAVY = {"prefect", "pandera", "sqlalchemy", "alembic", "pyarrow", "adbc_driver_manager", "pandas"}
+
+
+def test_query_commands_import_no_prefect_pandera_nor_sqlalchemy(sqlite_synced: Database) -> None:
+    """On SQLite a query command reads through stdlib sqlite3 (db.reader) and names tables
+    through db.names: none of the packages that cost seconds to import is loaded."""
     _load_noisy(sqlite_synced)
     for args in (
         ("latest",),
@@ -80,10 +86,23 @@ def test_query_commands_import_no_prefect_nor_pandera(sqlite_synced: Database) -
         ("readings",),
         ("rollups",),
         ("completeness", "--station", "KhonKaen", "--day", "2026-11-01"),
+        ("status",),
     ):
         done = run(*args)
         assert done.returncode == 0, output(done.stderr)
-        assert not imported(done.stderr) & {"prefect", "pandera"}, args
+        assert not imported(done.stderr) & HEAVY, args
+
+
+def test_db_names_are_the_declared_ones() -> None:
+    """db.names (plain strings for readers) names exactly what db.tables declares."""
+    from db import names, tables
+
+    declared = {t.name for t in tables.metadata.sorted_tables}
+    spelled = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
+    assert spelled == declared
+    assert tuple(c.name for c in tables.rollup_hourly.columns) == names.ROLLUP_COLUMNS
+    assert tuple(c.name for c in tables.rollup_daily.columns) == names.ROLLUP_COLUMNS
+    assert set(names.READING_VALUE_COLUMNS) < {c.name for c in tables.power_readings.columns}
 
 
 @pytest.mark.parametrize(
@@ -158,3 +177,32 @@ def test_a_stale_announcement_is_ignored(sqlite_synced: Database) -> None:
     assert discovery.discover(sqlite_synced.data_dir) is None
     discovery.withdraw(home, "http://127.0.0.1:9/api")
     assert not (home / discovery.SERVER_FILE).exists()
+
+
+def test_archive_is_idle_only_when_a_run_would_do_nothing(sqlite_synced: Database) -> None:
+    """`powerwatch archive` skips Prefect only if no day before the cut-off holds readings
+    and no dead archiver left a temp file (powerwatch.archive_plan.nothing_to_do)."""
+    from typing import cast
+
+    from db.bulk import BulkConnection
+    from db.reader import read_connection
+    from powerwatch.archive_plan import nothing_to_do
+    from powerwatch.settings import get_settings
+    from tests.conftest import T0
+
+    later = make_readings(["KhonKaen"], 3, start=T0 + timedelta(days=3))
+    write_chunk(later, sqlite_synced.data_dir / "landing", "later.parquet")
+    _load_noisy(sqlite_synced)  # readings of T0 and of T0 + 3 days
+    settings = get_settings()
+    root = settings.archive_dir
+    assert settings.sqlite_file is not None
+    with read_connection(settings.sqlite_file, 1000) as reader:
+        bulk = cast(BulkConnection, reader)  # the read half is all it uses
+        idle = nothing_to_do(bulk, root, 2)  # cut-off T0 + 1 day: T0's readings to archive
+        assert idle is None
+        idle = nothing_to_do(bulk, root, 5)
+        assert idle is not None and idle.before == T0 - timedelta(days=2)
+        leftover = root / "date=2026-01-01" / ".readings.parquet.x.tmp"
+        leftover.parent.mkdir(parents=True)
+        leftover.touch()
+        assert nothing_to_do(bulk, root, 5) is None

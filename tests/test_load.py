@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -333,3 +335,56 @@ def test_entries_that_are_no_regular_file_are_set_aside_unopened(synced: Databas
         assert kind in (failed / f"{name}.parquet.reason.txt").read_text()
     assert (failed / "zero.parquet").is_symlink() and (failed / "dir.parquet").is_dir()
     assert landing.list_chunks(landing_dir) == []
+
+
+@pytest.mark.parametrize("keys_max", [10**9, 20], ids=["batch-keys", "capped"])
+def test_a_chunk_in_random_order_counts_like_one_in_time_order(
+    synced: Database, monkeypatch: pytest.MonkeyPatch, keys_max: int
+) -> None:
+    """A shuffled chunk streamed in slices (db.load.BatchKeys: only rows at or before a
+    station's newest reading before the batch, or keys an earlier slice stored, are
+    compared): repeats across slices and against stored rows are still duplicates and
+    conflicts; past BATCH_KEYS_MAX the database is asked, with the same verdicts."""
+    monkeypatch.setattr(landing, "SLICE_ROWS", 11)
+    monkeypatch.setattr(db_load, "BATCH_KEYS_MAX", keys_max)
+    full = make_readings(STATIONS, 40)
+    write_chunk(full.head(30), _landing(synced), "a.parquet")  # stored before the batch
+    _load_all()
+    changed = full.slice(60, 4).with_columns(pl.col("activePower1") + 1)
+    stored_changed = full.slice(10, 2).with_columns(pl.col("activePower2") + 1)
+    shuffled = pl.concat([full, full.slice(50, 6)]).sample(fraction=1.0, shuffle=True, seed=3)
+    chunk = pl.concat([shuffled, changed, stored_changed])  # the first occurrence wins
+    write_chunk(chunk, _landing(synced), "b.parquet")
+
+    [report] = _load_all()
+
+    assert (report.rows_in, report.inserted) == (full.height + 12, full.height - 30)
+    assert (report.duplicates, report.conflicts) == (30 + 6, 4 + 2)
+    assert _stored().equals(full.sort("station", "timestamp"))
+
+
+def test_a_chunk_out_of_time_order_is_read_in_time_buckets(tmp_path: Path) -> None:
+    """powerwatch.loader.in_time_order: a shuffled chunk comes back as buckets of about a
+    slice, each later in time than the one before, every row once, repeats of a key in
+    file order; a chunk in time order is streamed as it is."""
+    from powerwatch.loader import in_time_order
+
+    frame = make_readings(STATIONS, 100)
+    repeat = frame.slice(150, 1).with_columns(pl.col("activePower1") + 1)
+    shuffled = pl.concat([frame.sample(fraction=1.0, shuffle=True, seed=5), repeat])
+    write_chunk(shuffled, tmp_path, "shuffled.parquet")
+    write_chunk(frame, tmp_path, "ordered.parquet")
+
+    buckets = list(in_time_order(tmp_path / "shuffled.parquet", 50))
+
+    assert len(buckets) == 7 and all(b.height <= 60 for b in buckets)
+    for before, after in itertools.pairwise(buckets):
+        last, first = before["timestamp"].max(), after["timestamp"].min()
+        assert isinstance(last, datetime) and isinstance(first, datetime) and last < first
+    together = pl.concat(buckets)
+    assert together.sort("station", "timestamp", maintain_order=True).equals(
+        shuffled.sort("station", "timestamp", maintain_order=True)
+    )
+    ordered = list(in_time_order(tmp_path / "ordered.parquet", 50))
+    assert [b.height for b in ordered] == [50] * 6
+    assert pl.concat(ordered).equals(frame)

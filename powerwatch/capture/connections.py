@@ -23,6 +23,7 @@ import time
 from array import array
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final, NamedTuple
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -63,6 +64,11 @@ class StationState:
     last_frame_ms: int | None = None  # receive time of the newest frame (epoch ms)
     last_error: str | None = None
     crashes: int = 0  # times the station's task failed unexpectedly (logged, restarted)
+    # Over the window, for `window_state` (issue 14: a snapshot taken after the window
+    # closed said "not connected" for every station):
+    first_up_ms: int | None = None  # wall clock of the first connect (epoch ms)
+    failed_before_up: int = 0  # attempts that failed before the first connect
+    down_since_ms: int | None = None  # lost while capturing and not back (epoch ms)
     _lost_at: float | None = field(default=None, repr=False)
 
     def mark_connected(self) -> None:
@@ -70,6 +76,10 @@ class StationState:
         self.connects += 1
         if self.connects > 1:
             self.reconnects += 1
+        else:
+            self.first_up_ms = time.time_ns() // 1_000_000
+            self.failed_before_up = self.failed_attempts
+        self.down_since_ms = None
         if self._lost_at is not None:
             self.down_seconds += time.monotonic() - self._lost_at
             self._lost_at = None
@@ -78,8 +88,26 @@ class StationState:
         if self.connected:
             self.gaps += not stopping
             self._lost_at = time.monotonic()
+            if not stopping:
+                self.down_since_ms = time.time_ns() // 1_000_000
         self.connected = False
-        self.last_error = reason
+        if not stopping:  # the stop's own close says nothing about the station
+            self.last_error = reason
+
+    def window_state(self) -> str:
+        """What happened to the connection over the capture window, in a few words:
+        `up the whole time`, `up from 12:00:03Z`, `2 reconnects, down 14 s`,
+        `down since 12:03:04Z`, `never connected`."""
+        if self.first_up_ms is None:
+            return "never connected"
+        if self.down_since_ms is not None:
+            again = f" ({_count(self.reconnects, 'reconnect')})" if self.reconnects else ""
+            return f"down since {_clock(self.down_since_ms)}{again}"
+        if self.reconnects:
+            return f"{_count(self.reconnects, 'reconnect')}, down {self.down_seconds:.0f} s"
+        if self.failed_before_up:
+            return f"up from {_clock(self.first_up_ms)}"
+        return "up the whole time"
 
     def finish(self) -> None:
         if self._lost_at is not None:
@@ -361,3 +389,12 @@ def _closed_reason(code: int | None, text: str) -> str:
 def _line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _clock(ms: int) -> str:
+    """A moment of the window as UTC time of day (windows are minutes to hours)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%SZ")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")

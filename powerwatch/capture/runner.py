@@ -24,7 +24,7 @@ import shutil
 import signal
 import threading
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,24 +104,32 @@ class CaptureReport:
         return dict(sorted(total.items()))
 
     def rows(self) -> list[dict[str, object]]:
-        """Per station: the table of the run's artifact and the CLI's summary."""
+        """Per station, the main table (the artifact's and the CLI's): what an operator
+        looks at first, narrow enough for the UI at 1,440 px; the rest is in `details`."""
         return [
             {
                 "station": s.name,
-                "connected": s.connected,
-                "frames": s.frames,
+                "over the window": s.window_state(),
                 "readings": s.readings,
+                "rejected": sum(s.rejects.values()),
+                "down s": round(s.down_seconds, 1),
+                "last frame": _iso(s.last_frame_ms),
+            }
+            for s in self.stations
+        ]
+
+    def details(self) -> list[dict[str, object]]:
+        """Per station, the counters behind the main table (the artifact's second table)."""
+        return [
+            {
+                "station": s.name,
+                "frames": s.frames,
                 "heartbeats": s.heartbeats,
                 "hellos": s.hellos,
-                "rejected": sum(s.rejects.values()),
-                "rejected by reason": ", ".join(f"{r}: {n}" for r, n in sorted(s.rejects.items())),
                 "reconnects": s.reconnects,
                 "gaps": s.gaps,
-                "down s": round(s.down_seconds, 1),
                 "failed attempts": s.failed_attempts,
                 "crashes": s.crashes,
-                "last frame": _iso(s.last_frame_ms),
-                "last error": s.last_error or "",
             }
             for s in self.stations
         ]
@@ -139,9 +147,17 @@ class CaptureReport:
         )
 
     def markdown(self) -> str:
-        """The run's Prefect artifact: totals, the per-station table, the chunks written."""
-        rows = self.rows()
-        header = list(rows[0]) if rows else []
+        """The run's Prefect artifact: totals, the per-station table, the counters, rejects
+        and errors by station (as a list: reasons and errors are long), the chunks."""
+        notes = [
+            f"- **{s.name}**: "
+            + "; ".join(
+                ([f"rejected {_reasons(s.rejects)}"] if s.rejects else [])
+                + ([f"last error: {s.last_error}"] if s.last_error else [])
+            )
+            for s in self.stations
+            if s.rejects or s.last_error
+        ]
         lines = [
             f"Capture {_iso_dt(self.started_at)} .. {_iso_dt(self.ended_at)}, ended by "
             f"{self.ended_by}: {self.frames} frames, {self.readings} readings, rejected "
@@ -152,10 +168,13 @@ class CaptureReport:
             + (f". NOT WRITTEN: {self.unwritten} frames" if self.unwritten else "")
             + ".",
             "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-            *("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows),
+            *_markdown_table(self.rows()),
             "",
+            "Counters per station:",
+            "",
+            *_markdown_table(self.details()),
+            "",
+            *(["Rejects and errors per station:", "", *notes, ""] if notes else []),
             f"Dead letters: `{self.dead_letter or 'none'}`.",
             "",
             self.live_line(),
@@ -719,3 +738,18 @@ def _iso(ms: int | None) -> str:
     if ms is None:
         return ""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _reasons(rejects: Mapping[str, int]) -> str:
+    return ", ".join(f"{reason}: {count}" for reason, count in sorted(rejects.items()))
+
+
+def _markdown_table(rows: list[dict[str, object]]) -> list[str]:
+    if not rows:
+        return []
+    header = list(rows[0])
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows),
+    ]
