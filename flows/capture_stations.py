@@ -13,6 +13,7 @@ sweeper (docs/design.md, "Live load").
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -21,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.naming import stamped
 from powerwatch.capture import CaptureReport, run_capture
 from powerwatch.capture.live_load import LiveLoader
+from powerwatch.diskguard import low_space
 from powerwatch.registry import load_registry
 from powerwatch.settings import Settings, get_settings
 
@@ -87,6 +89,7 @@ def capture_stations(
         stall_after=settings.stall_after,
         counts_seconds=settings.health_counts_seconds,
         loader=live_loader(settings, logger) if live else None,
+        disk_guard=partial(low_space, settings, "capture's next write"),
     )
     create_markdown_artifact(
         key="capture-stations",

@@ -24,7 +24,7 @@ import shutil
 import signal
 import threading
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,6 +211,7 @@ class Capture:
         stall_after: float = 300.0,
         counts_seconds: float = 60.0,
         loader: LiveLoader | None = None,
+        disk_guard: Callable[[], JobError | None] | None = None,
     ) -> None:
         if not stations:
             raise InputError("the registry has no stations to capture from")
@@ -242,6 +243,10 @@ class Capture:
         self._totals = {s.name: [0, 0] for s in stations}  # since the last counts event
         self._run_id = landing.chunk_name("run").removesuffix(".parquet")
         self.loader = loader  # None: chunks wait in landing/ for the scheduled load
+        # The disk guard (powerwatch.diskguard): below its threshold a periodic flush
+        # writes nothing and keeps its frames in memory; the run's last flush writes anyway
+        # (the reserve is there for that: better than losing what was received).
+        self.disk_guard = disk_guard
 
     def _health_tick(self, counts: bool) -> None:
         """Fold what this run saw into the shared health state; emit its changes (thread)."""
@@ -316,7 +321,7 @@ class Capture:
                 await asyncio.gather(watcher, return_exceptions=True)
             buffer.drain()
             await self._close(clients, tasks)
-            await self._flush(buffer)
+            await self._flush(buffer, final=True)
             if self.data_dir is not None:  # the run's last readings count for the next
                 await asyncio.to_thread(self._health_tick, True)
             if self.loader is not None:
@@ -354,12 +359,14 @@ class Capture:
                     "station %s: task failed while stopping: %r", client.state.name, outcome
                 )
 
-    async def _flush(self, buffer: FrameBuffer) -> None:
+    async def _flush(self, buffer: FrameBuffer, final: bool = False) -> None:
         """Take what the buffer holds, judge it, then write every batch not yet written.
 
         A batch leaves memory only once its chunk and its dead letters are durably written.
         A failed write (disk full, I/O error) keeps it, and every later batch, for the
-        next flush: logged (one line each time) and counted, never dropped.
+        next flush: logged (one line each time) and counted, never dropped. So does a
+        periodic flush while the disk guard refuses (the buffer's bound then holds the
+        stations back, as on a full disk).
         """
         taken = buffer.take()
         judged = False
@@ -377,6 +384,9 @@ class Capture:
         try:
             if judged:
                 fault_point("capture.batch_taken")
+            refusal = None if final or self.disk_guard is None else self.disk_guard()
+            if refusal is not None and self._pending:
+                raise refusal
             while self._pending:
                 batch = self._pending[0]
                 await asyncio.to_thread(self._write, batch)
@@ -640,6 +650,7 @@ def run_capture(
     stall_after: float = 300.0,
     counts_seconds: float = 60.0,
     loader: LiveLoader | None = None,
+    disk_guard: Callable[[], JobError | None] | None = None,
 ) -> Finished:
     """Run a capture; SIGINT/SIGTERM end it after the final flush.
 
@@ -661,6 +672,7 @@ def run_capture(
         stall_after=stall_after,
         counts_seconds=counts_seconds,
         loader=loader,
+        disk_guard=disk_guard,
     )
     outcome: list[CaptureReport | BaseException] = []
     started, done = threading.Event(), threading.Event()

@@ -327,6 +327,45 @@ def test_disk_full_keeps_every_frame_and_writes_them_once_space_returns(
     print(f"failed flushes: {len(failures)}; exit after SIGTERM: {seconds:.1f} s")
 
 
+def test_below_the_disk_guard_frames_stay_in_memory_until_space_returns(
+    tmp_path: Path, small_disk: Path, api: str
+) -> None:
+    """The guard at its defaults (5 % of 8 MiB: 419 kB) with 100 kB free: room enough to
+    write, yet no flush writes; once space is back every frame is written, once."""
+    now = int(time.time() * 1000) - 120_000
+    servers = [StationServer("Low-1", good_frames(300, now))]
+    data = small_disk / "data"
+    data.mkdir()
+    fill(small_disk, leave_bytes=100_000)
+    log = tmp_path / "capture.log"
+
+    with Stations(servers) as stations:
+        registry = stations.registry(tmp_path / "stations.yaml")
+        env = capture_env(data, registry, api)
+        env.pop("POWERWATCH_DISK_MIN_FREE_BYTES", None)  # small_disk turns the guard off
+        proc = spawn_powerwatch("capture", "--flush-seconds", "0.3", env=env, log=log)
+        try:
+            wait_until(
+                lambda: servers[0].sent == 300 and len(log_lines(log, "flush failed")) >= 3,
+                proc,
+                "every frame delivered and three refused flushes",
+                60,
+            )
+            assert chunk_readings(data).height == 0  # space was there; the guard kept it
+            free(small_disk)
+            wait_until(lambda: chunk_readings(data).height == 300, proc, "frames written", 30)
+            signal_group(proc, signal.SIGTERM, 60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    readings = chunk_readings(data)
+    assert readings.height == 300 and readings.unique(["station", "timestamp"]).height == 300
+    refused = log_lines(log, "flush failed")
+    assert all("disk guard" in line and "kept in memory" in line for line in refused), refused
+    assert log_lines(log, "writing works again")
+
+
 @pytest.mark.parametrize(
     "point", ["capture.batch_taken", "capture.chunk_written", "capture.dead_letters_written"]
 )
