@@ -1,0 +1,116 @@
+"""Five minutes of capture hand-overs raise no alert (issue 12).
+
+Real simulator, real overlapping `powerwatch capture` processes (windows of 40 s started
+every 20 s: a hand-over every 20 s, fifteen in five minutes), the real alert automations
+on a real Prefect server POSTing to a real local HTTP receiver. Health follows readings,
+not sockets: a window closing while the next one already receives must not look like an
+outage. The control at the end (one station taken off air by the simulator) proves the
+alerts were live all along, so the silence before it means something.
+
+Its own module: six minutes of wall time get a test worker of their own (`make test`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_health import SILENT, _Receiver
+
+HANDOVER_SECONDS = 300.0
+WINDOW, EVERY = 40, 20
+
+
+def _powerwatch(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "powerwatch.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_five_minutes_of_capture_handovers_raise_no_alert(prefect_api: str, tmp_path: Path) -> None:
+    from powerwatch.automations import ensure_alert_automations
+
+    receiver = _Receiver()
+    ensure_alert_automations(prefect_api, receiver.url)
+    registry = tmp_path / "sim.yaml"
+    env = dict(os.environ) | {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_API_URL": prefect_api,
+        "POWERWATCH_DATA_DIR": str(tmp_path / "data"),
+        "POWERWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'pw.db'}",
+        "POWERWATCH_STATIONS": str(registry),
+        "POWERWATCH_SILENT_AFTER": str(SILENT),
+    }
+    # The control: SIM-0003 goes off air once the hand-over phase is over (its clock
+    # starts with the simulator, a few seconds before the first window).
+    off_after = HANDOVER_SECONDS + 10
+    sim = _powerwatch(
+        "simulate", "--count", "3", "--rate", "1", "--outage", f"SIM-0003@{off_after:g}+600",
+        env=env,
+    )  # fmt: skip
+    captures: list[subprocess.Popen[bytes]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not registry.exists():
+            assert time.monotonic() < deadline and sim.poll() is None, "simulator did not start"
+            time.sleep(0.1)
+        started = time.monotonic()
+        for command in (("db", "upgrade"), ("stations", "sync")):
+            assert subprocess.run(
+                [sys.executable, "-m", "powerwatch.cli", *command], env=env, capture_output=True
+            ).returncode == 0  # fmt: skip
+        next_start = time.monotonic()
+        while time.monotonic() < started + HANDOVER_SECONDS:
+            if time.monotonic() >= next_start:
+                captures.append(
+                    _powerwatch(
+                        "capture", "--duration", str(WINDOW), "--flush-seconds", "1", env=env
+                    )
+                )
+                next_start += EVERY
+            time.sleep(0.5)
+        handovers = sum(c.poll() is not None for c in captures)
+        alerts_during_handovers = list(receiver.posts)
+        # The control: keep windows coming until the off-air station is reported down.
+        down_by = started + off_after + SILENT + 60
+        while time.monotonic() < down_by and not any(
+            p.get("station") == "SIM-0003" and p.get("status") == "down" for _, p in receiver.posts
+        ):
+            if time.monotonic() >= next_start:
+                captures.append(
+                    _powerwatch(
+                        "capture", "--duration", str(WINDOW), "--flush-seconds", "1", env=env
+                    )
+                )
+                next_start += EVERY
+            time.sleep(0.5)
+    finally:
+        for proc in [*captures, sim]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in [*captures, sim]:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        receiver.server.shutdown()
+
+    assert handovers >= (HANDOVER_SECONDS - WINDOW) // EVERY, handovers
+    assert alerts_during_handovers == []
+    control = [p for _, p in receiver.posts if p.get("station") == "SIM-0003"]
+    assert [p.get("status") for p in control][:1] == ["down"], receiver.posts
+    others = [p for _, p in receiver.posts if p.get("station") in ("SIM-0001", "SIM-0002")]
+    assert others == []
