@@ -116,8 +116,14 @@ def publish(report: MigrationReport) -> None:
     """The report as the run's artifacts: the table of files and the markdown summary."""
     create_table_artifact(
         key="migrate-logs",
-        table=report.rows(),
-        description="Per file: lines = non-data + inserted + duplicates + rejected",
+        table=report.artifact_rows(),
+        description="Per file: lines = non-data + inserted + duplicates + rejected "
+        "(non-data, formats, time ranges and errors: migrate-logs-details)",
+    )
+    create_table_artifact(
+        key="migrate-logs-details",
+        table=report.detail_rows(),
+        description="Per file: format, non-data lines, readings, time range, error",
     )
     create_markdown_artifact(
         key="migrate-logs-summary",

@@ -15,6 +15,7 @@ where a clean import would say "imported".
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -221,6 +222,26 @@ class MigrationReport:
         )
         return rows
 
+    def artifact_rows(self) -> list[dict[str, object]]:
+        """The UI's main table: the columns of `rows` an operator reads first, files named
+        from the folder the run was given, so the table fits the page (1,440 px) without
+        scrolling; the rest is in `detail_rows`."""
+        main = ("file", "status", "inserted", "rejected", "duplicates", "lines", "seconds")
+        names = _short_names([f.path for f in self.files])
+        rows = [{k: row[k] for k in main} for row in self.rows()]
+        for row, name in zip(rows, names, strict=False):  # the TOTAL row keeps its text
+            row["file"] = name
+        return rows
+
+    def detail_rows(self) -> list[dict[str, object]]:
+        """The second table: what each file held, and why one failed."""
+        detail = ("file", "format", "non-data", "readings", "time range (UTC)", "error")
+        names = _short_names([f.path for f in self.files])
+        rows = [{k: row[k] for k in detail} for row in self.rows()[:-1]]
+        for row, name in zip(rows, names, strict=True):
+            row["file"] = name
+        return rows
+
     def markdown(self) -> str:
         """The run's summary: totals, what failed and why, rejections quoted per file."""
         t = self.totals()
@@ -265,6 +286,16 @@ class MigrationReport:
                     out.append(f"    {_quote(item['text'])}")
                 out.append("```")
         return "\n".join(out) + "\n"
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """Each path relative to the folder all of them share (the file's name for one)."""
+    if not paths:
+        return []
+    if len(paths) == 1:
+        return [os.path.basename(paths[0])]
+    common = os.path.commonpath(paths)
+    return [os.path.relpath(path, common) for path in paths]
 
 
 def _time_range(f: FileReport) -> str:

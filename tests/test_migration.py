@@ -590,6 +590,19 @@ def test_all_and_mostly_rejected_files_are_not_reported_like_clean_imports(
     # Nothing rejected and nothing new (every file skipped): not a failure.
     assert not run(clean).nothing_inserted_but_rejected
 
+    # The UI's tables: a narrow main one (files named from their shared folder), details apart.
+    main = report.artifact_rows()
+    assert list(main[0]) == [
+        "file", "status", "inserted", "rejected", "duplicates", "lines", "seconds"
+    ]  # fmt: skip
+    assert [r["file"] for r in main[:-1]] == ["a/retired.log", "b/mostly.log", "c/clean.log"]
+    assert main[-1]["file"] == rows[-1]["file"] and main[-1]["lines"] == rows[-1]["lines"]
+    details = report.detail_rows()
+    assert [r["file"] for r in details] == ["a/retired.log", "b/mostly.log", "c/clean.log"]
+    assert list(details[0]) == [
+        "file", "format", "non-data", "readings", "time range (UTC)", "error"
+    ]  # fmt: skip
+
 
 # --------------------------------------------------------------------------- the demo's registry
 
