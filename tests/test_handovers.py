@@ -12,17 +12,16 @@ Its own module: six minutes of wall time get a test worker of their own (`make t
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.test_health import SILENT, _Receiver
+from tests.test_health import SILENT, _Receiver, stop_groups
 
 HANDOVER_SECONDS = 300.0
 WINDOW, EVERY = 40, 20
@@ -72,40 +71,29 @@ def test_five_minutes_of_capture_handovers_raise_no_alert(prefect_api: str, tmp_
             assert subprocess.run(
                 [sys.executable, "-m", "powerwatch.cli", *command], env=env, capture_output=True
             ).returncode == 0  # fmt: skip
-        next_start = time.monotonic()
-        while time.monotonic() < started + HANDOVER_SECONDS:
-            if time.monotonic() >= next_start:
-                captures.append(
-                    _powerwatch(
-                        "capture", "--duration", str(WINDOW), "--flush-seconds", "1", env=env
-                    )
-                )
-                next_start += EVERY
-            time.sleep(0.5)
+        next_start = [time.monotonic()]
+
+        def windows_until(done: Callable[[], bool]) -> None:
+            """A new capture window every EVERY seconds until `done()`."""
+            while not done():
+                if time.monotonic() >= next_start[0]:
+                    window = ("capture", "--duration", str(WINDOW), "--flush-seconds", "1")
+                    captures.append(_powerwatch(*window, env=env))
+                    next_start[0] += EVERY
+                time.sleep(0.5)
+
+        windows_until(lambda: time.monotonic() >= started + HANDOVER_SECONDS)
         handovers = sum(c.poll() is not None for c in captures)
         alerts_during_handovers = list(receiver.posts)
-        # The control: keep windows coming until the off-air station is reported down.
+        # The control: windows go on until the off-air station is reported down.
         down_by = started + off_after + SILENT + 60
-        while time.monotonic() < down_by and not any(
-            p.get("station") == "SIM-0003" and p.get("status") == "down" for _, p in receiver.posts
-        ):
-            if time.monotonic() >= next_start:
-                captures.append(
-                    _powerwatch(
-                        "capture", "--duration", str(WINDOW), "--flush-seconds", "1", env=env
-                    )
-                )
-                next_start += EVERY
-            time.sleep(0.5)
+        windows_until(
+            lambda: time.monotonic() >= down_by
+            or any(p.get("station") == "SIM-0003" and p.get("status") == "down"
+                   for _, p in receiver.posts)
+        )  # fmt: skip
     finally:
-        for proc in [*captures, sim]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in [*captures, sim]:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_groups([*captures, sim])
         receiver.server.shutdown()
 
     assert handovers >= (HANDOVER_SECONDS - WINDOW) // EVERY, handovers

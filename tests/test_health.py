@@ -225,6 +225,18 @@ class _Receiver:
         raise AssertionError(f"no {status} for {name} by the deadline; got {self.posts}")
 
 
+def stop_groups(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process's group, then SIGKILL what has not ended 30 s later."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -335,14 +347,7 @@ def test_outage_never_seen_and_stall_alert_and_handovers_do_not(
             f"capture windows: {len(captures)}"
         )
     finally:
-        for proc in [*captures, sim]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in [*captures, sim]:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_groups([*captures, sim])
         receiver.server.shutdown()
 
 

@@ -90,6 +90,13 @@ def paused_at(point: str, notify: Path) -> dict[str, str]:
     return armed(point, "pause") | {NOTIFY_ENV: str(notify)}
 
 
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """A test's clean-up: SIGKILL the process's group if it still runs (a failed case)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def signal_group(proc: subprocess.Popen[str], signum: int, timeout: float) -> float:
     """Send `signum` to the process's whole group; seconds until it exited (fails past
     `timeout`, after killing the group)."""

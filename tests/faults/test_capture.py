@@ -38,6 +38,7 @@ from tests.faults.conftest import (
     armed,
     fill,
     free,
+    kill_group,
     powerwatch_env,
     run_powerwatch,
     signal_group,
@@ -311,9 +312,7 @@ def test_disk_full_keeps_every_frame_and_writes_them_once_space_returns(
             wait_until(lambda: accounted() == total, proc, "every frame written", 30)
             seconds = signal_group(proc, signal.SIGTERM, 60)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            kill_group(proc)
     readings = chunk_readings(data)
     assert readings.height == 700 and readings.unique(["station", "timestamp"]).height == 700
     assert len(dead_letters(data)) == 6  # zero lost: 706 delivered = 700 readings + 6 letters
@@ -356,9 +355,7 @@ def test_below_the_disk_guard_frames_stay_in_memory_until_space_returns(
             wait_until(lambda: chunk_readings(data).height == 300, proc, "frames written", 30)
             signal_group(proc, signal.SIGTERM, 60)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            kill_group(proc)
     readings = chunk_readings(data)
     assert readings.height == 300 and readings.unique(["station", "timestamp"]).height == 300
     refused = log_lines(log, "flush failed")
