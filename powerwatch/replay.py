@@ -242,8 +242,9 @@ def restore_drill(settings: Settings, now: datetime | None = None) -> DrillResul
     readings stamped in the `DRILL_WINDOW` before that moment (count and checksum) with
     the live database's. Any difference raises BackupError naming the stations.
 
-    PostgreSQL dumps are verified (`pg_restore --list`) but not restored here: that
-    needs a second database (tests/test_replay.py restores one into a new database)."""
+    On PostgreSQL the scratch is a database of its own on the live server
+    (`<name>_drill_<random>`, dropped afterwards): the drill needs the CREATEDB right,
+    and says so in one line without it."""
     backups = backup.list_backups(settings.backups_dir)
     if not backups:
         raise BackupError(f"no verified backup in {settings.backups_dir} to drill")
@@ -252,9 +253,6 @@ def restore_drill(settings: Settings, now: datetime | None = None) -> DrillResul
     end = moment.replace(second=0, microsecond=0)
     start = end - DRILL_WINDOW
     window = (start.isoformat(), end.isoformat())
-    if backup.Manifest.read(newest).kind != "sqlite":
-        report = backup.restore_drill(settings.backups_dir, moment)
-        return DrillResult(report, window, 0, ReplayReport(), {}, [])
     chunks = [p for p in landing.list_chunks(settings.loaded_dir) if p.is_file()]
     with bulk_connection(settings.database_url) as live, _one_snapshot(live):
         mark = int(live.scalar(f"SELECT coalesce(max(id), 0) FROM {load_batches.name}"))
@@ -266,8 +264,10 @@ def restore_drill(settings: Settings, now: datetime | None = None) -> DrillResul
         return batch is not None and batch <= mark
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".drill-", dir=settings.data_dir) as scratch:
-        target = f"sqlite:///{Path(scratch) / 'restored.db'}"
+    with (
+        tempfile.TemporaryDirectory(prefix=".drill-", dir=settings.data_dir) as scratch,
+        _scratch_database(settings.database_url, Path(scratch)) as target,
+    ):
         report = backup.restore_drill_into(newest, target, moment)
         replayed = replay_loaded(target, settings, include=committed_by_then)
         with bulk_connection(target) as restored:
@@ -288,3 +288,36 @@ def restore_drill(settings: Settings, now: datetime | None = None) -> DrillResul
             + (f"; +{len(differ) - 3} more" if len(differ) > 3 else "")
         )
     return result
+
+
+@contextlib.contextmanager
+def _scratch_database(live_url: str, folder: Path) -> Iterator[str]:
+    """An empty database of the live one's kind for the drill: a file in `folder` for
+    SQLite; on PostgreSQL a new database on the same server (the same connection options,
+    so the dump's schema is found by the same search_path), dropped when done."""
+    import sqlalchemy
+
+    from db.engine import make_engine
+
+    url = sqlalchemy.make_url(live_url)
+    if url.get_backend_name() == "sqlite":
+        yield f"sqlite:///{folder / 'restored.db'}"
+        return
+    name = f"{url.database or 'powerwatch'}_drill_{uuid.uuid4().hex[:8]}"
+    engine = make_engine(live_url)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.DBAPIError as exc:
+        engine.dispose()
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise BackupError(
+            f"restore drill: cannot create the scratch database {name} (the drill needs "
+            f"the CREATEDB right on PostgreSQL): {first}"
+        ) from exc
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()

@@ -133,13 +133,12 @@ def test_restore_refuses_a_damaged_snapshot_and_replays_nothing(
     assert not target.exists()
 
 
-def test_the_drill_compares_the_restored_last_day_with_the_live_one(
-    sqlite_synced: Database,
-) -> None:
+def test_the_drill_compares_the_restored_last_day_with_the_live_one(synced: Database) -> None:
+    """On PostgreSQL the drill restores into a scratch database it creates and drops."""
     settings = get_settings()
     now = T0 + timedelta(hours=1)
     _load("a.parquet", make_readings(STATIONS, 30, T0))
-    backup.backup_database(sqlite_synced.url, settings.backups_dir)
+    backup.backup_database(synced.url, settings.backups_dir)
     _load("b.parquet", make_readings(STATIONS, 30, T0 + timedelta(minutes=1)))
     _load("c-outside.parquet", make_readings(STATIONS, 5, now + timedelta(minutes=1)))
 
@@ -153,6 +152,14 @@ def test_the_drill_compares_the_restored_last_day_with_the_live_one(
 
     with pytest.raises(BackupError, match="KhonKaen: live 60 readings, restored 30"):
         replay.restore_drill(settings, now)
+    if synced.backend == "postgresql":  # no scratch database left behind, failed or not
+        admin = sqlalchemy.create_engine(PG_BASE)
+        with admin.connect() as conn:
+            left = conn.execute(
+                sqlalchemy.text("SELECT datname FROM pg_database WHERE datname LIKE '%_drill_%'")
+            ).all()
+        admin.dispose()
+        assert left == []
 
 
 def test_the_drill_notices_a_changed_value(sqlite_synced: Database) -> None:
