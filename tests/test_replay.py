@@ -175,3 +175,33 @@ def test_the_drill_notices_a_changed_value(sqlite_synced: Database) -> None:
 
     with pytest.raises(BackupError, match="checksums differ"):
         replay.restore_drill(settings, now)
+
+
+def test_the_drill_waits_for_a_chunk_committed_but_not_yet_moved(
+    sqlite_synced: Database,
+) -> None:
+    """A loader commits, then moves its chunk out of its claim: a drill starting in
+    between must wait for the move, not report the chunk's readings as lost."""
+    from powerwatch import landing
+
+    settings = get_settings()
+    now = T0 + timedelta(hours=1)
+    _load("a.parquet", make_readings(STATIONS, 30, T0))
+    backup.backup_database(sqlite_synced.url, settings.backups_dir)
+    _load("b.parquet", make_readings(STATIONS, 30, T0 + timedelta(minutes=1)))
+    # b as a live loader leaves it between commit and move: in its claim, committed.
+    back = settings.landing_dir / "b.parquet"
+    (settings.loaded_dir / "b.parquet").rename(back)
+    in_claim = landing.claim(back)
+    assert in_claim is not None
+    looks: list[int] = []
+
+    def loader_moves_it() -> None:  # the drill found it in the claim: now the move lands
+        looks.append(1)
+        if in_claim.exists():
+            in_claim.rename(settings.loaded_dir / "b.parquet")
+
+    result = replay.restore_drill(settings, now, waiting=loader_moves_it)
+
+    assert looks, "the drill did not wait for the committed chunk"
+    assert result.differ == [] and result.replay.replayed == 1
