@@ -15,8 +15,10 @@ from flows.naming import stamped
 from powerwatch import archive
 from powerwatch.diskguard import low_space
 from powerwatch.errors import DiskFull, InputError, StorageError
+from powerwatch.progress import JobProgress
 from powerwatch.settings import get_settings
 from tasks.archive import archive_day_task, plan_archive_task, reclaim_space_task
+from tasks.progress import run_listeners
 from tasks.wal import checkpoint_wal_task
 
 
@@ -42,16 +44,30 @@ def archive_readings(older_than_days: int | None = None) -> State:
     cutoff, days = cast(tuple[archive.Cutoff, list[date]], planned.result())
     reports: list[archive.DayReport] = []
     failed: list[str] = []
+    progress = JobProgress(
+        [1] * len(days),
+        run_listeners(
+            "archive-readings-progress",
+            "Days archived before the cut-off",
+            lambda u: f"{u.files_done} of {u.files} days, {u.lines:,} readings archived",
+        ),
+        unit="days",
+        counted="readings",
+    )
     for day in days:
+        progress.start_file(str(day))
         state = archive_day_task(day, return_state=True)
         if state.is_completed():
             reports.append(cast(archive.DayReport, state.result()))
+            progress.finish_file(1, reports[-1].archived)
             continue
+        progress.finish_file(1, 0)
         error = state.result(raise_on_failure=False)
         if isinstance(error, DiskFull | StorageError):  # every further day would meet it
             return Failed(message=str(error), data=error)
         line = str(error) if isinstance(error, Exception) else "failed"
         failed.append(line if line.startswith(str(day)) else f"{day}: {line}")
+    progress.finish()
     reclaimed = reclaim_space_task() if reports else None
     checkpoint_wal_task()  # also when nothing was archived: a load's WAL left behind
     run = archive.ArchiveRun(cutoff, reports, failed, reclaimed)

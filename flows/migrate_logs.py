@@ -19,14 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from prefect import State, flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.states import Completed, Failed
 
@@ -37,9 +34,10 @@ from powerwatch.faults import fault_point
 from powerwatch.legacy import DEFAULT_TZ, check_time_zone
 from powerwatch.migration import discover, failed_report
 from powerwatch.migration_report import FileReport, MigrationReport
-from powerwatch.progress import JobProgress, Listener, Update, terminal_listener
+from powerwatch.progress import JobProgress, Listener
 from powerwatch.settings import get_settings
 from tasks.migrate import ATTEMPTS, import_file_task
+from tasks.progress import run_listeners
 
 
 @flow(name="migrate-logs", flow_run_name=migration_run_name, log_prints=True)
@@ -90,26 +88,11 @@ def _size(path: Path) -> int:
 
 def _listeners() -> list[Listener]:
     """The run's progress artifact, and this process's terminal bar if the CLI has one."""
-    listeners: list[Listener] = []
-    created = create_progress_artifact(
-        progress=0.0,
-        key="migrate-logs-progress",
-        description="Bytes of the legacy log files read",
+    return run_listeners(
+        "migrate-logs-progress",
+        "Bytes of the legacy log files read",
+        lambda u: f"{u.files_done} of {u.files} files, {u.lines:,} lines read",
     )
-    assert isinstance(created, UUID)  # the sync call in a sync flow (async_dispatch)
-    artifact = created
-
-    def to_artifact(update: Update) -> None:
-        update_progress_artifact(
-            artifact,
-            progress=round(update.percent, 1),
-            description=f"{update.files_done} of {update.files} files, {update.lines:,} lines read",
-        )
-
-    listeners.append(to_artifact)
-    if (bar := terminal_listener()) is not None:
-        listeners.append(bar)
-    return listeners
 
 
 def publish(report: MigrationReport) -> None:

@@ -69,6 +69,7 @@ from powerwatch.errors import (
     RestoreRefused,
 )
 from powerwatch.faults import fault_point
+from powerwatch.progress import JobProgress, Listener
 from powerwatch.storage import storage_failure
 
 PREFIX = "powerwatch-"
@@ -89,6 +90,7 @@ class LedgerMark:
     content_hash: str
 
 
+COPY_PAGES = 4096  # pages per backup step (16 MB at 4 KiB): a progress update each
 LEDGER_MARK_SQL = "SELECT id, input_name, content_hash FROM load_batches ORDER BY id DESC LIMIT 1"
 
 
@@ -318,9 +320,12 @@ def check_sqlite_copy(path: Path, rows: dict[str, int]) -> str:
     return result
 
 
-def _snapshot_copy(url: URL, target: Path) -> tuple[dict[str, int], LedgerMark | None]:
+def _snapshot_copy(
+    url: URL, target: Path, listeners: list[Listener] | None = None
+) -> tuple[dict[str, int], LedgerMark | None]:
     """Copy the live database into `target` as one consistent snapshot; its row counts
-    and its newest ledger row."""
+    and its newest ledger row. The copy goes `COPY_PAGES` pages a step, each step told
+    to `listeners` as bytes copied."""
     engine = make_engine(url.render_as_string(hide_password=False))
     try:
         with engine.connect() as conn:
@@ -329,9 +334,19 @@ def _snapshot_copy(url: URL, target: Path) -> tuple[dict[str, int], LedgerMark |
             try:
                 rows = _table_rows(live)
                 mark = ledger_mark(live.execute(LEDGER_MARK_SQL).fetchone())
+                page_size = int(live.execute("PRAGMA page_size").fetchone()[0])
+                pages = int(live.execute("PRAGMA page_count").fetchone()[0])
+                progress = JobProgress([pages * page_size], listeners, counted="pages")
+                progress.start_file(target.name)
+
+                def copied(_status: int, remaining: int, total: int) -> None:
+                    progress.advance((total - remaining) * page_size, total - remaining)
+
                 with closing(sqlite3.connect(target)) as copy:
-                    live.backup(copy)  # inside the transaction: the snapshot just counted
+                    # inside the transaction: the snapshot just counted
+                    live.backup(copy, pages=COPY_PAGES, progress=copied)
                     copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                progress.finish_file(pages * page_size, pages)
             finally:
                 live.execute("COMMIT")
     finally:
@@ -362,24 +377,32 @@ def _decompress(source: Path, target: Path) -> str:
     return digest.hexdigest()
 
 
-def backup_database(url: str, folder: Path, now: datetime | None = None) -> tuple[Path, Manifest]:
+def backup_database(
+    url: str,
+    folder: Path,
+    now: datetime | None = None,
+    listeners: list[Listener] | None = None,
+) -> tuple[Path, Manifest]:
     """Take, verify and record one backup of the database `url` names (first settling
     what an interrupted run left, see `recover`). A full disk or I/O failure is
-    DiskFull / StorageError and leaves nothing of this run behind."""
+    DiskFull / StorageError and leaves nothing of this run behind. The copy's progress
+    (SQLite: bytes copied; pg_dump tells none) goes to `listeners`."""
     parsed = parse_url(url)
     if is_sqlite(parsed) and sqlite_path(parsed) is None:
         raise InputError("an in-memory SQLite database cannot be backed up")
     try:
         with _locked(folder):
             recover(folder)
-            return _backup(parsed, folder, now)
+            return _backup(parsed, folder, now, listeners)
     except sqlite3.Error as exc:  # the copy's own writes (the live database's go via db/)
         raise classify(exc, "backup") from exc
     except OSError as exc:
         raise storage_failure(exc, "backup") from exc
 
 
-def _backup(parsed: URL, folder: Path, now: datetime | None) -> tuple[Path, Manifest]:
+def _backup(
+    parsed: URL, folder: Path, now: datetime | None, listeners: list[Listener] | None
+) -> tuple[Path, Manifest]:
     started = time.perf_counter()
     moment = now if now is not None else datetime.now(UTC)
     stem = f"{PREFIX}{moment.strftime(STAMP)}"
@@ -389,7 +412,7 @@ def _backup(parsed: URL, folder: Path, now: datetime | None) -> tuple[Path, Mani
     raw = folder / f".{stem}.db.{uuid.uuid4().hex[:8]}.tmp"
     packed = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        rows, mark = _snapshot_copy(parsed, raw)
+        rows, mark = _snapshot_copy(parsed, raw, listeners)
         fault_point("backup.copied")
         integrity = check_sqlite_copy(raw, rows)
         fault_point("backup.verified")
@@ -728,6 +751,17 @@ def restore_drill(folder: Path, now: datetime | None = None) -> DrillReport:
     if not backups:
         raise BackupError(f"no verified backup in {folder} to drill")
     newest = backups[0]
+    if Manifest.read(newest).kind != "sqlite":  # a dump needs a scratch database: verified
+        manifest = verify_backup(newest)  # here; `replay.restore_drill` restores it
+        moment = now if now is not None else datetime.now(UTC)
+        return DrillReport(
+            backup=newest.name,
+            created_at=manifest.created_at,
+            age_hours=round((moment - backup_time(newest)).total_seconds() / 3600, 2),
+            rows=manifest.rows,
+            check=manifest.integrity_check,
+            seconds=0.0,
+        )
     with tempfile.TemporaryDirectory(prefix="powerwatch-drill-") as scratch:
         return restore_drill_into(newest, f"sqlite:///{Path(scratch) / 'restored.db'}", now)
 

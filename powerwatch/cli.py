@@ -670,8 +670,10 @@ def cmd_archive(args: argparse.Namespace) -> int:
         return 0
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.archive_readings import archive_readings
+    from powerwatch.progress import terminal_bar
 
-    state = archive_readings(older_than_days=args.older_than, return_state=True)
+    with terminal_bar("archive"):  # days, readings/s, ETA; on a terminal only
+        state = archive_readings(older_than_days=args.older_than, return_state=True)
     run = state.result(raise_on_failure=False)
     if isinstance(run, PowerwatchError):  # disk full, bad retention, damaged manifest
         raise run
@@ -684,9 +686,11 @@ def cmd_backup(_args: argparse.Namespace) -> int:
     _require_database()
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.backup_database import backup_database
+    from powerwatch.progress import terminal_bar
     from powerwatch.settings import get_settings
 
-    state = backup_database(return_state=True)
+    with terminal_bar("backup"):  # bytes copied, ETA; on a terminal only
+        state = backup_database(return_state=True)
     failure = state.result(raise_on_failure=False)
     if isinstance(failure, PowerwatchError):  # disk full, damaged manifest: one line, exit 1
         raise failure
@@ -706,11 +710,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():  # refused before anything (a folder for the target) is made
         raise InputError(f"{args.file}: no such backup file")
+    from powerwatch.progress import terminal_bar
     from powerwatch.replay import restore
     from powerwatch.settings import get_settings
 
     settings = get_settings()
-    report, replay = restore(args.file, settings.database_url, settings, force=args.force)
+    with terminal_bar("restore: replay") as bar:  # chunks replayed; on a terminal only
+        report, replay = restore(
+            args.file, settings.database_url, settings, force=args.force,
+            listeners=[bar] if bar is not None else None,
+        )  # fmt: skip
     print(
         f"{report.target}: restored from {report.backup} "
         f"({report.rows.get('power_readings', 0):,} readings, checked); replayed "

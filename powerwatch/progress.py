@@ -1,11 +1,14 @@
-"""Progress of a long job (a log migration), told to whoever shows it: no Prefect here.
+"""Progress of a long job, told to whoever shows it: no Prefect here.
 
-A job knows its total up front (the bytes of its files, as stored: compressed ones
-count their compressed size, which is what is read) and reports how far it is after
-each part it finished. `JobProgress` turns that into updates at a bounded rate for
-its listeners: the run's Prefect progress artifact (`flows/`), and a terminal bar
-(`TerminalBar`, rich) that the CLI adds only when its output is a terminal, so CI
-logs and pipes stay clean. A listener that fails never stops the job.
+A job knows its total up front and reports how far it is after each part it finished:
+a log migration in bytes of its files (as stored: compressed ones count their
+compressed size, which is what is read) and lines; an archive in days and readings; a
+backup in bytes copied; a restore's replay in chunks and readings. The unit of the
+total (`unit`) and of the running count (`counted`) are the job's. `JobProgress` turns
+that into updates at a bounded rate for its listeners: the run's Prefect progress
+artifact (`tasks/progress.py`), and a terminal bar (`TerminalBar`, rich) that the CLI
+adds only when its output is a terminal, so CI logs and pipes stay clean. A listener
+that fails never stops the job.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Update:
     files: int
     current: str  # name of the file being read ("" when finished)
     seconds: float  # since the job started
+    unit: str = "bytes"  # of done/total: "bytes", or a count such as "days", "chunks"
+    counted: str = "lines"  # what `lines` counts (its rate is shown): "readings", ...
 
     @property
     def percent(self) -> float:
@@ -57,7 +62,10 @@ class JobProgress:
         *,
         min_interval: float = MIN_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "bytes",
+        counted: str = "lines",
     ) -> None:
+        self.unit, self.counted = unit, counted
         self.total = sum(sizes)
         self.files = len(sizes)
         self.listeners = list(listeners or [])
@@ -95,6 +103,10 @@ class JobProgress:
             self._current = ""
         self._maybe_send(final=self._files_done >= self.files)
 
+    def finish(self) -> None:
+        """The job is over (also one with nothing to do): the last update, at once."""
+        self._maybe_send(final=True)
+
     def snapshot(self) -> Update:
         with self._lock:
             return Update(
@@ -105,6 +117,8 @@ class JobProgress:
                 files=self.files,
                 current=self._current,
                 seconds=self._clock() - self._started,
+                unit=self.unit,
+                counted=self.counted,
             )
 
     def _maybe_send(self, *, final: bool) -> None:
@@ -141,7 +155,7 @@ def wants_bar(stream: IO[str] | Any = None) -> bool:
 
 @contextmanager
 def terminal_bar(description: str, *, enabled: bool | None = None) -> Iterator[TerminalBar | None]:
-    """While inside: a rich progress bar (bytes, lines/s, ETA) on stderr for this
+    """While inside: a rich progress bar (how far, rate, ETA) on stderr for this
     process's job, if stdout is a terminal (or `enabled`); removed when done."""
     global _terminal
     if not (wants_bar() if enabled is None else enabled):
@@ -157,7 +171,8 @@ def terminal_bar(description: str, *, enabled: bool | None = None) -> Iterator[T
 
 
 class TerminalBar:
-    """A `rich.progress` bar: bytes read of all files, lines/s, ETA, current file."""
+    """A `rich.progress` bar: how far (bytes, or the job's unit), its rate, ETA, and the
+    part being worked on."""
 
     def __init__(self, description: str, file: IO[str] | None = None) -> None:
         from rich.console import Console
@@ -174,7 +189,7 @@ class TerminalBar:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
-            DownloadColumn(),
+            TextColumn("{task.fields[amount]}"),
             TextColumn("{task.fields[rate]}"),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -182,7 +197,8 @@ class TerminalBar:
             console=Console(file=file or sys.stderr),
             transient=True,
         )
-        self.task = self.progress.add_task(description, total=None, rate="", current="")
+        self._bytes = DownloadColumn()
+        self.task = self.progress.add_task(description, total=None, rate="", current="", amount="")
 
     def __enter__(self) -> TerminalBar:
         self.progress.start()
@@ -197,6 +213,13 @@ class TerminalBar:
             self.task,
             total=update.total_bytes,
             completed=update.done_bytes,
-            rate=f"{rate:,.0f} lines/s",
+            rate=f"{rate:,.0f} {update.counted}/s",
             current=f"{update.files_done}/{update.files} {update.current}".rstrip(),
         )
+        task = self.progress.tasks[0]
+        amount = (
+            str(self._bytes.render(task))
+            if update.unit == "bytes"
+            else f"{update.done_bytes:,}/{update.total_bytes:,} {update.unit}"
+        )
+        self.progress.update(self.task, amount=amount)

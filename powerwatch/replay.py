@@ -47,6 +47,7 @@ from powerwatch import archive, backup, landing
 from powerwatch.backup import RestoreReport, restore_database
 from powerwatch.errors import BackupError
 from powerwatch.loader import load_chunk
+from powerwatch.progress import JobProgress, Listener
 from powerwatch.retention import committed_batches
 from powerwatch.settings import Settings
 from schemas.channels import CHANNELS
@@ -78,9 +79,11 @@ def replay_loaded(
     settings: Settings,
     *,
     include: Callable[[Path], bool] | None = None,
+    listeners: list[Listener] | None = None,
 ) -> ReplayReport:
     """Replay `settings.loaded_dir` (the chunks `include` accepts, default all) into the
-    database `url`, then drop what the archive holds; see the module docstring."""
+    database `url`, then drop what the archive holds; see the module docstring. Progress
+    (bytes of chunks replayed, readings inserted) goes to `listeners`."""
     started = time.perf_counter()
     report = ReplayReport()
     scratch = settings.data_dir / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:8]}"
@@ -90,9 +93,14 @@ def replay_loaded(
         for chunk in landing.list_chunks(settings.loaded_dir):
             if chunk.is_file() and (include is None or include(chunk)):
                 _link_or_copy(chunk, replay_settings.landing_dir / chunk.name)
+        chunks = landing.list_chunks(replay_settings.landing_dir)
+        sizes = [chunk.stat().st_size for chunk in chunks]
+        progress = JobProgress(sizes, listeners, counted="readings")
         with bulk_connection(url) as bulk:
-            for chunk in landing.list_chunks(replay_settings.landing_dir):
+            for chunk, size in zip(chunks, sizes, strict=True):
+                progress.start_file(chunk.name)
                 loaded = load_chunk(bulk, chunk, replay_settings)
+                progress.finish_file(size, loaded.inserted)
                 if loaded.status == "loaded":
                     report.replayed += 1
                     report.inserted += loaded.inserted
@@ -100,6 +108,7 @@ def replay_loaded(
                     report.in_snapshot += 1
                 else:
                     report.unreadable.append(loaded.error or loaded.chunk)
+            progress.finish()
             report.archived_dropped = drop_archived(bulk, settings.archive_dir)
     finally:
         with contextlib.suppress(OSError):
@@ -148,11 +157,16 @@ def drop_archived(bulk: BulkConnection, archive_root: Path) -> int:
 
 
 def restore(
-    backup_file: Path, url: str, settings: Settings, *, force: bool = False
+    backup_file: Path,
+    url: str,
+    settings: Settings,
+    *,
+    force: bool = False,
+    listeners: list[Listener] | None = None,
 ) -> tuple[RestoreReport, ReplayReport]:
     """`powerwatch restore`: the verified snapshot, then every chunk loaded since."""
     restored = restore_database(backup_file, url, force=force)
-    return restored, replay_loaded(url, settings)
+    return restored, replay_loaded(url, settings, listeners=listeners)
 
 
 # --- the restore drill: restore + replay, compared with the live database ---------------
@@ -262,7 +276,10 @@ def _loaded_by_then(
 
 
 def restore_drill(
-    settings: Settings, now: datetime | None = None, waiting: Callable[[], None] = lambda: None
+    settings: Settings,
+    now: datetime | None = None,
+    waiting: Callable[[], None] = lambda: None,
+    listeners: list[Listener] | None = None,
 ) -> DrillResult:
     """Restore the newest backup to a scratch file beside the data, replay the chunks the
     live ledger had committed when the drill started, and compare, per station, the
@@ -297,7 +314,7 @@ def restore_drill(
         _scratch_database(settings.database_url, Path(scratch)) as target,
     ):
         report = backup.restore_drill_into(newest, target, moment)
-        replayed = replay_loaded(target, settings, include=committed_by_then)
+        replayed = replay_loaded(target, settings, include=committed_by_then, listeners=listeners)
         with bulk_connection(target) as restored:
             found = tally(restored, start, end)
     differ = [

@@ -12,6 +12,7 @@ from prefect.tasks import exponential_backoff
 from powerwatch import backup, replay
 from powerwatch.settings import get_settings
 from tasks.outcome import named_failure_as_state
+from tasks.progress import run_listeners
 from tasks.retry import retry_when_database_unavailable
 
 
@@ -26,8 +27,15 @@ def backup_database_task() -> tuple[Path, backup.Manifest] | State[Any]:
     """One online backup; it counts only once its checks passed and its manifest exists.
     A named failure (disk full) is the Failed state with its one line."""
     settings = get_settings()
+    listeners = run_listeners(
+        "backup-database-progress",
+        "Bytes of the database copied into the snapshot (SQLite; pg_dump tells none)",
+        lambda u: f"{u.done_bytes / 1e6:,.1f} of {u.total_bytes / 1e6:,.1f} MB copied",
+    )
     return named_failure_as_state(
-        lambda: backup.backup_database(settings.database_url, settings.backups_dir)
+        lambda: backup.backup_database(
+            settings.database_url, settings.backups_dir, listeners=listeners
+        )
     )
 
 
@@ -45,4 +53,9 @@ def rotate_backups_task() -> list[str] | State[Any]:
 def restore_drill_task() -> replay.DrillResult:
     """Restore the newest backup beside the data, replay the chunks loaded since, and
     compare the last day's readings per station (count, checksum) with the live database."""
-    return replay.restore_drill(get_settings())
+    listeners = run_listeners(
+        "restore-drill-progress",
+        "Chunks loaded since the backup, replayed into the restored copy",
+        lambda u: f"{u.files_done} of {u.files} chunks, {u.lines:,} readings replayed",
+    )
+    return replay.restore_drill(get_settings(), listeners=listeners)

@@ -44,7 +44,13 @@ def test_archive_flow_archives_day_by_day_and_publishes_the_table(
     assert [d.day for d in run.days] == ["2026-11-01"] and run.days[0].archived == 40
     rows = read_artifact("archive-readings")
     assert rows[0]["day"] == "2026-11-01" and rows[-1]["archived"] == 40
+    assert _progress("archive-readings-progress") == 100.0
     assert archive.verify_archive(get_settings().archive_dir) == []
+
+
+def _progress(key: str) -> object:
+    """The newest progress artifact's value (a percentage) with this key."""
+    return cast(object, read_artifact(key))
 
 
 @pytest.mark.slow
@@ -63,10 +69,12 @@ def test_cli_archive_backup_drill_and_guarded_restore(
     [made] = backup.list_backups(get_settings().backups_dir)
     assert str(made) in capsys.readouterr().out
     assert read_artifact("backup-database")[0]["file"] == made.name
+    assert _progress("backup-database-progress") == 100.0
 
     drill = restore_drill(return_state=True)
     assert drill.is_completed(), drill.message
     assert read_artifact("restore-drill")[0]["result"] == "ok"
+    assert _progress("restore-drill-progress") == 100.0
 
     assert main(["restore", str(made)]) == 2  # the live database is there
     assert "--force" in capsys.readouterr().err

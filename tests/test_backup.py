@@ -110,6 +110,28 @@ def test_backup_is_compressed_with_a_manifest_and_name_order_is_time_order(
     )
 
 
+def test_backup_tells_its_progress_in_bytes_copied(
+    sqlite_synced: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from powerwatch.progress import Update
+
+    _load(20_000)
+    monkeypatch.setattr(backup, "COPY_PAGES", 16)  # several steps on a small database
+    got: list[Update] = []
+    backup.backup_database(sqlite_synced.url, get_settings().backups_dir, listeners=[got.append])
+
+    assert got and got[-1].percent == 100.0 and got[-1].unit == "bytes"
+    assert got[-1].done_bytes == got[-1].total_bytes == sqlite_synced_size(sqlite_synced)
+    assert [u.done_bytes for u in got] == sorted(u.done_bytes for u in got)
+
+
+def sqlite_synced_size(db: Database) -> int:
+    """The database's pages in bytes (what the snapshot copies)."""
+    with closing(sqlite3.connect(db.url.removeprefix("sqlite:///"))) as conn:
+        size = conn.execute("PRAGMA page_count").fetchone()[0]
+        return int(size) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
 def test_restore_refuses_a_live_database_unless_forced(sqlite_synced: Database) -> None:
     _load(100)
     path, _ = backup.backup_database(sqlite_synced.url, get_settings().backups_dir, now=NOW)

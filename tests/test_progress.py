@@ -67,3 +67,16 @@ def test_the_bar_shows_bytes_rate_eta_and_the_file() -> None:
     text = screen.export_text()
     for shown in ("migrate-logs", "50%", "0.5/1.0 MB", "10,000 lines/s", "ETA", "0/2 monitor.log"):
         assert shown in text, text
+
+
+def test_the_bar_counts_in_the_jobs_own_unit() -> None:
+    from rich.console import Console
+
+    bar = TerminalBar("archive", file=io.StringIO())
+    with bar:
+        bar(Update(2, 5, 30_000, 2, 5, "2026-11-03", 3.0, unit="days", counted="readings"))
+        screen = Console(record=True, width=200, file=io.StringIO())
+        screen.print(bar.progress.get_renderable())
+    text = screen.export_text()
+    for shown in ("archive", "40%", "2/5 days", "10,000 readings/s", "2/5 2026-11-03"):
+        assert shown in text, text

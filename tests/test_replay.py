@@ -16,6 +16,7 @@ from db.engine import bulk_connection
 from powerwatch import archive, backup, replay
 from powerwatch.errors import BackupError
 from powerwatch.loader import load_chunk
+from powerwatch.progress import Update
 from powerwatch.settings import get_settings
 from tests.conftest import PG_BASE, T0, Database, make_readings, write_chunk
 
@@ -142,9 +143,13 @@ def test_the_drill_compares_the_restored_last_day_with_the_live_one(synced: Data
     _load("b.parquet", make_readings(STATIONS, 30, T0 + timedelta(minutes=1)))
     _load("c-outside.parquet", make_readings(STATIONS, 5, now + timedelta(minutes=1)))
 
-    result = replay.restore_drill(settings, now)
+    got: list[Update] = []
+    result = replay.restore_drill(settings, now, listeners=[got.append])
 
     assert result.differ == [] and result.replay.replayed == 2  # b, and c (outside the window)
+    # a (in the snapshot already), b and c: the readings b and c inserted
+    assert (got[-1].files_done, got[-1].files, got[-1].percent) == (3, 3, 100.0)
+    assert got[-1].lines == 90 + 15 and got[-1].counted == "readings"
     assert {name: t.readings for name, t in result.stations.items()} == dict.fromkeys(STATIONS, 60)
     assert result.window == ((now - timedelta(days=1)).isoformat(), now.isoformat())
 
