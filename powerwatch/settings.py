@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         "newest backup is always kept).",
     )
     backup_keep_daily: int = Field(
-        14,
+        7,
         ge=0,
         le=100_000,
         description="Backups kept for the most recent days (the newest of each day).",
