@@ -14,7 +14,6 @@ new revision; earlier revisions stay in `energy_statements` and in their files.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from db.tables import MUX_COLUMNS, energy_events, energy_statements, rollup_dail
 from db.tables import stations as stations_table
 from powerwatch.errors import InputError
 from powerwatch.faults import fault_point
+from powerwatch.files import atomic_path
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -315,11 +315,8 @@ def _write_files(statement: pl.DataFrame, directory: Path, month: str, revision:
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"statement-{month}-r{revision}"
     csv = directory / f"{stem}.csv"
-    tmp = directory / f".{csv.name}.tmp"
-    statement.write_csv(tmp, datetime_format=CSV_TIME_FORMAT, null_value="")
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(csv)
+    with atomic_path(csv) as tmp:
+        statement.write_csv(tmp, datetime_format=CSV_TIME_FORMAT, null_value="")
     fault_point("statement.csv_written")
     parquet = write_atomically(statement, directory / f"{stem}.parquet")
     return [csv, parquet]

@@ -41,7 +41,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -74,6 +73,7 @@ from powerwatch.archive_plan import summary_rows as summary_rows
 from powerwatch.concurrency import map_ahead
 from powerwatch.errors import ArchiveError
 from powerwatch.faults import fault_point
+from powerwatch.files import fsync_file
 from powerwatch.storage import storage_failure
 from schemas.channels import CHANNELS, LANDING_COLUMNS
 
@@ -145,7 +145,7 @@ def _prepare_manifest(archive_root: Path, entry: PartitionEntry) -> Path:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
-        _fsync(tmp)
+        fsync_file(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -173,11 +173,6 @@ def start_run(archive_root: Path) -> list[Path]:
     except OSError as exc:
         raise storage_failure(exc, "archive") from exc
     return removed
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 # --- the content checksum -----------------------------------------------------------------
@@ -408,7 +403,7 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
                 )
                 written.update(group)
                 bounds += [group["timestamp"][0], group["timestamp"][-1]]  # sorted by time
-        _fsync(tmp)
+        fsync_file(tmp)
         fault_point("archive.written")
 
         def verify() -> None:

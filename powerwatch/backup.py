@@ -69,6 +69,7 @@ from powerwatch.errors import (
     RestoreRefused,
 )
 from powerwatch.faults import fault_point
+from powerwatch.files import fsync_file, sha256_file, write_text_atomically
 from powerwatch.progress import JobProgress, Listener
 from powerwatch.storage import storage_failure
 
@@ -144,34 +145,14 @@ class Manifest:
         return manifest
 
     def write(self, backup: Path) -> None:
-        _write_atomically(manifest_of(backup), json.dumps(asdict(self), indent=1) + "\n")
+        write_text_atomically(manifest_of(backup), json.dumps(asdict(self), indent=1) + "\n")
 
 
 def manifest_of(backup: Path) -> Path:
     return backup.with_name(backup.name + MANIFEST_SUFFIX)
 
 
-def _write_atomically(path: Path, body: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(body, encoding="utf-8")
-        _fsync(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file
 
 
 def backup_time(path: Path) -> datetime:
@@ -373,7 +354,7 @@ def _decompress(source: Path, target: Path) -> str:
         while block := packed.read(BLOCK):
             digest.update(block)
             out.write(block)
-    _fsync(target)
+    fsync_file(target)
     return digest.hexdigest()
 
 
@@ -417,7 +398,7 @@ def _backup(
         integrity = check_sqlite_copy(raw, rows)
         fault_point("backup.verified")
         raw_sha, raw_bytes = _compress(raw, packed)
-        _fsync(packed)
+        fsync_file(packed)
         packed.replace(final)
         fault_point("backup.renamed")
     finally:
@@ -525,7 +506,7 @@ def _backup_postgres(
         fault_point("backup.copied")
         listed = _pg_list(tmp)
         fault_point("backup.verified")
-        _fsync(tmp)
+        fsync_file(tmp)
         tmp.replace(final)
         fault_point("backup.renamed")
     finally:

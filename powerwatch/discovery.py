@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from powerwatch.files import write_text_atomically
+
 SERVER_FILE = "api-url"
 HEALTH_TIMEOUT = 1.0
 API_ENV = "PREFECT_API_URL"
@@ -32,10 +34,7 @@ def site_home(data_dir: Path) -> Path:
 
 def publish(home: Path, api_url: str) -> None:
     """Announce a running server (atomically: a reader never sees half a URL)."""
-    home.mkdir(parents=True, exist_ok=True)
-    temp = home / f".{SERVER_FILE}.{os.getpid()}"
-    temp.write_text(api_url + "\n", encoding="utf-8")
-    temp.replace(home / SERVER_FILE)
+    write_text_atomically(home / SERVER_FILE, api_url + "\n")
 
 
 def withdraw(home: Path, api_url: str) -> None:

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from powerwatch.files import write_text_atomically
+
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 2.0  # how often a capture folds its view into the shared state
@@ -118,9 +120,7 @@ def _locked(data_dir: Path) -> Iterator[dict[str, Any]]:
         try:
             state = read_state(data_dir)
             yield state
-            tmp = folder / f".{STATE_FILE}.{os.getpid()}"
-            tmp.write_text(json.dumps(state, separators=(",", ":")))
-            os.replace(tmp, folder / STATE_FILE)
+            write_text_atomically(folder / STATE_FILE, json.dumps(state, separators=(",", ":")))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -25,7 +25,6 @@ in `.parquet`: `list_chunks` and any glob of `landing/*.parquet` never see a cla
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -42,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from powerwatch.errors import ChunkError
+from powerwatch.files import atomic_path, sha256_file
 from schemas.channels import LANDING_COLUMNS, RECEIVED_AT, TIMESTAMP_DTYPE
 
 CLAIMED = ".claimed"
@@ -199,19 +199,11 @@ def write_atomically(frame: pl.DataFrame, path: Path) -> Path:
     A failed write (disk full) removes its temporary file and raises `OSError`
     (polars reports a full disk as a `ComputeError`: it is turned back into one).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         try:
             frame.write_parquet(tmp, compression="zstd")
         except polars.exceptions.PolarsError as exc:
             raise _as_os_error(exc, tmp) from exc
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -226,12 +218,7 @@ def _as_os_error(exc: polars.exceptions.PolarsError, path: Path) -> BaseExceptio
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+file_hash = sha256_file  # a chunk's content hash in the ledger
 
 
 # Rows per slice when streaming a chunk: bounds a load's memory. Each slice is copied a few

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from powerwatch.errors import RegistryError
+from powerwatch.files import write_text_atomically
 from schemas.channels import STATION_NAME_PATTERN
 
 _NAME = re.compile(STATION_NAME_PATTERN)
@@ -115,6 +116,4 @@ def write_registry(path: Path, stations: list[Station]) -> None:
             for s in stations
         ]
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, yaml.safe_dump(document, sort_keys=False))
