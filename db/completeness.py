@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from db.names import POWER_READINGS, ROLLUP_DAILY
-from db.rollups import DAY_MS, gap_threshold, require_station_id
-from schemas.channels import TIMESTAMP_DTYPE
+from db.rollups import gap_threshold, require_station_id
+from schemas.channels import DAY_MS, TIMESTAMP_DTYPE
 
 if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
     from db.bulk import BulkConnection

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import polars as pl
 
-HOUR_MS = 3_600_000
+from schemas.channels import HOUR_MS
+
 KEY = ["station_id", "hour_ts"]
 NORMAL, RESET, WRAP, GLITCH, IMPLAUSIBLE = 0, 1, 2, 3, 4
 KIND_NAMES = {

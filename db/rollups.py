@@ -55,13 +55,11 @@ from db.names import (
     STATIONS,
 )
 from powerwatch.errors import UnknownStationError
-from schemas.channels import CHANNELS
+from schemas.channels import CHANNELS, DAY_MS, HOUR_MS
 
 if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
     from db.bulk import BulkConnection
 
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 GAP_FACTOR = 5  # a delta spanning more than 5 normal intervals straddles missing data
 GAP_MIN_MS = 60_000  # ...but never less than a minute (jittery fast stations)
 GAP_MAX_MS = 900_000  # ...nor more than 15 min; must stay <= HOUR_MS (see _predecessors)

@@ -29,9 +29,8 @@ from db.tables import stations as stations_table
 from powerwatch.errors import InputError
 from powerwatch.faults import fault_point
 from powerwatch.files import atomic_path
+from schemas.channels import DAY_MS, HOUR_MS
 
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 # muxPower1..4, as the legacy T-format logs label them (powerwatch/legacy/parsers.py).
 BROADCASTERS = ("TV5", "MCOT", "PRD", "TPBS")
 COLUMNS = (

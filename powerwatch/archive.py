@@ -75,10 +75,9 @@ from powerwatch.errors import ArchiveError
 from powerwatch.faults import fault_point
 from powerwatch.files import fsync_file
 from powerwatch.storage import storage_failure
-from schemas.channels import CHANNELS, LANDING_COLUMNS
+from schemas.channels import CHANNELS, DAY_MS, LANDING_COLUMNS
 
 LOCK_FILE = ".archive.lock"
-DAY_MS = 86_400_000
 ARCHIVE_SCHEMA: dict[str, pl.DataType] = dict(LANDING_COLUMNS)
 _ARROW_SCHEMA = pl.DataFrame(schema=ARCHIVE_SCHEMA).to_arrow().schema
 _SELECT_DAY = (

@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 
 from db.names import POWER_READINGS, STATIONS
 from powerwatch.errors import InputError
-from schemas.channels import FUTURE_TOLERANCE
+from schemas.channels import DAY_MS, FUTURE_TOLERANCE
 
 if TYPE_CHECKING:
     from db.bulk import BulkConnection
 
-DAY_MS = 86_400_000
 ARCHIVE_FILE = "readings.parquet"
 MANIFEST_FILE = "archive-manifest.json"
 

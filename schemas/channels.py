@@ -15,6 +15,9 @@ STATION_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(minutes=5)
 TIMESTAMP_DTYPE = pl.Datetime("ms", "UTC")
+# Stored timestamps are integer epoch milliseconds (UTC): the spans used with them.
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)
