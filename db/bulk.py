@@ -27,7 +27,15 @@ from adbc_driver_manager import dbapi
 from db.failures import classify
 from powerwatch.errors import JobError
 
-_PLACEHOLDER = re.compile(r"\?")
+# A `?` placeholder, or something in which a `?` is not one: a string literal, a quoted
+# identifier, a comment (matched first, and left as they are).
+_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?", re.S)
+
+
+def numbered_placeholders(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1, $2, ...`, leaving literals and comments be."""
+    counter = iter(range(1, 1_000_000))
+    return _PLACEHOLDER.sub(lambda m: f"${next(counter)}" if m.group(0) == "?" else m.group(0), sql)
 
 
 def named_failure(exc: BaseException, doing: str = "database") -> JobError | None:
@@ -56,10 +64,7 @@ class BulkConnection:
     where: str = "database"  # how failures name the database
 
     def _sql(self, sql: str) -> str:
-        if self.sqlite:
-            return sql
-        counter = iter(range(1, 10_000))
-        return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
+        return sql if self.sqlite else numbered_placeholders(sql)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with _named(self.where), self.conn.cursor() as cur:

@@ -133,3 +133,15 @@ def test_sqlite_is_configured_for_a_busy_writer(sqlite_database: Database) -> No
         "foreign_keys": 1,
         "busy_timeout": 2000,
     }
+
+
+def test_a_question_mark_in_a_literal_is_not_a_placeholder(database: Database) -> None:
+    """One SQL text for both databases: on PostgreSQL `?` becomes `$n`, but not inside a
+    string literal, a quoted name or a comment."""
+    from db.engine import bulk_connection
+
+    with bulk_connection(database.url) as bulk:
+        rows = bulk.rows(
+            "SELECT '?' AS \"what?\", CAST(? AS INTEGER) AS p, 'it''s?' AS q -- why?", [5]
+        )
+    assert [tuple(r) for r in rows] == [("?", 5, "it's?")]
