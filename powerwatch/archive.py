@@ -552,19 +552,31 @@ def verify_archive(archive_root: Path) -> list[str]:
 # --- a whole run ---------------------------------------------------------------------------
 
 
+def plan_run(
+    bulk: BulkConnection, archive_root: Path, retention_days: int, now: datetime | None = None
+) -> tuple[Cutoff, list[date]]:
+    """A run's plan: the cut-off (the clock witnessed by the data), what crashed runs left
+    settled (`start_run`: a damaged manifest stops the run here), and the days before the
+    cut-off that still hold readings."""
+    cutoff = retention_cutoff(bulk, retention_days, now)
+    start_run(archive_root)
+    return cutoff, list(days_to_archive(bulk, cutoff.before))
+
+
 def archive_readings(
     bulk: BulkConnection, archive_root: Path, retention_days: int, now: datetime | None = None
 ) -> ArchiveRun:
-    """Archive every whole day before the retention cut-off, then give the space back.
-
-    A day that cannot be archived safely is reported and skipped; the others go on.
-    (The `archive-readings` flow runs the same steps as Prefect tasks.)
+    """Archive every whole day before the retention cut-off, then give the space back:
+    in one process, the steps the `archive-readings` flow runs as tasks (`plan_run`,
+    `archive_day` per day, `reclaim_space`), with the flow's rule for failures: a day
+    that cannot be archived safely (ArchiveError) is reported and kept, the others go
+    on; a full disk or a storage error ends the run (raised here, a Failed run there).
+    For benchmarks and tests of the archive's own rules without a Prefect server.
     """
-    cutoff = retention_cutoff(bulk, retention_days, now)
-    start_run(archive_root)
+    cutoff, days = plan_run(bulk, archive_root, retention_days, now)
     reports: list[DayReport] = []
     failed: list[str] = []
-    for day in list(days_to_archive(bulk, cutoff.before)):
+    for day in days:
         try:
             reports.append(archive_day(bulk, archive_root, day))
         except ArchiveError as exc:

@@ -10,11 +10,15 @@ exactly there, never "probably there after a sleep":
     POWERWATCH_FAULT="capture.chunk_written=diskfull" raise OSError(ENOSPC)
     POWERWATCH_FAULT="backup.copied=ioerror"          raise OSError(EIO)
     POWERWATCH_FAULT="load.claimed=pause"             announce, then wait for a signal
+    POWERWATCH_FAULT="archive.written=hold"           announce, then wait for "resume"
     POWERWATCH_FAULT="a=kill,b=diskfull"              several points at once
 
 `pause` writes the point's name as one line to `POWERWATCH_FAULT_NOTIFY` (a file the
 test watches) and then sleeps until a signal ends the process: the test sends its
 SIGTERM/SIGINT knowing where the process stands.
+`hold` announces the same way, then waits until the test appends the line
+`resume <point>` to that file, and goes on: the test does something at that exact
+moment (a reading arriving mid-archive) and then lets the job finish.
 
 Every point is listed in `POINTS` with what has happened when it is passed;
 docs/design.md ("Fault points") says what recovery guarantees after each.
@@ -27,6 +31,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 ENV = "POWERWATCH_FAULT"
 NOTIFY_ENV = "POWERWATCH_FAULT_NOTIFY"
@@ -129,4 +134,27 @@ def _pause(name: str) -> None:
         time.sleep(3600)
 
 
-_FAULTS = {"kill": _kill, "diskfull": _disk_full, "ioerror": _io_error, "pause": _pause}
+def _hold(name: str) -> None:
+    notify = os.environ.get(NOTIFY_ENV)
+    if not notify:
+        raise ValueError(f"{ENV}: `hold` at {name} needs {NOTIFY_ENV}")
+    with open(notify, "a", encoding="utf-8") as handle:
+        handle.write(name + "\n")
+    resume = f"resume {name}"
+    while resume not in Path(notify).read_text(encoding="utf-8").splitlines():
+        time.sleep(0.02)
+
+
+def reset_passes() -> None:
+    """Forget how often each point was passed (a test arming a point in its own process,
+    after another test did)."""
+    _passes.clear()
+
+
+_FAULTS = {
+    "kill": _kill,
+    "diskfull": _disk_full,
+    "ioerror": _io_error,
+    "pause": _pause,
+    "hold": _hold,
+}

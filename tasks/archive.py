@@ -24,9 +24,7 @@ def plan_archive_task(retention_days: int) -> tuple[archive.Cutoff, list[date]] 
 
     def plan() -> tuple[archive.Cutoff, list[date]]:
         with bulk_connection(settings.database_url) as bulk:
-            cutoff = archive.retention_cutoff(bulk, retention_days)
-            archive.start_run(settings.archive_dir)  # a damaged manifest stops the run here
-            return cutoff, list(archive.days_to_archive(bulk, cutoff.before))
+            return archive.plan_run(bulk, settings.archive_dir, retention_days)
 
     return named_failure_as_state(plan)
 

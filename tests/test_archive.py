@@ -7,6 +7,8 @@ import hashlib
 import os
 import re
 import struct
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from db import queries
 from db.engine import bulk_connection
 from db.load import begin_batch, finish_batch, store_readings
-from powerwatch import archive
+from powerwatch import archive, faults
 from powerwatch.errors import ArchiveError, JobError
 from powerwatch.loader import load_chunk
 from powerwatch.settings import get_settings
@@ -170,17 +172,48 @@ def test_a_reading_differing_from_its_archived_copy_stops_that_day(synced: Datab
     assert _stored().filter(pl.col("timestamp") < T0 + DAY).height == 1  # kept
 
 
-def test_a_reading_arriving_during_the_archive_stops_the_delete(synced: Database) -> None:
-    _load(_days(["KhonKaen"], 1))
-    start = int(T0.timestamp() * 1000)
+def test_a_reading_arriving_during_the_archive_stops_the_delete(
+    synced: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`archive_day` (what the flow's task runs) is held once its file is written; a
+    late reading for that day is loaded right then; the day's delete must not happen,
+    and the next run archives all of it."""
+    _load(_days(["KhonKaen"], 2))  # the second day puts the first before the cut-off
+    notify = tmp_path / "notify"
+    monkeypatch.setenv(faults.ENV, "archive.written=hold")
+    monkeypatch.setenv(faults.NOTIFY_ENV, str(notify))
+    faults.reset_passes()
+    settings = get_settings()
+    outcome: list[object] = []
+
+    def archive_the_day() -> None:
+        try:
+            with bulk_connection() as bulk:
+                outcome.append(archive.archive_day(bulk, settings.archive_dir, T0.date()))
+        except Exception as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=archive_the_day)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not (notify.exists() and "archive.written" in notify.read_text().splitlines()):
+        assert worker.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.02)
+    _load(make_readings(["KhonKaen"], 1, T0 + timedelta(hours=12)))  # the late reading
+    with notify.open("a") as handle:
+        handle.write("resume archive.written\n")
+    worker.join(60)
+
+    [error] = outcome
+    assert isinstance(error, ArchiveError) and "changed while archiving" in str(error), error
+    assert _stored().height == 81  # nothing deleted
     with bulk_connection() as bulk:
-        station_id = int(bulk.scalar("SELECT id FROM stations WHERE name = 'KhonKaen'"))
-        # What the archive saw is one row short of what the database holds now.
-        with pytest.raises(ArchiveError, match="changed while archiving"):
-            archive._delete_day(bulk, start, {station_id: 39}, T0.date())
         if bulk.sqlite:  # the delete ran without parent lookups; the connection has them back
             assert bulk.scalar("PRAGMA foreign_keys") == 1
-    assert _stored().height == 40
+    monkeypatch.delenv(faults.ENV)
+    run = _archive(now=T0 + DAY + timedelta(hours=5))
+    assert [(d.day, d.archived) for d in run.days] == [("2026-11-01", 41)]
+    assert _stored().height == 40  # the second day's
 
 
 def test_a_file_that_does_not_read_back_right_deletes_nothing(
@@ -274,9 +307,17 @@ def test_hostile_station_names_stay_inside_and_come_back_unchanged(
         assert _analyst_read(database, block).equals(old)
 
 
-def test_partition_folder_cannot_leave_the_archive(tmp_path: Path) -> None:
-    folder = archive.partition_dir(tmp_path / "archive", T0.date())
-    assert folder == (tmp_path / "archive" / "date=2026-11-01").resolve()
+def test_a_partition_folder_linked_outside_the_archive_is_refused(tmp_path: Path) -> None:
+    """A day's folder is named from a date (no `..` possible), but the folder on disk may
+    be a link to elsewhere: the archive never writes (or deletes readings) through it."""
+    root, outside = tmp_path / "archive", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    (root / "date=2026-11-01").symlink_to(outside, target_is_directory=True)
+
+    with pytest.raises(ArchiveError, match="outside"):
+        archive.partition_dir(root, T0.date())
+    assert archive.partition_dir(root, (T0 + DAY).date()) == (root / "date=2026-11-02").resolve()
 
 
 def test_a_file_being_written_is_invisible_to_the_analyst(synced: Database) -> None:
