@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandera.errors
 import polars as pl
 import pytest
 import sqlalchemy
@@ -14,7 +15,7 @@ from db import migrate
 from db.engine import make_engine
 from db.tables import metadata, power_readings
 from powerwatch.errors import SchemaVersionError
-from schemas.reading import CHANNELS, READING_SCHEMA, split_valid
+from schemas.reading import CHANNELS, READING_SCHEMA, _split_by_pandera, split_valid
 from tests.conftest import Database, make_readings
 
 
@@ -69,6 +70,36 @@ def test_timestamp_rules() -> None:
 def test_all_reasons_of_a_row_are_kept() -> None:
     reason = _reason(_one(activePower1=-5000.0, muxPower1=-1.0))
     assert reason == "out of range: activePower1, muxPower1"
+
+
+def test_one_pass_verdicts_are_panderas_row_for_row() -> None:
+    """split_valid judges rows in one polars pass and words only the failing ones with
+    pandera: the result must be exactly what pandera alone gives, in the frame's order."""
+    frame = make_readings(["KhonKaen", "Udon", "Loei"], 200).with_columns(line=pl.int_range(600))
+    i, now = pl.col("line"), datetime.now(UTC)
+    frame = frame.with_columns(
+        station=pl.when(i % 97 == 5).then(pl.lit("bad name!")).otherwise("station"),
+        timestamp=pl.when(i % 89 == 7)
+        .then(pl.lit(now + timedelta(hours=1)))
+        .when(i % 83 == 3)
+        .then(None)
+        .otherwise("timestamp")
+        .cast(frame.schema["timestamp"]),
+        activePower1=pl.when(i % 31 == 2).then(float("nan")).otherwise("activePower1"),
+        muxPower4=pl.when(i % 41 == 9)
+        .then(-1.0)
+        .when(i % 43 == 1)
+        .then(None)
+        .otherwise("muxPower4"),
+    )
+    valid, rejected = split_valid(frame)
+    expected_valid, expected_rejected = _split_by_pandera(frame)
+    assert rejected.height > 40 and valid.height > 500
+    assert valid.equals(expected_valid) and valid["line"].is_sorted()
+    assert rejected.equals(expected_rejected)
+    assert split_valid(frame.head(0))[0].height == 0
+    with pytest.raises(pandera.errors.SchemaErrors):  # not the model's dtype: pandera says so
+        split_valid(frame.cast({"activePower1": pl.Float32}))
 
 
 def test_table_and_model_agree_on_the_channels() -> None:
