@@ -145,12 +145,14 @@ def passes_rules(frame: pl.DataFrame) -> pl.Series | None:
     """
     if CONFIG.use_narwhals_backend or not CONFIG.validation_enabled:
         return None  # pandera's other backend, or no validation: pandera decides
+    if READING_SCHEMA.checks or READING_SCHEMA.unique:
+        return None  # rules across rows or columns: not judged here
     READING_SCHEMA.register_default_backends(pl.DataFrame)  # its built-in checks
     lazy = frame.lazy()
     verdicts: list[pl.LazyFrame] = []
     for name, column in READING_SCHEMA.columns.items():
         dtype = frame.schema.get(name)
-        if dtype is None or column.dtype is None or dtype != column.dtype.type:
+        if dtype is None or column.dtype is None or dtype != column.dtype.type or column.unique:
             return None
         if not column.nullable:
             present = pl.col(name).is_not_null()
