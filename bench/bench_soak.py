@@ -479,42 +479,87 @@ def analyse(
     return "\n".join(md), figures
 
 
-def sizing(figures: dict[str, Any], stations: int, rate: float) -> str:
-    """Sizing for 100 and 1,000 stations at 1 Hz, scaled linearly from this run."""
-    scale = 1.0 / rate
-    db_day = figures["db_bytes_per_station_day"] * scale
-    chunk_day = figures["chunk_bytes_per_station_day"] * scale
-    fixed_rss = sum(
-        v["rss_mean"]
-        for r, v in figures["roles"].items()
-        if r in ("serve", "prefect server", "worker")
-    )
-    variable_cpu = figures["site_cpu_pct"]
-    per_station_rss = (figures["site_rss_mean"] - fixed_rss) / stations
+def stored_ratios(data: Path) -> dict[str, float]:
+    """Measured at the end of the run on the site's own database: readings stored, bytes
+    per reading in the database, as an archive-like Parquet file (zstd, what
+    `powerwatch.archive` writes), and the newest backup's size against the database."""
+    import sqlite3
+
+    import polars as pl
+
+    db = data / "powerwatch.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        frame = pl.read_database("SELECT * FROM power_readings", con).drop("batch_id")
+    out = {"readings": float(frame.height)}
+    if frame.height:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "archive-like.parquet"
+            frame.sort("station_id", "ts").write_parquet(path, compression="zstd")
+            out["archive_bytes_per_reading"] = path.stat().st_size / frame.height
+        db_bytes = db.stat().st_size + _size(Path(f"{db}-wal"))
+        out["db_bytes_per_reading"] = db_bytes / frame.height
+        backups = (
+            sorted(
+                (p for p in (data / "backups").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_mtime,
+            )
+            if (data / "backups").exists()
+            else []
+        )
+        newest = [p for p in backups if p.stat().st_size > 1000]
+        if newest:
+            out["backup_ratio"] = newest[-1].stat().st_size / max(1, db.stat().st_size)
+    return out
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def sizing(figures: dict[str, Any], stations: int, ratios: dict[str, float]) -> str:
+    """Sizing for 100 and 1,000 stations at 1 Hz from this run: the server, worker and
+    serve counted once, the flow runs' CPU and RAM scaled with the stations (an upper
+    bound: part of a flow run's cost, its start-up, does not grow with stations); disk
+    from the bytes per reading measured on this run's database."""
+    fixed = ("serve", "prefect server", "worker")
+    roles = figures["roles"]
+    fixed_cpu = sum(v["cpu_pct"] for r, v in roles.items() if r in fixed)
+    fixed_rss = sum(v["rss_mean"] for r, v in roles.items() if r in fixed)
+    flow_cpu = roles.get("flow runs", {}).get("cpu_pct", 0.0)
+    flow_rss = roles.get("flow runs", {}).get("rss_mean", 0.0)
+    per_day = 86_400  # readings per station-day at 1 Hz
+    db_day = ratios.get("db_bytes_per_reading", 0.0) * per_day
+    archive_day = ratios.get("archive_bytes_per_reading", 0.0) * per_day
+    backup_ratio = ratios.get("backup_ratio", 384 / 1360)  # bench-archive's when none ran
     rows = []
     for n in (100, 1000):
         db = db_day * n * RETENTION_DAYS
-        archive_year = chunk_day * n * 365
-        backups = db * 0.5 * BACKUPS_KEPT  # compressed copies; see the text
         rows.append(
             (
                 f"{n:,}",
-                f"{variable_cpu * n / stations:.0f} % of a core",
-                f"{(per_station_rss * n + fixed_rss) / 1e6:,.0f} MB",
+                f"{fixed_cpu + flow_cpu * n / stations:.0f} %",
+                f"{(fixed_rss + flow_rss * n / stations) / 1e6:,.0f} MB",
                 f"{db / 1e9:,.1f} GB",
-                f"{archive_year / 1e9:,.1f} GB",
-                f"{backups / 1e9:,.0f} GB",
+                f"{archive_day * n * 365 / 1e9:,.1f} GB",
+                f"{db * backup_ratio * BACKUPS_KEPT / 1e9:,.0f} GB",
             )
         )
-    return table(
+    head = (
+        f"Per station-day at 1 Hz ({per_day:,} readings): database {mb(db_day)} "
+        f"({ratios.get('db_bytes_per_reading', 0):.0f} B/reading over "
+        f"{ratios.get('readings', 0):,.0f} readings), archive {mb(archive_day)} "
+        f"({ratios.get('archive_bytes_per_reading', 0):.1f} B/reading, zstd Parquet); "
+        f"backup/database {backup_ratio:.2f}.\n\n"
+    )
+    return head + table(
         rows,
         (
             "stations at 1 Hz",
-            "CPU (scaled linearly)",
+            "CPU (% of one core)",
             "RAM",
-            f"database ({RETENTION_DAYS} d)",
-            "archive per year (<= chunks)",
-            f"backups ({BACKUPS_KEPT} kept, ~2:1)",
+            f"database ({RETENTION_DAYS} d kept)",
+            "archive per year",
+            f"backups ({BACKUPS_KEPT} kept, at most)",
         ),
     )
 
@@ -597,11 +642,14 @@ def main() -> int:
     finally:
         site.stop()
     markdown, figures = analyse(args, disk, procs, flows, runs)
+    ratios = stored_ratios(site.data)
+    figures["stored"] = ratios
     markdown += (
-        "\n\nSizing at 1 Hz, scaled linearly from this run (CPU and per-station RAM scale "
-        "with stations; the server, worker and serve are counted once; database = readings "
-        f"kept {RETENTION_DAYS} days; archive at most the chunks' size; backups compressed "
-        "~2:1, bench-archive):\n\n" + sizing(figures, args.stations, args.rate)
+        "\n\nSizing at 1 Hz from this run (the server, worker and serve once; flow runs "
+        "scaled with the stations, an upper bound; readings kept "
+        f"{RETENTION_DAYS} days in the database, then archived; "
+        f"{BACKUPS_KEPT} backups kept, each at most the database's size times the measured "
+        "ratio):\n\n" + sizing(figures, args.stations, ratios)
     )
     name = "bench-soak" + (f"-{args.label}" if args.label else "")
     raw = ROOT / "bench" / "out" / f"{name}.json"  # the samples, for a second look
