@@ -71,6 +71,8 @@ PROCESS_SAMPLE_SECONDS = 2.0
 RETENTION_DAYS = 90
 BACKUPS_KEPT = 24 + 14  # backup_keep_hourly + backup_keep_daily
 LONG_LIVED = ("serve", "prefect server", "worker", "simulator")
+# Per role: cumulative CPU seconds, RSS bytes, live processes, PSS bytes.
+Sample = tuple[float, float, int, float]
 
 
 def arguments() -> argparse.Namespace:
@@ -262,11 +264,12 @@ class Processes:
                 return "?"
         return self.flow_names[run_id]
 
-    def sample(self, serve: int, simulator: int) -> dict[str, tuple[float, float, int]]:
-        """role -> (cumulative CPU seconds, RSS bytes, live processes)."""
+    def sample(self, serve: int, simulator: int) -> dict[str, Sample]:
+        """role -> (cumulative CPU seconds, RSS bytes, live processes, PSS bytes)."""
         top = {serve: "serve", simulator: "simulator"}
         cpu: dict[str, float] = defaultdict(float)
         rss: dict[str, float] = defaultdict(float)
+        pss: dict[str, float] = defaultdict(float)
         count: dict[str, int] = defaultdict(int)
         procs: list[psutil.Process] = []
         for pid in (serve, simulator):
@@ -281,7 +284,8 @@ class Processes:
                 with proc.oneshot():
                     role = self.role(proc, top)
                     times = proc.cpu_times()
-                    memory = proc.memory_info().rss
+                    full = proc.memory_full_info()  # PSS: shared pages counted once
+                    memory = full.rss
                     own = times.user + times.system
                     reaped = times.children_user + times.children_system
                     # what a process reaped counts where its children belong: a worker's
@@ -289,6 +293,7 @@ class Processes:
                     cpu[role] += own
                     cpu["flow runs" if role == "worker" else role] += reaped
                     rss[role] += memory
+                    pss[role] += full.pss
                     count[role] += 1
                     if role == "flow runs":
                         name = self.flow_name(proc)
@@ -298,7 +303,7 @@ class Processes:
                         self.flow_seen[name].add(key)
             except psutil.Error:
                 continue
-        return {role: (cpu[role], rss[role], count[role]) for role in cpu}
+        return {role: (cpu[role], rss[role], count[role], pss[role]) for role in cpu}
 
     def _handle(self, pid: int) -> psutil.Process:
         # one Process object per pid: psutil caches what it can and checks pid reuse
@@ -366,7 +371,7 @@ def mb(n: float) -> str:
 def analyse(
     args: argparse.Namespace,
     disk: list[tuple[float, dict[str, int]]],
-    procs: list[tuple[float, dict[str, tuple[float, float, int]]]],
+    procs: list[tuple[float, dict[str, Sample]]],
     flows: Processes,
     runs: dict[str, int],
 ) -> tuple[str, dict[str, Any]]:
@@ -377,18 +382,21 @@ def analyse(
     site_cpu = 0.0
     site_rss_mean = 0.0
     site_rss_peak: dict[float, float] = defaultdict(float)
+    site_pss_mean = 0.0
+    site_pss_peak: dict[float, float] = defaultdict(float)
     flat = True
     figures: dict[str, Any] = {"roles": {}}
     for role in roles:
         series = [(t, s[role]) for t, s in steady if role in s]
         if len(series) < 2:
             continue
-        (t0, (c0, _, _)), (t1, (c1, _, _)) = series[0], series[-1]
+        (t0, (c0, *_)), (t1, (c1, *_)) = series[0], series[-1]
         cpu_pct = 100 * (c1 - c0) / (t1 - t0)
         rss_points = [(t, v[1]) for t, v in ((t, s[role]) for t, s in procs if role in s)]
         q = quarters(rss_points, window)
         mean_rss = statistics.fmean(v[1] for _, v in series)
         peak_rss = max(v[1] for _, v in series)
+        mean_pss = statistics.fmean(v[3] for _, v in series)
         growth = (
             (statistics.fmean(q[3]) / statistics.fmean(q[1]) - 1) * 100
             if q[1] and q[3] and statistics.fmean(q[1])
@@ -398,13 +406,16 @@ def analyse(
         if role != "simulator":
             site_cpu += cpu_pct
             site_rss_mean += mean_rss
+            site_pss_mean += mean_pss
             for t, s in steady:
                 site_rss_peak[t] += s[role][1] if role in s else 0
+                site_pss_peak[t] += s[role][3] if role in s else 0
             flat = flat and levels
         figures["roles"][role] = {
             "cpu_pct": cpu_pct,
             "rss_mean": mean_rss,
             "rss_peak": peak_rss,
+            "pss_mean": mean_pss,
             "rss_growth_q2_q4_pct": growth,
         }
         rows.append(
@@ -413,6 +424,7 @@ def analyse(
                 f"{cpu_pct:.1f} %",
                 mb(mean_rss),
                 mb(peak_rss),
+                mb(mean_pss),
                 "(transient)" if role not in LONG_LIVED else f"{growth:+.1f} %",
             )
         )
@@ -423,10 +435,16 @@ def analyse(
             f"**{site_cpu:.1f} %**",
             f"**{mb(site_rss_mean)}**",
             f"**{mb(peak)}**",
+            f"**{mb(site_pss_mean)}** (peak {mb(max(site_pss_peak.values(), default=0.0))})",
             "flat" if flat else "GROWS",
         )
     )
-    figures |= {"site_cpu_pct": site_cpu, "site_rss_mean": site_rss_mean, "site_rss_peak": peak}
+    figures |= {
+        "site_cpu_pct": site_cpu,
+        "site_rss_mean": site_rss_mean,
+        "site_rss_peak": peak,
+        "site_pss_mean": site_pss_mean,
+    }
 
     # disk
     names = sorted({n for _, s in disk for n in s})
@@ -462,7 +480,10 @@ def analyse(
         + ", ".join(f"{k} {v}" for k, v in sorted(runs.items()))
         + ".",
         "",
-        table(rows, ("process", "CPU (% of one core)", "RSS mean", "RSS peak", "RSS Q2->Q4")),
+        table(
+            rows,
+            ("process", "CPU (% of one core)", "RSS mean", "RSS peak", "PSS mean", "RSS Q2->Q4"),
+        ),
         "",
         "Per flow (flow-run processes seen; CPU is what samples saw, a lower bound): "
         + "; ".join(
@@ -613,7 +634,7 @@ def main() -> int:
         None if args.no_accelerate else every,
     )
     disk: list[tuple[float, dict[str, int]]] = []
-    procs: list[tuple[float, dict[str, tuple[float, float, int]]]] = []
+    procs: list[tuple[float, dict[str, Sample]]] = []
     flows = Processes(site.api_url)
     try:
         print(f"site in {root}: starting ...", flush=True)
