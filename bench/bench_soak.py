@@ -238,6 +238,10 @@ class Processes:
     flow_rss: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     flow_seen: dict[str, set[tuple[int, float]]] = field(default_factory=lambda: defaultdict(set))
 
+    def cpu_per_run(self, name: str) -> float:
+        seen = [cpu for flow, cpu in self.flow_cpu.values() if flow == name]
+        return statistics.fmean(seen) if seen else 0.0
+
     def role(self, proc: psutil.Process, top: dict[int, str]) -> str:
         if proc.pid in top:
             return top[proc.pid]
@@ -487,7 +491,8 @@ def analyse(
         "",
         "Per flow (flow-run processes seen; CPU is what samples saw, a lower bound): "
         + "; ".join(
-            f"{name}: {len(flows.flow_seen[name])} runs, RSS max {mb(flows.flow_rss[name])}"
+            f"{name}: {len(flows.flow_seen[name])} runs, RSS max {mb(flows.flow_rss[name])}, "
+            f"CPU {flows.cpu_per_run(name):.1f} s per run"
             for name in sorted(flows.flow_seen)
         )
         + ".",
