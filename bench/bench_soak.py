@@ -628,6 +628,7 @@ def main() -> int:
             print(f"port {port} is in use; choose --prefect-port/--station-port", file=sys.stderr)
             return 1
     root = args.root or Path(tempfile.mkdtemp(prefix="powerwatch-soak-"))
+    name = "bench-soak" + (f"-{args.label}" if args.label else "")  # its section
     window = args.minutes * 60
     every = max(120, int(window / RUNS_IN_WINDOW))
     site = Site(
@@ -650,7 +651,10 @@ def main() -> int:
         print(f"running; sampling {window:.0f} s", flush=True)
         start = time.monotonic()
         next_disk = start
-        while (now := time.monotonic()) - start <= window:
+        stop: list[int] = []  # SIGINT/SIGTERM: end the window now, report what was sampled
+        signal.signal(signal.SIGINT, lambda signum, _frame: stop.append(signum))
+        signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
+        while (now := time.monotonic()) - start <= window and not stop:
             for child, name in ((site.serve, "serve"), (site.simulator, "simulator")):
                 if child.poll() is not None:
                     raise RuntimeError(f"{name} exited ({child.returncode}); see {root}")
@@ -665,6 +669,9 @@ def main() -> int:
                 )
             time.sleep(max(0.0, PROCESS_SAMPLE_SECONDS - (time.monotonic() - now)))
         runs = completed_runs(site.api_url)
+        if stop:  # the window that was sampled, said in the results
+            args.minutes = round((time.monotonic() - start) / 60, 1)
+            args.label = f"{args.label} (stopped partway)".strip()
     finally:
         site.stop()
     markdown, figures = analyse(args, disk, procs, flows, runs)
@@ -677,7 +684,6 @@ def main() -> int:
         f"{BACKUPS_KEPT} backups kept, each at most the database's size times the measured "
         "ratio):\n\n" + sizing(figures, args.stations, ratios)
     )
-    name = "bench-soak" + (f"-{args.label}" if args.label else "")
     raw = ROOT / "bench" / "out" / f"{name}.json"  # the samples, for a second look
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps({"disk": disk, "procs": procs, "figures": figures}, default=str))
