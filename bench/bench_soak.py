@@ -562,7 +562,7 @@ def sizing(figures: dict[str, Any], stations: int, ratios: dict[str, float]) -> 
         db = db_day * n * RETENTION_DAYS
         rows.append(
             (
-                f"{n:,}",
+                f"{n:,}" + (" (scaled down: CPU and RAM a lower bound)" if n < stations else ""),
                 f"{fixed_cpu + flow_cpu * n / stations:.0f} %",
                 f"{(fixed_rss + flow_rss * n / stations) / 1e6:,.0f} MB",
                 f"{db / 1e9:,.1f} GB",
