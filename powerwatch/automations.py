@@ -23,6 +23,7 @@ reached". Three guards, one per way a run can be left behind:
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 ZOMBIE_AUTOMATION = "powerwatch: crash zombie flow runs"
 PENDING_AUTOMATION = "powerwatch: crash flow runs stuck in Pending"
@@ -214,3 +215,19 @@ def ensure_alert_automations(api_url: str, webhook_url: str | None) -> dict[str,
                     automation.create()
                     done[name] = "created"
     return done
+
+
+def prepare_site(request: dict[str, Any]) -> list[str]:
+    """What `LocalStack.prepare` needs of this module, in one call (run as
+    `python -m powerwatch.automations '<json>'` so that the site's parent never imports
+    Prefect's client): the automations, then the dead site's runs crashed."""
+    ensure_zombie_automation(request["api_url"], request["heartbeat_seconds"])
+    ensure_alert_automations(request["api_url"], request["webhook_url"])
+    return release_abandoned_runs(request["api_url"], request["work_pool"], request["reason"])
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(prepare_site(json.loads(sys.argv[1]))))

@@ -625,10 +625,12 @@ def cmd_status(_args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(_args: argparse.Namespace) -> int:
-    from powerwatch.demo import run_site
+def cmd_serve(args: argparse.Namespace) -> int:
+    from powerwatch.demo import run_site, setup_step
     from powerwatch.settings import get_settings
 
+    if args.setup:  # the site's own child (powerwatch.demo._setup_in_child)
+        return setup_step(get_settings(), args.setup, simulate=False)
     return run_site(get_settings(), simulate=False)
 
 
@@ -638,6 +640,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from powerwatch.settings import get_settings
     from powerwatch.simulator import Outage
 
+    if args.setup:  # the site's own child (powerwatch.demo._setup_in_child)
+        from powerwatch.demo import setup_step
+
+        return setup_step(get_settings(), args.setup, simulate=True)
     for text in args.outage:
         if Outage.parse(text).name not in {f"SIM-{i + 1:04d}" for i in range(DEMO_STATIONS)}:
             raise InputError(f"--outage {text}: the demo's stations are SIM-0001..SIM-0005")
@@ -827,11 +833,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="take a simulated station off air for a while (e.g. SIM-0002@60+180)",
     )
     demo.set_defaults(handler=cmd_demo)
-    commands.add_parser(
+    serve = commands.add_parser(
         "serve",
         help="start the site: Prefect server, pool, automations, deployments, worker, "
         "against the registry in POWERWATCH_STATIONS (no simulator)",
-    ).set_defaults(handler=cmd_serve)
+    )
+    serve.set_defaults(handler=cmd_serve)
+    for site in (demo, serve):  # internal: one set-up step, in a child of the site
+        site.add_argument("--setup", choices=("database", "stations"), help=argparse.SUPPRESS)
     commands.add_parser(
         "status", help="every station's state and the pipeline's, now (no Prefect)"
     ).set_defaults(handler=cmd_status)

@@ -178,18 +178,50 @@ def run_demo(settings: Settings, outages: Sequence[str] = ()) -> int:
     return run_site(settings, simulate=True, outages=outages)
 
 
-def run_site(settings: Settings, *, simulate: bool, outages: Sequence[str] = ()) -> int:
+def setup_step(settings: Settings, step: str, *, simulate: bool) -> int:
+    """One set-up step of `run_site`, run in a child process (`--setup STEP`): `database`
+    upgrades the schema, `stations` syncs the registry (the demo's, with the sample
+    logs' stations). In a child so that the site's long-lived parent never imports
+    SQLAlchemy, polars or the schema (~90 MB it would hold for days; issue 11)."""
     from db.engine import make_engine
-    from db.migrate import upgrade
-    from db.stations import sync_stations
-    from powerwatch.registry import load_registry
 
+    engine = make_engine(settings.database_url)
+    try:
+        if step == "database":
+            from db.migrate import upgrade
+
+            upgrade(engine)
+            print(f"database: {absolute_environment(settings)['POWERWATCH_DATABASE_URL']}")
+        else:
+            from db.stations import sync_stations
+            from powerwatch.registry import load_registry
+
+            registry = load_registry(settings.stations)
+            where = str(settings.stations)
+            if simulate:
+                registry = demo_registry(registry)
+                where += " + the legacy sample logs' stations"
+            print(f"stations: {sync_stations(engine, registry)} ({where})")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _setup_in_child(step: str, *, simulate: bool, env: dict[str, str]) -> int:
+    """`setup_step` in a child of the same command: its output and its one-line error
+    (exit code included) are the command's own."""
+    sys.stdout.flush()
+    command = [sys.executable, "-m", "powerwatch.cli", "demo" if simulate else "serve"]
+    return subprocess.run([*command, "--setup", step], env=env, check=False).returncode
+
+
+def run_site(settings: Settings, *, simulate: bool, outages: Sequence[str] = ()) -> int:
     env = absolute_environment(settings)
     os.environ.update(env)
     child_env = dict(os.environ) | offline_environment() | env
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    print(f"database: {env['POWERWATCH_DATABASE_URL']}")
+    failed = _setup_in_child("database", simulate=simulate, env=child_env)
+    if failed:
+        return failed
 
     stop = threading.Event()
 
@@ -209,12 +241,9 @@ def run_site(settings: Settings, *, simulate: bool, outages: Sequence[str] = ())
         check_ports_free(station_port(), DEMO_STATIONS)
         simulator = start_simulator(settings, child_env | {SITE_ENV: stack.site_id}, stack, outages)
     try:
-        registry = load_registry(settings.stations)
-        where = str(settings.stations)
-        if simulate:
-            registry = demo_registry(registry)
-            where += " + the legacy sample logs' stations"
-        print(f"stations: {sync_stations(engine, registry)} ({where})")
+        failed = _setup_in_child("stations", simulate=simulate, env=child_env)
+        if failed:
+            return failed
         print("starting the Prefect server on 127.0.0.1 ...", flush=True)
         stack.start_server()
         print("deploying prefect.yaml, starting a worker ...", flush=True)
@@ -254,4 +283,3 @@ def run_site(settings: Settings, *, simulate: bool, outages: Sequence[str] = ())
                 simulator.wait(15)
             except subprocess.TimeoutExpired:
                 simulator.kill()
-        engine.dispose()

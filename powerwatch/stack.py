@@ -24,6 +24,7 @@ The same commands, run by hand on other machines, are the production layout
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -137,20 +138,29 @@ class LocalStack:
         """Work pool, automations, the dead site's runs released, every deployment of
         prefect.yaml (idempotent). Before `start_worker`: no live worker owns a run then."""
         self.run_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
-        from powerwatch.automations import (
-            ensure_alert_automations,
-            ensure_zombie_automation,
-            release_abandoned_runs,
+        # In a child, like the `prefect` commands: the site's long-lived parent does not
+        # import Prefect's client (issue 11: footprint).
+        request = {
+            "api_url": self.api_url,
+            "heartbeat_seconds": HEARTBEAT_SECONDS,
+            "webhook_url": self.alert_webhook_url,
+            "work_pool": WORK_POOL,
+            "reason": "The site restarted: no live worker owned this run (its process died "
+            "with the previous site); crashed at start-up to free its concurrency slot.",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "powerwatch.automations", json.dumps(request)],
+            cwd=PROJECT_ROOT,
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
-
-        ensure_zombie_automation(self.api_url, HEARTBEAT_SECONDS)
-        ensure_alert_automations(self.api_url, self.alert_webhook_url)
-        self.abandoned = release_abandoned_runs(
-            self.api_url,
-            WORK_POOL,
-            "The site restarted: no live worker owned this run (its process died with the "
-            "previous site); crashed at start-up to free its concurrency slot.",
-        )
+        if done.returncode:
+            last = (done.stderr.strip() or "no output").splitlines()[-1]
+            raise JobError(f"the automations could not be set up: {last}")
+        self.abandoned = json.loads(done.stdout.strip().splitlines()[-1])
         self.run_prefect("--no-prompt", "deploy", "--all")
 
     def start_worker(self) -> None:

@@ -157,3 +157,37 @@ def test_load_command_exit_codes(
     failed = run("load")
     assert failed.returncode == 1
     assert "unreadable" in failed.stdout
+
+
+def test_the_site_sets_up_in_children_with_the_commands_own_output(tmp_path: Path) -> None:
+    """`serve`/`demo` run their set-up (schema, stations sync) as `--setup` children: the
+    same lines on success, the same one-line error and exit code on failure (issue 11:
+    the long-lived parent never imports the database stack)."""
+    registry = tmp_path / "stations.yaml"
+    registry.write_text(STATIONS_YAML)
+    env = dict(os.environ) | {
+        "POWERWATCH_DATABASE_URL": f"sqlite:///{tmp_path}/pw.db",
+        "POWERWATCH_STATIONS": str(registry),
+    }
+    schema = run("serve", "--setup", "database", env=env)
+    assert schema.returncode == 0, schema.stderr
+    assert schema.stdout.startswith(f"database: sqlite:///{tmp_path}/pw.db")
+    synced = run("serve", "--setup", "stations", env=env)
+    assert synced.returncode == 0, synced.stderr
+    assert "stations: SyncResult(added=3" in synced.stdout
+    registry.write_text("stations: [")
+    _one_line_error(run("serve", "--setup", "stations", env=env), 2, "not readable YAML")
+
+
+def test_the_sites_parent_imports_no_database_or_prefect_client() -> None:
+    """What `powerwatch serve` holds for the site's whole life (docs/design.md, Footprint);
+    polars stays (the registry's station-name pattern lives with the channel schema)."""
+    heavy = "('sqlalchemy', 'pandera', 'prefect', 'db.engine')"
+    code = (
+        "import sys, powerwatch.cli, powerwatch.demo, powerwatch.stack;"
+        f"print(sorted(m for m in {heavy} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
