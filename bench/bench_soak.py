@@ -60,7 +60,7 @@ from bench.report import publish, table
 
 # Deployments the bench reschedules, and how many runs of each it aims at in the window.
 ACCELERATED = (
-    "backup-database/hourly",
+    "backup-database/daily",
     "archive-readings/daily",
     "apply-retention/daily",
     "restore-drill/daily-drill",
@@ -69,7 +69,8 @@ RUNS_IN_WINDOW = 4
 PROCESS_SAMPLE_SECONDS = 2.0
 # Retention horizons of the site's defaults (powerwatch.settings), for the extrapolation.
 RETENTION_DAYS = 90
-BACKUPS_KEPT = 24 + 14  # backup_keep_hourly + backup_keep_daily
+# One backup a day as scheduled (prefect.yaml): the dailies kept plus the newest of today.
+BACKUPS_KEPT = 7 + 1  # backup_keep_daily + 1
 LONG_LIVED = ("serve", "prefect server", "worker", "simulator")
 # Per role: cumulative CPU seconds, RSS bytes, live processes, PSS bytes.
 Sample = tuple[float, float, int, float]
