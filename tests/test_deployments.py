@@ -119,11 +119,13 @@ def test_the_scheduled_load_picks_up_a_landed_chunk(sqlite_site: Site) -> None:
     landing = sqlite_site.data_dir / "landing"
     chunk = write_chunk(make_readings(["KhonKaen", "Phuket"], 30), landing, "e2e-manual.parquet")
     before = sqlite_site.readings()
+    loaded = sqlite_site.data_dir / "loaded" / chunk.name
     deadline = time.monotonic() + 200  # one 60 s schedule tick, scheduler and worker polls
-    while chunk.exists() and time.monotonic() < deadline:
-        time.sleep(3)
+    # Not "gone from landing/": a loader claims the chunk (a rename) before it loads it.
+    while not loaded.exists() and time.monotonic() < deadline:
+        time.sleep(1)
     assert not chunk.exists(), "no scheduled load-chunks run took the chunk"
-    assert (sqlite_site.data_dir / "loaded" / chunk.name).exists()
+    assert loaded.exists(), sorted(p.name for p in sqlite_site.data_dir.rglob("*.parquet"))
     assert sqlite_site.readings() == before + 60
     # The run goes on after the move (the WAL checkpoint): its Completed state follows.
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
