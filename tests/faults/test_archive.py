@@ -157,7 +157,7 @@ def test_archive_on_a_full_disk_fails_in_one_line_and_completes_after_space_is_f
     full = run_powerwatch("archive", "--older-than", "1", env=env)
 
     assert full.returncode == 1, full.stderr[-2000:]
-    last = full.stderr.strip().splitlines()[-1]
+    [last] = [x for x in full.stderr.splitlines() if x.startswith("powerwatch:")]
     assert last.startswith("powerwatch: error:") and "disk full" in last, full.stderr[-2000:]
     assert "Traceback" not in full.stderr and "Retry 1/" not in full.stderr
     assert stored_keys(sqlite_synced.url).equals(truth)  # every reading still stored
@@ -183,7 +183,7 @@ def test_a_damaged_archive_manifest_fails_in_one_line_and_changes_nothing(
     done = run_powerwatch("archive", "--older-than", "1", env=_env(prefect_api))
 
     assert done.returncode == 1, done.stderr[-2000:]
-    last = done.stderr.strip().splitlines()[-1]
+    [last] = [x for x in done.stderr.splitlines() if x.startswith("powerwatch:")]
     assert "archive-manifest.json is damaged" in last and "Traceback" not in done.stderr
     assert stored_keys(sqlite_synced.url).equals(truth)
     assert visible_files(sqlite_synced.data_dir / "archive", "**/*.parquet") == []

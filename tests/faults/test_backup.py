@@ -119,7 +119,7 @@ def test_backup_on_a_full_disk_fails_in_one_line_and_completes_after_space_is_fr
     full = run_powerwatch("backup", env=env)
 
     assert full.returncode == 1, full.stderr[-2000:]
-    last = full.stderr.strip().splitlines()[-1]
+    [last] = [x for x in full.stderr.splitlines() if x.startswith("powerwatch:")]
     assert last.startswith("powerwatch: error:") and "disk full" in last, full.stderr[-2000:]
     assert "Traceback" not in full.stderr and "Retry 1/" not in full.stderr
     assert _backup_files(folder) == set()
