@@ -109,17 +109,9 @@ def iter_batches(
     for an unknown zone; `LegacyLogError` (while iterating) for a CSV file without
     a usable header or a damaged gzip stream.
     """
-    if fmt not in FORMATS:
-        raise InputError(f"unknown legacy format {fmt!r}")
-    check_time_zone(tz)
-    if batch_lines < 1:
-        raise InputError("batch_lines must be at least 1")
-    blocks = iter_line_blocks(path, batch_lines, position=position)
-    if fmt == "T":
-        return (parse_text_block(block, tz) for block in blocks)
-    if fmt == "J":
-        return (parse_json_block(block) for block in blocks)
-    return _iter_csv(path.name, blocks)
+    _check_arguments(fmt, tz, batch_lines)  # at once, not when iterating
+    jobs = iter_block_jobs(path, fmt, tz=tz, batch_lines=batch_lines, position=position)
+    return (job() for job in jobs)
 
 
 def iter_block_jobs(
@@ -138,11 +130,7 @@ def iter_block_jobs(
     block's is independent once a CSV header was found (the blocks up to and including
     the header's are parsed here, in order). Same errors as `iter_batches`.
     """
-    if fmt not in FORMATS:
-        raise InputError(f"unknown legacy format {fmt!r}")
-    check_time_zone(tz)
-    if batch_lines < 1:
-        raise InputError("batch_lines must be at least 1")
+    _check_arguments(fmt, tz, batch_lines)
     blocks = iter_line_blocks(path, batch_lines, position=position)
     if fmt == "T":
         yield from (partial(parse_text_block, block, tz) for block in blocks)
@@ -173,12 +161,12 @@ def check_time_zone(tz: str) -> None:
         raise InputError(f"unknown time zone {tz!r}") from exc
 
 
-def _iter_csv(name: str, blocks: Iterator[pl.DataFrame]) -> Iterator[ParsedBatch]:
-    parser = _CsvParser(name)
-    for block in blocks:
-        yield parser.parse(block)
-    if parser.header is None and parser.looked_at:
-        raise LegacyLogError(f"{name}: no CSV header naming timestamp and station")
+def _check_arguments(fmt: Format, tz: str, batch_lines: int) -> None:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown legacy format {fmt!r}")
+    check_time_zone(tz)
+    if batch_lines < 1:
+        raise InputError("batch_lines must be at least 1")
 
 
 # --------------------------------------------------------------------------- shared
