@@ -112,10 +112,17 @@ def sigterm_to_exit(root: Path, job: str, extra: dict[str, str]) -> float:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    return sigterm_when(
+        proc, lambda: notify.exists() and point in notify.read_text(), f"{job} at {point}"
+    )
+
+
+def sigterm_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> float:
+    """Once `ready()`, SIGTERM to the process's group: seconds until it exited."""
     deadline = time.monotonic() + 300
-    while not (notify.exists() and point in notify.read_text()):
+    while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{job} ended ({proc.returncode}) before {point}")
+            raise RuntimeError(f"ended ({proc.returncode}) before {what}")
         time.sleep(0.05)
     started = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
@@ -153,19 +160,13 @@ def capture_sigterm_to_exit(root: Path, extra: dict[str, str]) -> float:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 300
-        while True:
+
+        def received_two_seconds() -> bool:
             frames = sent_frames(record) if record.exists() else None
             sent = frames["sent_ms"].to_list() if frames is not None and frames.height else []
-            if sent and max(sent) - min(sent) >= 2000:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"capture ended ({proc.returncode}) before receiving")
-            time.sleep(0.1)
-        started = time.monotonic()
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(120)
-        return time.monotonic() - started
+            return bool(sent) and max(sent) - min(sent) >= 2000
+
+        return sigterm_when(proc, received_two_seconds, "capture received 2 s of frames")
     finally:
         simulator.terminate()
         simulator.wait(30)
