@@ -26,6 +26,16 @@ if not SAMPLES.exists():  # CI clones next to shared/; a checkout elsewhere may 
     SAMPLES = Path(os.environ.get("POWERWATCH_SAMPLES", "/work/shared/samples"))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadfile` (make test): longest modules first (tests/scheduling.py)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from tests.scheduling import LongestFirstScheduling
+
+    return LongestFirstScheduling(config, log)
+
+
 def _postgres_reason() -> str | None:
     import sqlalchemy
 
