@@ -239,6 +239,10 @@ def bulk_connection(url: str | None = None, *, create: bool = True) -> Iterator[
             path = sqlite_path(parsed)
             conn = adbc_sqlite.connect(str(path) if path else ":memory:", autocommit=True)
             cursor = conn.cursor()
+            # The busy timeout before anything that reads: `page_count` met a checkpoint
+            # of another process (two loaders ending together) and failed at once.
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.fetchall()
             cursor.execute("PRAGMA page_count")
             new_file = cursor.fetchall()[0][0] == 0
             for pragma in _sqlite_pragmas(busy_timeout_ms, new_file=new_file):

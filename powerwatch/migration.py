@@ -38,6 +38,7 @@ import polars as pl
 from db.bulk import BulkConnection
 from db.load import (
     UNKNOWN_STATION,
+    BatchKeys,
     StoreResult,
     begin_batch,
     finish_batch,
@@ -171,9 +172,10 @@ def import_file(
                 content_hash=content_hash,
             )
             ledger = StoreResult()  # as the ledger counts: duplicates and conflicts apart
+            keys = BatchKeys()  # lines out of order in the file load like lines in order
             for part in ahead:
                 fault_point("migrate.parsed")
-                stored = store_readings(bulk, part.valid, batch_id)
+                stored = store_readings(bulk, part.valid, batch_id, keys)
                 ledger += stored
                 part.add_to(report, stored)
                 if progress is not None:

@@ -163,11 +163,11 @@ def sqlite_synced(sqlite_database: Database, registry_file: Path) -> Database:
 
 
 @pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    """A real temporary Prefect server for one module's flow tests."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(prefect_api: str) -> Iterator[None]:
+    """Flows run in this process report to the session's one server (`prefect_api`)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         yield
 
 
@@ -225,10 +225,13 @@ def write_chunk(frame: pl.DataFrame, landing: Path, name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real `prefect server start` for the session's subprocesses (PREFECT_API_URL).
+    """The one real Prefect server of a test session (each xdist worker has its own): the
+    API URL that subprocesses get as PREFECT_API_URL and `prefect_server` points this
+    process at. Tests that run a whole site (`tests/sites.py`) start their own.
 
     A `powerwatch` job command without PREFECT_API_URL starts a temporary server of its
-    own (6-7 s each); tests that run many of them share this one instead.
+    own; tests that run many of them share this one instead. Up to 400 s for the start:
+    on shared 2-core hosts a server start took over 120 s under load.
     """
     import socket
 
@@ -238,5 +241,5 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     with LocalStack(home=tmp_path_factory.mktemp("prefect-home"), port=port) as stack:
-        stack.start_server()
+        stack.start_server(timeout=400)
         yield stack.api_url

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import cast
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.load_chunks import load_chunks
 from powerwatch.loader import ChunkReport
 from tests.conftest import Database, make_readings, write_chunk
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 async def _artifact(key: str) -> tuple[list[dict[str, object]], str]:

@@ -6,13 +6,11 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.testing.utilities import prefect_test_harness
 
 from db.engine import bulk_connection
 from flows.migrate_logs import migrate_logs
@@ -33,12 +31,6 @@ LOCK_AFTER_FIRST_FILE = (
     "time.sleep(float(sys.argv[2]))\n"
     "c.execute('ROLLBACK')\n"
 )
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def _logs(folder: Path) -> Path:

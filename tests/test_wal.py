@@ -6,12 +6,16 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from db import wal
 from db.engine import bulk_connection
+from powerwatch.errors import DatabaseUnavailable
 from powerwatch.loader import load_chunk
 from powerwatch.settings import get_settings
 from tests.conftest import T0, Database, make_readings, write_chunk
@@ -83,3 +87,48 @@ def test_the_wal_is_reset_once_no_reader_holds_an_old_snapshot(sqlite_synced: Da
     with closing(sqlite3.connect(path)) as check:
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert check.execute("SELECT count(*) FROM power_readings").fetchone() == (4 * 1800,)
+
+
+# Another process that holds the database whole (a writer in exclusive locking mode)
+# until told to let go.
+LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+def test_connecting_to_a_locked_database_waits_the_busy_timeout(
+    sqlite_synced: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement of a connect waits for a lock, the first one too: two loaders
+    ending together failed their runs when one's connect met the other's checkpoint."""
+    monkeypatch.setenv("POWERWATCH_BUSY_TIMEOUT_MS", "600")
+    path = Path(sqlite_synced.url.removeprefix("sqlite:///"))
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert locker.stdout is not None and locker.stdin is not None
+        assert locker.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable), bulk_connection():
+            pass
+        waited = time.monotonic() - started
+        locker.stdin.write("go\n")
+        locker.stdin.flush()
+        assert locker.wait(timeout=30) == 0
+    finally:
+        if locker.poll() is None:
+            locker.kill()
+            locker.wait()
+    assert waited >= 0.5  # the busy timeout, not an immediate "database is locked"
+    with bulk_connection() as bulk:  # the lock gone: connects at once
+        assert bulk.scalar("SELECT count(*) FROM stations") > 0

@@ -200,19 +200,3 @@ def fill(disk: Path, leave_bytes: int = 0) -> Path:
 def free(disk: Path) -> None:
     """Give the space back."""
     (disk / ".filler").unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """tests/conftest.py's `prefect_api`, waiting up to 400 s for the server: the fault
-    suite runs on shared 2-core hosts where a server start took over 120 s under load."""
-    import socket
-
-    from powerwatch.stack import LocalStack
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    with LocalStack(home=tmp_path_factory.mktemp("prefect-home"), port=port) as stack:
-        stack.start_server(timeout=400)
-        yield stack.api_url
