@@ -209,6 +209,40 @@ def _values_json(suffix: str) -> pl.Expr:
     ).struct.json_encode()
 
 
+@dataclass
+class Prepared:
+    """A slice of validated readings in the database's shape, checked against itself: what
+    `store_prepared` stores. Pure (no database), so a loader prepares the next slice in
+    its read-ahead thread while the database stores this one (docs/benchmarks.md, "Load
+    by row order")."""
+
+    first: pl.DataFrame  # each key's first row in the slice, sorted by `_key`
+    duplicates: int  # later rows of a key, equal to its first
+    conflicts: pl.DataFrame  # later rows of a key that differ from its first (+ `_stored`)
+    unknown: pl.DataFrame  # readings of stations not in `ids` (+ REASON)
+
+
+def prepare(readings: pl.DataFrame, ids: pl.DataFrame) -> Prepared:
+    """Contract-shaped, validated readings -> the slice `store_prepared` stores. `ids`:
+    `station_ids` read under the batch's write lock."""
+    rows, unknown = to_rows(readings, ids)
+    # Within the slice: first occurrence wins, later ones are duplicates or conflicts.
+    # One Int64 per key (station in the high bits) makes this a single-column hash.
+    rows = rows.with_row_index("_order").with_columns(
+        (pl.col("station_id").cast(pl.Int64) * KEY_STATION_FACTOR + pl.col("ts")).alias("_key")
+    )
+    is_first = rows.select(pl.col("_key").is_first_distinct()).to_series()
+    first = rows.filter(is_first)
+    later = rows.filter(~is_first).drop("_key")
+    duplicates, conflicts = 0, pl.DataFrame()
+    if not later.is_empty():
+        pairs = later.join(first.drop("_key"), on=list(KEY), suffix="_stored")
+        same = pairs.select(_same_values()).to_series()
+        duplicates, conflicts = int(same.sum()), pairs.filter(~same)
+    # Sorted now: the rows to insert stay in key order (sequential B-tree inserts).
+    return Prepared(first.sort("_key"), duplicates, conflicts, unknown)
+
+
 def store_readings(
     bulk: BulkConnection, readings: pl.DataFrame, batch_id: int, keys: BatchKeys | None = None
 ) -> StoreResult:
@@ -220,25 +254,20 @@ def store_readings(
     Pass the same `BatchKeys` to every slice of a batch to load any row order at the
     speed of time order (the result is the same with or without it).
     """
-    rows, unknown = to_rows(readings, station_ids(bulk))
-    result = StoreResult(unknown=unknown)
-    if rows.is_empty():
-        return result
+    return store_prepared(bulk, prepare(readings, station_ids(bulk)), batch_id, keys)
 
-    # 1. Within the slice: first occurrence wins, later ones are duplicates or conflicts.
-    # One Int64 per key (station in the high bits) makes this a single-column hash.
-    rows = rows.with_row_index("_order").with_columns(
-        (pl.col("station_id").cast(pl.Int64) * KEY_STATION_FACTOR + pl.col("ts")).alias("_key")
-    )
-    is_first = rows.select(pl.col("_key").is_first_distinct()).to_series()
-    first = rows.filter(is_first)
-    later = rows.filter(~is_first).drop("_key")
+
+def store_prepared(
+    bulk: BulkConnection, prepared: Prepared, batch_id: int, keys: BatchKeys | None = None
+) -> StoreResult:
+    """`store_readings` for a slice already `prepare`d (same contract)."""
+    result = StoreResult(unknown=prepared.unknown, duplicates=prepared.duplicates)
+    first = prepared.first
+    if first.is_empty():
+        return result
     conflicts: list[pl.DataFrame] = []
-    if not later.is_empty():
-        pairs = later.join(first.drop("_key"), on=list(KEY), suffix="_stored")
-        same = pairs.select(_same_values()).to_series()
-        result.duplicates += int(same.sum())
-        conflicts.append(pairs.filter(~same))
+    if prepared.conflicts.height:
+        conflicts.append(prepared.conflicts)
 
     # 2. Against the stored rows: only rows at/before a station's newest stored ts can collide
     # (with `keys`: newest before the batch, or a key an earlier slice of it stored).
@@ -256,16 +285,18 @@ def store_readings(
     first = first.with_columns(older.alias("_older"))
     fresh = first.filter(~pl.col("_older"))
     candidates = first.filter(pl.col("_older"))
-    to_insert = fresh
+    to_insert = fresh  # in key order, as `first` is
     if not candidates.is_empty():
         verdict = _classify(bulk, candidates)
         result.duplicates += verdict.duplicates
         conflicts.append(verdict.conflicts)
-        to_insert = pl.concat([fresh, candidates.join(verdict.new, on="_order", how="semi")])
+        new = candidates.join(verdict.new, on="_order", how="semi")
+        if not new.is_empty():
+            to_insert = pl.concat([fresh, new]).sort("_key")
 
     # 3. Append the new rows in key order (sequential B-tree inserts are the fast ones).
     if not to_insert.is_empty():
-        out = to_insert.sort("_key").select(
+        out = to_insert.select(
             *KEY, *READING_VALUE_COLUMNS, pl.lit(batch_id, pl.Int32).alias("batch_id")
         )
         bulk.ingest(power_readings.name, out.to_arrow())

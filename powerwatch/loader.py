@@ -42,7 +42,9 @@ from db.load import (
     begin_batch,
     find_committed_batch,
     finish_batch,
-    store_readings,
+    prepare,
+    station_ids,
+    store_prepared,
 )
 from db.tables import load_batches, power_readings, reading_conflicts
 from powerwatch import landing
@@ -249,13 +251,19 @@ def _load_claimed(
                     input_name=name,
                     content_hash=content_hash,
                 )
-                # The next slice is read and validated while the database stores this one;
-                # `keys`: a chunk in any row order loads as fast as one in time order.
+                # The next slice is read, validated and prepared while the database stores
+                # this one; `keys`: a chunk in any row order loads as fast as one in time
+                # order. Station ids read once, under the write lock.
                 keys = BatchKeys()
-                with ReadAhead(_validated(in_time_order(claimed))) as slices:
-                    for rows_in, valid, invalid in slices:
+                ids = station_ids(bulk)
+                prepared = (
+                    (rows_in, prepare(valid, ids), invalid)
+                    for rows_in, valid, invalid in _validated(in_time_order(claimed))
+                )
+                with ReadAhead(prepared) as slices:
+                    for rows_in, ready, invalid in slices:
                         report.rows_in += rows_in
-                        stored = store_readings(bulk, valid, batch_id, keys)
+                        stored = store_prepared(bulk, ready, batch_id, keys)
                         rejected += [invalid, stored.unknown]
                         result += stored
                         fault_point("load.slice_stored")
