@@ -104,6 +104,10 @@ def _iso_ms(text: str) -> int:
     return _epoch_ms(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
+def _number_or_null(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
 def _valid(row: dict[str, Any]) -> bool:
     for column in _COLUMNS:
         value = row.get(column)
@@ -113,11 +117,14 @@ def _valid(row: dict[str, Any]) -> bool:
             return False
         if column.startswith("mux") and not 0 <= value < 1e12:
             return False
-    return bool(row["ts"] >= 946_684_800_000)
+    # After 2000-01-01 and at most 5 minutes ahead of now (station-protocol.md).
+    return bool(946_684_800_000 <= row["ts"] <= time.time() * 1000 + 300_000)
 
 
-def _baseline_rows(path: Path, fmt: Format, ids: dict[str, int]) -> Iterator[dict[str, Any]]:
-    """One dict per valid reading line, parsed the obvious way."""
+def baseline_rows(path: Path, fmt: Format, ids: dict[str, int]) -> Iterator[dict[str, Any]]:
+    """One dict per valid reading line, parsed the obvious way (line by line, no polars):
+    the baseline here, and the independent oracle of tests/test_migration.py's
+    shared-samples test."""
     zone = ZoneInfo(TZ)
     with _open_text(path) as handle:
         if fmt == "C":
@@ -164,6 +171,8 @@ def _baseline_rows(path: Path, fmt: Format, ids: dict[str, int]) -> Iterator[dic
                     row = {"ts": ts} | {c: values.get(k) for k, c in _J_KEYS.items()}
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue
+                if not all(_number_or_null(v) for v in row.values()):
+                    continue  # "ERR", true, [..]: a value that does not parse
                 station = ids.get(record.get("station"))
             if station is not None and _valid(row):
                 yield row | {"station_id": station}
@@ -200,7 +209,7 @@ def run_baseline(path: Path, fmt: Format) -> tuple[float, int, int]:
         ).scalar_one()
         statement = sqlite_insert(power_readings).on_conflict_do_nothing()
         pending: list[dict[str, Any]] = []
-        for row in _baseline_rows(path, fmt, ids):
+        for row in baseline_rows(path, fmt, ids):
             row["batch_id"] = batch_id
             pending.append(row)
             if len(pending) == 10_000:

@@ -153,7 +153,7 @@ class BulkConnection:
         `check_foreign_keys=False` (SQLite; PostgreSQL never checks on this side)
         skips SQLite's parent lookups for every deleted child row: deleting
         readings cannot orphan anything, and the lookups made the archive's delete
-        2.3x slower (870 k vs 2.0 M rows/s on 8 M readings). Only for transactions
+        much slower (docs/benchmarks.md, "Tuning decisions"). Only for transactions
         that delete, and insert nothing but rows derived from rows already stored
         (the archive's rollup refresh), never for a load.
         """

@@ -125,8 +125,8 @@ def _sqlite_pragmas(busy_timeout_ms: int, *, new_file: bool = False) -> list[str
         "PRAGMA journal_size_limit=67108864",
         "PRAGMA foreign_keys=ON",
         # Staging tables of a bulk load live in memory, and the key's B-tree pages
-        # stay cached across a load's lookups (16 MiB; the default is 2 MiB; 64 MiB bought
-        # no speed in bench_load and cost 60 MB of peak memory per connection).
+        # stay cached across a load's lookups (16 MiB; the default is 2 MiB; more bought no
+        # speed and cost memory per connection: docs/benchmarks.md, "Tuning decisions").
         "PRAGMA temp_store=MEMORY",
         "PRAGMA cache_size=-16384",
     ]

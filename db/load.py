@@ -72,8 +72,7 @@ class StoreResult:
 @dataclass
 class BatchKeys:
     """What the earlier slices of one batch stored, so a chunk in any row order loads like
-    one in time order (issue 14: a 2.1 M-row chunk in random order loaded at 0.58x the
-    stdlib baseline; `bench/bench_load.py`, docs/benchmarks.md "load by row order").
+    one in time order (issue 14; docs/benchmarks.md, "Load by row order").
 
     Without it, a slice's rows at or before a station's newest *stored* timestamp are
     candidates that must be compared with stored rows; in a shuffled chunk the first
@@ -348,9 +347,9 @@ _STORED = {c: f"{c}_stored" for c in READING_VALUE_COLUMNS}
 _NO_ORDERS = pl.DataFrame(schema={"_order": pl.UInt32})
 # A run: a station's candidates with no gap over RUN_GAP_MS between neighbours. Runs of at
 # least RUN_MIN_ROWS are read back whole: at a 1 Hz station, reading a run returns at most
-# twice as many rows as it checks, and a returned row (~0.64 us through ADBC) costs about
-# half a staged-and-looked-up one (~1.15 us). Shorter runs (scattered old readings over a
-# long history) are looked up key by key.
+# twice as many rows as it checks, and a returned row costs about half a staged-and-
+# looked-up one (docs/benchmarks.md, "Tuning decisions"). Shorter runs (scattered old
+# readings over a long history) are looked up key by key.
 RUN_GAP_MS = 2_000
 RUN_MIN_ROWS = 64
 
@@ -358,9 +357,9 @@ RUN_MIN_ROWS = 64
 def _classify(bulk: BulkConnection, candidates: pl.DataFrame) -> _Verdict:
     """Sort candidates into new / duplicate / conflict against stored rows.
 
-    Two ways, picked per run of candidates: measured on bench_load's re-load of 1 M
-    duplicates (95 % in runs, 5 % scattered), all lookups gave 495 k rows/s, runs read
-    back 610-730 k. Both ways agree exactly (tests/test_load.py forces each in turn).
+    Two ways, picked per run of candidates (reading runs back is the faster where
+    candidates are consecutive: docs/benchmarks.md, "Tuning decisions"). Both ways agree
+    exactly (tests/test_load.py forces each in turn).
     """
     station, ts = pl.col("station_id"), pl.col("ts")
     starts = (station != station.shift(1)) | ((ts - ts.shift(1)) > RUN_GAP_MS)
@@ -419,8 +418,8 @@ def _classify_by_lookup(bulk: BulkConnection, candidates: pl.DataFrame) -> _Verd
     counted as what is left over).
 
     Returning only exceptions, instead of materialising a verdict per candidate and
-    querying it, made this pass 1.23x faster (bench_load's re-load under the profiler,
-    1.60 -> 1.30 s per 1 M candidates). Candidates arrive sorted by `_key` (`_classify`):
+    querying it, made this pass faster (docs/benchmarks.md, "Tuning decisions").
+    Candidates arrive sorted by `_key` (`_classify`):
     in key order the lookups walk the stored B-tree instead of hopping between stations'
     pages as rows arrived interleaved.
     """

@@ -63,9 +63,9 @@ if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
 GAP_FACTOR = 5  # a delta spanning more than 5 normal intervals straddles missing data
 GAP_MIN_MS = 60_000  # ...but never less than a minute (jittery fast stations)
 GAP_MAX_MS = 900_000  # ...nor more than 15 min; must stay <= HOUR_MS (see _predecessors)
-# One refresh transaction takes queued station-hours up to either bound. Measured: 100 k
-# readings per batch peak ~140 MB above the process floor (500 k: ~300 MB) at the same
-# throughput, so memory stays bounded after a big legacy import.
+# One refresh transaction takes queued station-hours up to either bound, so memory stays
+# bounded after a big legacy import at the same throughput as bigger batches
+# (docs/benchmarks.md, "Tuning decisions").
 REFRESH_BATCH_HOURS = 2_000
 REFRESH_BATCH_READINGS = 100_000
 # Refresh serialises with writers of readings (loads, archive) via power_readings' lock.

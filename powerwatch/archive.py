@@ -263,9 +263,9 @@ def _station_rows(bulk: BulkConnection, station_id: int, name: str, day: date) -
     )
 
 
-# Connections reading stations' rows at once: reading through ADBC (~0.55 us a row) is the
-# slowest part of writing a day. With two, writing 10 M readings took 4.9-5.0 s instead of
-# 5.5-5.6 s (bench_archive's data, alternating runs); the main thread encodes meanwhile.
+# Connections reading stations' rows at once: reading through ADBC is the slowest part of
+# writing a day; with two, the main thread encodes meanwhile (docs/benchmarks.md, "Tuning
+# decisions").
 READERS = 2
 
 

@@ -223,9 +223,8 @@ file_hash = sha256_file  # a chunk's content hash in the ledger
 
 # Rows per slice when streaming a chunk: bounds a load's memory. Each slice is copied a few
 # times on its way in (validation, key split, sort), and the loader's ReadAhead holds one
-# more. Measured (bench_load, site install): at 100 k rows a 1 M-row load peaks at 340-390 MB
-# with the imports, and loads and re-loads 5-14 % faster than at 50 k (per-slice costs: one
-# pandera call, a few small queries), which would save ~30 MB.
+# more. Smaller slices pay the per-slice costs (one pandera call, a few small queries) more
+# often for little memory saved (docs/benchmarks.md, "Tuning decisions").
 SLICE_ROWS = 100_000
 
 

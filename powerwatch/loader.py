@@ -123,7 +123,7 @@ def in_time_order(path: Path, rows: int | None = None) -> Iterator[pl.DataFrame]
     Why: a slice's rows are inserted in key order, but slices of a chunk in random or
     station order each span the whole time range, so every later slice inserts into the
     middle of what the earlier ones stored (B-tree page splits all over the table; issue
-    14: 0.58x the stdlib baseline at 2.1 M rows; `bench/bench_load_order.py`). Such a
+    14; docs/benchmarks.md, "Load by row order"). Such a
     chunk is first split by time range into buckets of about a slice each (written to a
     scratch folder as Parquet, one pass), then loaded bucket by bucket: as a chunk in time
     order is. Memory stays bounded: the timestamps are read alone (8 bytes a row) to

@@ -68,17 +68,13 @@ from schemas.channels import REASON
 KIND: Final = "log_migration"
 # Lines parsed at once, and lines per part (validated and stored at once): one block per
 # part. Parsing's cost is mostly per call (building polars expressions, small columns), so
-# blocks of 20,000 lines instead of 5,000 cut its CPU per line by a third to a half
-# (format T 1.98 -> 1.25 us, J 3.40 -> 2.20, C 1.82 -> 1.03) for ~25 MB more peak memory
-# in-process (309 -> 336 MB importing bench/legacy_corpus.py's million lines); parts stay
-# small enough that the parts in flight stay small. Earlier: 435-451 MB peak with parts
-# of 50,000 lines, 382-388 MB with 20,000 (the command process, Prefect imported).
+# bigger blocks cut its CPU per line, for a little more peak memory; parts stay small
+# enough that the parts in flight stay small (docs/benchmarks.md, "Tuning decisions").
 PARSE_LINES: Final = 20_000
 STORE_ROWS: Final = 20_000
 # Parts parsed at once, in threads, while the caller's thread stores the part before.
-# Two were measured slower and heavier than one on this 2-core machine under load
-# (66-69 k vs 75-76 k lines/s, 418 vs 390-395 MB peak, same corpus, back to back):
-# the store and the parse already fill both cores, and polars parallelises each parse.
+# Two were slower and heavier than one on 2 cores: the store and the parse already fill
+# both, and polars parallelises each parse (docs/benchmarks.md, "Tuning decisions").
 PARSE_WORKERS: Final = 1
 
 # After each stored part: the file's report so far, and the bytes of the file read.

@@ -171,6 +171,36 @@ def prefect_server(prefect_api: str) -> Iterator[None]:
         yield
 
 
+# The shared samples' files and their formats (legacy-logs.md: T, J, C).
+SAMPLE_FORMATS = {
+    "archive/monitor-2024-03-06.jsonl.gz": "J",
+    "exports/export-march.csv": "C",
+    "monitor-2024-03-05.jsonl": "J",
+    "monitor.log": "T",
+    "monitor.log.1": "T",
+    "monitor.log.2.gz": "T",
+}
+
+
+def sample_readings() -> int:
+    """How many readings the shared samples hold for the stations of their registry, by
+    an oracle independent of the code under test: the files read the obvious way, line by
+    line (bench/bench_migrate.py's baseline), each (station, timestamp) once."""
+    from typing import cast
+
+    from bench.bench_migrate import baseline_rows
+    from powerwatch.legacy import Format
+    from powerwatch.registry import load_registry
+
+    ids = {s.name: n for n, s in enumerate(load_registry(SAMPLES / "stations.yaml"))}
+    keys = {
+        (row["station_id"], row["ts"])
+        for name, fmt in SAMPLE_FORMATS.items()
+        for row in baseline_rows(SAMPLES / "legacy-logs" / name, cast(Format, fmt), ids)
+    }
+    return len(keys)
+
+
 def read_artifact(key: str) -> list[dict[str, object]]:
     """The rows of the newest table artifact with this key, from the Prefect server."""
     import asyncio

@@ -1,10 +1,11 @@
 """Which test module a pytest-xdist worker runs next (`make test`: `--dist loadfile`).
 
 xdist's own `loadfile` order is "most tests first", so the five-minute hand-over test
-(one test) started last and the suite waited for it alone. Here the longest modules go
-first, each to a free worker, and a worker still busy with a long module (it must hold
-at least two tests to run one: xdist's worker needs the next item) is topped up with
-the shortest module left, so nothing waits long behind it.
+(one test) started last and the suite waited for it alone. Here the longest units go
+first, each to a free worker, and a worker still busy with a long unit (it must hold at
+least two tests to run one: xdist's worker needs the next item) is topped up with the
+shortest unit left, so nothing waits long behind it. A unit is a module (its
+module-scoped servers start once), or a single case for the long cases in `SPLIT`.
 
 A module's weight is its rough wall time in seconds, from `pytest --junitxml` on this
 2-core machine (only the order matters, so the table needs no care beyond the big ones);
@@ -19,24 +20,41 @@ from xdist.scheduler import LoadFileScheduling
 
 WEIGHTS = {
     "tests/test_handovers.py": 340.0,
-    "tests/test_health.py": 250.0,
-    "tests/faults/test_load_concurrency.py": 150.0,
     "tests/faults/test_load.py": 130.0,
-    "tests/faults/test_restarts.py": 120.0,
     "tests/test_deployments.py": 105.0,
     "tests/faults/test_database_faults.py": 75.0,
     "tests/faults/test_signals.py": 75.0,
     "tests/faults/test_capture.py": 60.0,
     "tests/test_cli.py": 55.0,
 }
+# Long tests of modules with no module-scoped fixture: each case is a unit of its own, so
+# that two long cases of one module run side by side (seconds per case, parameters alike).
+SPLIT = {
+    "tests/test_health.py::test_serve_alerts_a_station_off_air_and_resolves_it_on_return": 150.0,
+    "tests/test_health.py::test_outage_never_seen_and_stall_alert_and_handovers_do_not": 95.0,
+    "tests/faults/test_load_concurrency.py::"
+    "test_two_and_three_concurrent_loaders_load_every_chunk_once_and_all_exit_0": 100.0,
+    "tests/faults/test_restarts.py::"
+    "test_demo_stopped_while_submitting_resumes_after_a_restart": 90.0,
+}
+SPLIT_MODULES = {test.split("::")[0] for test in SPLIT}
 DEFAULT_SECONDS = 2.0
-# A worker whose modules still hold this much work gets the shortest module left.
+# A worker whose units still hold this much work gets the shortest unit left.
 BUSY_SECONDS = 30.0
 
 
 class LongestFirstScheduling(LoadFileScheduling):  # type: ignore[misc]
+    def _split_scope(self, nodeid: str) -> str:
+        if nodeid.split("::")[0] in SPLIT_MODULES:
+            return nodeid
+        scope: str = super()._split_scope(nodeid)
+        return scope
+
     def _weight(self, scope: str, unit: dict[str, bool]) -> float:
-        whole = WEIGHTS.get(scope, DEFAULT_SECONDS * len(unit))
+        if scope.split("::")[0] in SPLIT_MODULES:
+            whole = SPLIT.get(scope.split("[")[0], DEFAULT_SECONDS)
+        else:
+            whole = WEIGHTS.get(scope, DEFAULT_SECONDS * len(unit))
         return whole * sum(not done for done in unit.values()) / max(len(unit), 1)
 
     def _assign_work_unit(self, node: Any) -> None:

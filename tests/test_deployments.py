@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from powerwatch.stack import LocalStack
-from tests.conftest import _PG_SKIP, PG_BASE, SAMPLES, make_readings, write_chunk
+from tests.conftest import (
+    _PG_SKIP,
+    PG_BASE,
+    SAMPLES,
+    make_readings,
+    sample_readings,
+    write_chunk,
+)
 from tests.sites import Site, free_port, site_environment
 
 pytestmark = pytest.mark.slow
@@ -97,7 +104,7 @@ def _artifacts(site: Site, flow_run_id: uuid.UUID) -> list[Any]:
 def test_operator_runs_migrate_logs_on_the_samples(sqlite_site: Site) -> None:
     run = _migrate_samples(sqlite_site)
     assert run.name == "migrate-logs legacy-logs"  # what was asked, not a random word pair
-    assert sqlite_site.readings() > 0
+    assert sqlite_site.readings() == sample_readings()  # every reading, none twice
     kinds = {a.type for a in _artifacts(sqlite_site, run.id)}
     assert {"table", "markdown"} <= kinds, kinds
     # A second run of the same files: everything is skipped, nothing changes.
@@ -179,5 +186,5 @@ def test_the_ui_renders_a_completed_migration_run(sqlite_site: Site, tmp_path: P
 def test_scale_out_layout_on_postgresql(postgres_site: Site) -> None:
     """Prefect server and powerwatch both on the PostgreSQL server: the operator's path works."""
     run = _migrate_samples(postgres_site)
-    assert postgres_site.readings() > 0
+    assert postgres_site.readings() == sample_readings()
     assert _artifacts(postgres_site, run.id)
