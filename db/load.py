@@ -5,14 +5,14 @@ Contract (must hold on SQLite and PostgreSQL alike):
 - a reading equal to the stored one (NULL equals NULL) is a *duplicate*;
   one that differs is a *conflict*, recorded with both values in
   `reading_conflicts`;
-- the counts satisfy rows = inserted + duplicates + conflicts + unknown_station;
+- the counts satisfy rows = inserted + duplicates + conflicts + unknown_station (as the
+  ledger keeps them; reports call both kinds duplicates: `StoreResult.repeated`);
 - everything of a batch (ledger row, readings, conflicts) commits together or
   not at all, so a crash at any point leaves the database as before the batch.
 
-One ingest rule for every path (chunk load, legacy migration): "loaded already?" is
-asked of the ledger (`load_batches`) inside the write transaction that then stores
-(`find_committed_batch`, `migration.find_imported`), so two processes can never both
-commit one input; then `begin_batch`, `store_readings` per slice, `finish_batch`.
+Every path (chunk load, capture's loads, legacy migration) calls this through the one
+ingest path, `db.ingest`: "loaded already?" asked of the ledger under the write lock,
+then `begin_batch`, `store_prepared` per slice, `finish_batch`.
 
 How it stays fast: inside the write lock we read each station's newest stored
 timestamp (one index seek per station). Live data is almost always newer than
@@ -60,6 +60,12 @@ class StoreResult:
     duplicates: int = 0
     conflicts: int = 0
     unknown: pl.DataFrame = field(default_factory=pl.DataFrame)  # rows + REASON
+
+    @property
+    def repeated(self) -> int:
+        """Readings not stored because their key was: what every report calls duplicates
+        (the protocol's rule, first one wins; `conflicts` of them differed)."""
+        return self.duplicates + self.conflicts
 
     def __iadd__(self, other: StoreResult) -> StoreResult:
         self.inserted += other.inserted

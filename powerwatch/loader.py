@@ -5,7 +5,7 @@ The order of effects is what makes a crash harmless at any point:
    has it, another that listed it too finds it gone and skips it;
 2. quarantine file written (deterministic name: rewriting it is harmless);
 3. one database transaction, under the write lock: "committed already?" (the ledger)
-   then ledger row + readings + conflicts;
+   then ledger row + readings + conflicts (the one ingest path, `db.ingest`);
 4. chunk moved from its claim into loaded/.
 A crash before 3 commits leaves nothing in the database; the claim of a dead loader
 is put back into landing/ by the next run (`landing.recover_claims`). A crash between
@@ -36,26 +36,14 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from db.bulk import BulkConnection
-from db.load import (
-    BatchKeys,
-    StoreResult,
-    begin_batch,
-    find_committed_batch,
-    finish_batch,
-    prepare,
-    station_ids,
-    store_prepared,
-)
-from db.tables import load_batches, power_readings, reading_conflicts
+from db.ingest import ingest
+from db.load import StoreResult, find_committed_batch, prepare, station_ids
 from powerwatch import landing
 from powerwatch.concurrency import ReadAhead
 from powerwatch.errors import ChunkError, from_os_error
 from powerwatch.faults import fault_point
 from powerwatch.settings import Settings
 from schemas.reading import REASON, split_valid
-
-WRITE_TABLES = (load_batches.name, power_readings.name, reading_conflicts.name)
-
 
 TAKEN = "taken"  # another loader claimed the chunk first: this one counts nothing
 
@@ -236,25 +224,22 @@ def _load_claimed(
     if why_not is not None:  # never opened: a FIFO or a device would block or never end
         return _set_aside(claimed, name, f"{name}: {why_not}", settings)
     content_hash = landing.file_hash(claimed)
-    result = StoreResult()
     rejected: list[pl.DataFrame] = []
+    result = StoreResult()
     try:
-        with bulk.transaction(lock_tables=WRITE_TABLES):
-            # Under the write lock: two loaders of one chunk cannot both commit it.
-            if find_committed_batch(bulk, name, content_hash) is not None:
+        with ingest(
+            bulk,
+            kind=source_kind(claimed.with_name(name)),
+            input_name=name,
+            reference=name,
+            content_hash=content_hash,
+            committed=lambda b: find_committed_batch(b, name, content_hash),
+        ) as batch:
+            if batch is None:
                 report.status = "already-loaded"
             else:
-                batch_id = begin_batch(
-                    bulk,
-                    kind=source_kind(claimed.with_name(name)),
-                    reference=name,
-                    input_name=name,
-                    content_hash=content_hash,
-                )
                 # The next slice is read, validated and prepared while the database stores
-                # this one; `keys`: a chunk in any row order loads as fast as one in time
-                # order. Station ids read once, under the write lock.
-                keys = BatchKeys()
+                # this one. Station ids read once, under the write lock.
                 ids = station_ids(bulk)
                 prepared = (
                     (rows_in, prepare(valid, ids), invalid)
@@ -262,33 +247,27 @@ def _load_claimed(
                 )
                 with ReadAhead(prepared) as slices:
                     for rows_in, ready, invalid in slices:
-                        report.rows_in += rows_in
-                        stored = store_prepared(bulk, ready, batch_id, keys)
+                        batch.rows_in += rows_in
+                        stored = batch.store(ready)
                         rejected += [invalid, stored.unknown]
-                        result += stored
                         fault_point("load.slice_stored")
                 quarantined = pl.concat([pl.DataFrame(), *rejected], how="diagonal_relaxed")
-                report.rejected_by_reason = count_reasons(quarantined)
+                batch.rejected_by_reason = count_reasons(quarantined)
                 if not quarantined.is_empty():
                     landing.write_atomically(
                         quarantined.with_columns(pl.lit(name).alias("chunk")),
                         settings.quarantine_dir / name,
                     )
-                finish_batch(
-                    bulk,
-                    batch_id,
-                    status="committed",
-                    rows_in=report.rows_in,
-                    result=result,
-                    rejected_by_reason=report.rejected_by_reason,
-                )
+                report.rows_in, report.rejected_by_reason = batch.rows_in, batch.rejected_by_reason
+                result = batch.stored
     except ChunkError as exc:  # rolled back: nothing of this chunk is stored
         return _set_aside(claimed, name, str(exc).replace(claimed.name, name), settings)
     fault_point("load.committed")
     landing.move(claimed, settings.loaded_dir, name)
     fault_point("load.moved")
-    report.inserted, report.duplicates = result.inserted, result.duplicates
-    report.conflicts = result.conflicts
+    if report.status == "loaded":  # one counting rule in every report (db/ingest.py)
+        report.inserted, report.duplicates = result.inserted, result.repeated
+        report.conflicts = result.conflicts
     report.seconds = time.perf_counter() - started
     return report
 

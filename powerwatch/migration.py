@@ -10,15 +10,15 @@ skipped unless forced.
 
 The file streams through in blocks of lines (`powerwatch.legacy`), each block
 parsed with polars, validated by the one pandera model (`split_valid`) and
-stored through the one idempotent insert path (`db.load.store_readings`), so
-memory stays bounded whatever the file's size.
+stored through the one ingest path (`db.ingest`, as chunk loads), so memory stays
+bounded whatever the file's size.
 
-One ingest rule with the chunk loader (`powerwatch.loader`): "imported already?" is
-asked of the ledger under the write lock, in the transaction that then imports, so
-two migrations of one file (or a re-run after a crash) import it once; readings go
-through the same `store_readings`, and the ledger counts duplicates and conflicts
-the same way. Fault points: `migrate.parsed` (a part parsed and validated, not
-stored), `migrate.committed` (the file's transaction committed) and, in the flow,
+`db.ingest` asks "imported already?" of the ledger under the write lock, in the
+transaction that then imports, so two migrations of one file (or a re-run after a
+crash) import it once; readings are counted by the same rule as every load (a
+duplicate is any reading whose key was stored, `conflicts` of them differed).
+Fault points: `migrate.parsed` (a part parsed and validated, not stored),
+`migrate.committed` (the file's transaction committed) and, in the flow,
 `migrate.recorded`.
 """
 
@@ -36,15 +36,8 @@ from typing import Any, Final
 import polars as pl
 
 from db.bulk import BulkConnection
-from db.load import (
-    UNKNOWN_STATION,
-    BatchKeys,
-    StoreResult,
-    begin_batch,
-    finish_batch,
-    station_ids,
-    store_readings,
-)
+from db.ingest import ingest
+from db.load import UNKNOWN_STATION, StoreResult, prepare, station_ids
 from db.tables import data_sources, load_batches
 from powerwatch.concurrency import ReadAhead, map_ahead
 from powerwatch.errors import InputError
@@ -61,7 +54,7 @@ from powerwatch.legacy import (
 )
 from powerwatch.legacy.lines import ReadPosition
 from powerwatch.legacy.parsers import iter_block_jobs
-from powerwatch.loader import WRITE_TABLES, validate
+from powerwatch.loader import validate
 from powerwatch.migration_report import QUOTED_LINES, FileReport, add_reasons
 from schemas.channels import REASON
 
@@ -150,40 +143,30 @@ def import_file(
     ahead = parts(known)
     try:
         content_hash = report.content_hash = file_hash(path)
-        with bulk.transaction(lock_tables=WRITE_TABLES):
+        with ingest(
+            bulk,
+            kind=KIND,
+            input_name=str(path),
+            reference=str(path),
+            content_hash=content_hash,
+            committed=lambda b: None if force else find_imported(b, content_hash),
+        ) as batch:
             # Under the write lock: two migrations of one file cannot both import it.
-            if not force and find_imported(bulk, content_hash) is not None:
+            if batch is None:
                 report.status = "skipped"
                 report.seconds = time.perf_counter() - started
                 return report
-            registry = station_ids(bulk)["station"]
-            if not registry.sort().equals(known.sort()):  # a station was added meanwhile
+            ids = station_ids(bulk)
+            if not ids["station"].sort().equals(known.sort()):  # a station was added meanwhile
                 ahead.close()
-                ahead = parts(registry)
-            batch_id = begin_batch(
-                bulk,
-                kind=KIND,
-                reference=str(path),
-                input_name=str(path),
-                content_hash=content_hash,
-            )
-            ledger = StoreResult()  # as the ledger counts: duplicates and conflicts apart
-            keys = BatchKeys()  # lines out of order in the file load like lines in order
+                ahead = parts(ids["station"])
             for part in ahead:
                 fault_point("migrate.parsed")
-                stored = store_readings(bulk, part.valid, batch_id, keys)
-                ledger += stored
+                stored = batch.store(prepare(part.valid, ids))
                 part.add_to(report, stored)
                 if progress is not None:
                     progress(report, part.bytes_read)
-            finish_batch(
-                bulk,
-                batch_id,
-                status="committed",
-                rows_in=report.lines,
-                result=ledger,
-                rejected_by_reason=report.rejected_by_reason,
-            )
+            batch.rows_in, batch.rejected_by_reason = report.lines, report.rejected_by_reason
         fault_point("migrate.committed")
     finally:
         ahead.close()
@@ -226,9 +209,7 @@ class _Part:
         r.non_data += self.non_data
         r.readings += self.readings
         r.inserted += stored.inserted
-        # The protocol's rule: the first stored reading wins, a later one is a duplicate
-        # whether or not its values differ; `conflicts` says how many of them differed.
-        r.duplicates += stored.duplicates + stored.conflicts
+        r.duplicates += stored.repeated  # one counting rule in every report (db/ingest.py)
         r.conflicts += stored.conflicts
         r.rejected += self.rejected
         reasons = Counter(r.rejected_by_reason)

@@ -11,7 +11,8 @@ if TYPE_CHECKING:  # the loader imports pandera: an idle `load` prints this tabl
 def load_summary_rows(reports: list[ChunkReport]) -> list[dict[str, object]]:
     """One row per chunk and a TOTAL row, the main table: what an operator looks at first
     (inserted, rejected), narrow enough for the UI at 1,440 px beside a capture chunk's
-    long name. Rows in (= inserted + rejected + duplicates + conflicts) and the rate are
+    long name. Rows in (= inserted + rejected + duplicates; conflicts are duplicates whose
+    values differed, db/ingest.py) and the rate are
     in `load_rate`; rejections by reason and errors in `load_details` (long text)."""
     rows: list[dict[str, object]] = [
         {
