@@ -13,10 +13,10 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 # Most of the suite's time is spent waiting on real servers and processes, not computing:
-# five workers on two cores, one test module per worker (module-scoped servers are
+# four workers on two cores, one test module per worker (module-scoped servers are
 # started once), longest modules first (tests/scheduling.py). `make test PYTEST_PARALLEL=`
 # runs it serially. Wall time and CPU: docs/benchmarks.md ("Test suite wall time").
-PYTEST_PARALLEL ?= -n 5 --dist loadfile
+PYTEST_PARALLEL ?= -n 4 --dist loadfile
 
 .PHONY: setup browser demo test lint bench screenshots clean
 
