@@ -7,7 +7,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +36,36 @@ def _load(count: int, first: int = 0) -> None:
             assert load_chunk(bulk, chunk, settings).status == "loaded"
 
 
+@contextmanager
+def _process(script: str, path: Path) -> Iterator[subprocess.Popen[str]]:
+    """`script` run on the database in a process of its own, talked to by stdin/stdout;
+    killed if the test leaves it running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _say(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(f"{line}\n")
+    proc.stdin.flush()
+
+
+def _hear(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip()
+
+
 # A reader in its own process (as an analyst's session is: two SQLite libraries in one
 # process, ADBC's and Python's, would not see each other's POSIX locks). It holds a
 # snapshot until told, then reads on, each read on a new snapshot.
@@ -54,34 +85,21 @@ def test_the_wal_is_reset_once_no_reader_holds_an_old_snapshot(sqlite_synced: Da
     path = Path(sqlite_synced.url.removeprefix("sqlite:///"))
     wal_file = Path(f"{path}-wal")
     settings = get_settings()
-    reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert reader.stdout is not None and reader.stdin is not None
-        assert reader.stdout.readline().strip() == "0"  # its snapshot: before the loads
+    with _process(READER, path) as reader:
+        assert _hear(reader) == "0"  # its snapshot: before the loads
         _load(4)
         with bulk_connection() as bulk:
             held = wal.checkpoint(bulk, settings.busy_timeout_ms)
         assert held is not None and not held.truncated and held.copied < held.frames
         assert wal_file.stat().st_size > 0
 
-        reader.stdin.write("go\n")
-        reader.stdin.flush()
-        assert reader.stdout.readline().strip() == str(4 * 1800)  # let go; still connected
+        _say(reader, "go")
+        assert _hear(reader) == str(4 * 1800)  # let go; still connected
         with bulk_connection() as bulk:
             done = wal.checkpoint(bulk, settings.busy_timeout_ms)
         assert wal_file.stat().st_size == 0  # reset while the reader is still connected
-        reader.stdin.write("end\n")
-        reader.stdin.flush()
+        _say(reader, "end")
         assert reader.wait(timeout=30) == 0
-    finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
 
     assert done is not None and done.truncated and done.copied == done.frames
     with closing(sqlite3.connect(path)) as check:
@@ -109,26 +127,14 @@ def test_connecting_to_a_locked_database_waits_the_busy_timeout(
     ending together failed their runs when one's connect met the other's checkpoint."""
     monkeypatch.setenv("POWERWATCH_BUSY_TIMEOUT_MS", "600")
     path = Path(sqlite_synced.url.removeprefix("sqlite:///"))
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert locker.stdout is not None and locker.stdin is not None
-        assert locker.stdout.readline().strip() == "locked"
+    with _process(LOCKER, path) as locker:
+        assert _hear(locker) == "locked"
         started = time.monotonic()
         with pytest.raises(DatabaseUnavailable), bulk_connection():
             pass
         waited = time.monotonic() - started
-        locker.stdin.write("go\n")
-        locker.stdin.flush()
+        _say(locker, "go")
         assert locker.wait(timeout=30) == 0
-    finally:
-        if locker.poll() is None:
-            locker.kill()
-            locker.wait()
     assert waited >= 0.5  # the busy timeout, not an immediate "database is locked"
     with bulk_connection() as bulk:  # the lock gone: connects at once
         assert bulk.scalar("SELECT count(*) FROM stations") > 0
