@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from powerwatch.cli import main
 from tests.conftest import T0, Database
@@ -79,12 +77,6 @@ def test_query_commands_do_not_import_prefect(
     assert main(["rollups", "--interval", "day"]) == 0
     assert main(["completeness", "--station", "KhonKaen", "--day", "2026-11-01"]) == 0
     assert "prefect" not in sys.modules
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.mark.slow
