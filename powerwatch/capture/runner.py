@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 import math
@@ -695,7 +696,10 @@ def run_capture(
             started.set()
             done.set()
 
-    thread = threading.Thread(target=in_thread, name="capture", daemon=True)
+    # The caller's context goes with it: the health events the capture emits reach the
+    # Prefect server of the caller's settings (a flow run's), not a temporary one.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(in_thread,), name="capture", daemon=True)
     interruption: BaseException | None = None
     with _sigterm_raises():
         thread.start()
