@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from db.bulk import BulkConnection
 from db.ingest import ingest
-from db.load import StoreResult, find_committed_batch, prepare, station_ids
+from db.load import find_committed_batch, prepare, station_ids
 from powerwatch import landing
 from powerwatch.concurrency import ReadAhead
 from powerwatch.errors import ChunkError, from_os_error
@@ -225,7 +225,6 @@ def _load_claimed(
         return _set_aside(claimed, name, f"{name}: {why_not}", settings)
     content_hash = landing.file_hash(claimed)
     rejected: list[pl.DataFrame] = []
-    result = StoreResult()
     try:
         with ingest(
             bulk,
@@ -259,15 +258,15 @@ def _load_claimed(
                         settings.quarantine_dir / name,
                     )
                 report.rows_in, report.rejected_by_reason = batch.rows_in, batch.rejected_by_reason
-                result = batch.stored
+                # One counting rule in every report (db/ingest.py).
+                stored_all = batch.stored
+                report.inserted, report.duplicates = stored_all.inserted, stored_all.repeated
+                report.conflicts = stored_all.conflicts
     except ChunkError as exc:  # rolled back: nothing of this chunk is stored
         return _set_aside(claimed, name, str(exc).replace(claimed.name, name), settings)
     fault_point("load.committed")
     landing.move(claimed, settings.loaded_dir, name)
     fault_point("load.moved")
-    if report.status == "loaded":  # one counting rule in every report (db/ingest.py)
-        report.inserted, report.duplicates = result.inserted, result.repeated
-        report.conflicts = result.conflicts
     report.seconds = time.perf_counter() - started
     return report
 
