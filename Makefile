@@ -45,10 +45,15 @@ browser:
 	       || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }; } \
 	  || echo "chromium not installed: the UI screenshot test will be skipped"
 
-test: setup browser
+# The layering of the packages (docs/design.md, "Map") is checked by `lint-imports`
+# (import-linter; the contract is in pyproject.toml).
+lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports --no-cache
+
+test: setup browser lint
 	$(VENV)/bin/pytest $(PYTEST_PARALLEL)
 
 # The benchmarks add pandas (the `to_sql` baseline); the next `make setup` takes it away.
@@ -62,4 +67,4 @@ screenshots: setup browser
 	$(VENV)/bin/python docs/ui_screenshots.py
 
 clean:
-	rm -rf .tools $(VENV) .venv-deployed .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .tools $(VENV) .venv-deployed .pytest_cache .mypy_cache .ruff_cache .grimp_cache .import_linter_cache

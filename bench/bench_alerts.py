@@ -28,8 +28,8 @@ from pathlib import Path
 import httpx
 
 from bench.report import bench_arguments, publish, table
-from powerwatch.automations import ensure_alert_automations
-from powerwatch.stack import LocalStack
+from powerwatch.site.automations import ensure_alert_automations
+from powerwatch.site.stack import LocalStack
 from tests.test_health import _Receiver
 
 SILENT = 30.0

@@ -4,7 +4,7 @@ times, and an online backup of a ~1 GB database while a loader keeps loading.
     python -m bench.bench_archive            # 10 M readings (~1 GB database), a few minutes
     python -m bench.bench_archive --quick    # a smoke run on small data
 
-One database is built with the load's own bulk path (`db.load.store_readings`,
+One database is built with the load's own bulk path (`powerwatch.load.store.store_readings`,
 no chunk files), then, in this order:
 1. load throughput of a loader *process* alone (the baseline), then the same loader
    again while `backup_database` runs: backup time, and load rows/s during it as a
@@ -50,9 +50,9 @@ SLICE = 1_000_000
 LOADER = """
 import time
 from db.engine import bulk_connection
-from powerwatch import landing
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.load import landing
+from powerwatch.load.chunks import load_chunk
+from powerwatch.core.settings import get_settings
 s = get_settings()
 with bulk_connection() as bulk:
     for chunk in landing.list_chunks(s.landing_dir):
@@ -69,8 +69,8 @@ from pathlib import Path
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 from db.engine import bulk_connection
-from powerwatch.archive import archive_day, archive_readings
-from powerwatch.settings import get_settings
+from powerwatch.archive.writer import archive_day, archive_readings
+from powerwatch.core.settings import get_settings
 import polars, pyarrow.parquet
 floor = hwm()
 s = get_settings()
@@ -92,8 +92,8 @@ print(json.dumps({
 def build(root: Path, sizes: Sizes) -> tuple[Path, int]:
     """The database: every station once per second, stored through the load's bulk path."""
     from db.engine import bulk_connection
-    from db.load import begin_batch, finish_batch, store_readings
-    from db.rollups import refresh_rollups
+    from powerwatch.load.store import begin_batch, finish_batch, store_readings
+    from powerwatch.rollups.refresh import refresh_rollups
 
     db = fresh_database(root, "archive", sizes.stations)
     frame = readings(sizes.stations, sizes.seconds)
@@ -124,12 +124,12 @@ def build(root: Path, sizes: Sizes) -> tuple[Path, int]:
 
 
 def _chunks(sizes: Sizes, landing: Path, first_second: int, prefix: str) -> None:
-    from powerwatch.landing import write_atomically
+    from powerwatch.core.parquet_files import write_parquet_atomically
 
     for k in range(sizes.loader_chunks):
         start = first_second + k * sizes.loader_seconds
         frame = readings(sizes.stations, sizes.loader_seconds, start_second=start)
-        path = write_atomically(frame, landing / f"{prefix}-{k:03}.parquet")
+        path = write_parquet_atomically(frame, landing / f"{prefix}-{k:03}.parquet")
         os.utime(path, ns=(k * 10**9, k * 10**9))
 
 
@@ -151,8 +151,8 @@ def _rate(lines: list[str], window: tuple[float, float] | None = None) -> tuple[
 
 
 def backup_under_load(db: Path, sizes: Sizes, root: Path) -> dict[str, float]:
-    from powerwatch.backup import backup_database
-    from powerwatch.settings import get_settings
+    from powerwatch.backup.snapshots import backup_database
+    from powerwatch.core.settings import get_settings
 
     settings = get_settings()
     db.parent.mkdir(exist_ok=True)
@@ -187,7 +187,7 @@ def backup_under_load(db: Path, sizes: Sizes, root: Path) -> dict[str, float]:
 
 def archive_in_process(sizes: Sizes) -> dict[str, object]:
     from db.engine import bulk_connection
-    from db.rollups import refresh_rollups
+    from powerwatch.rollups.refresh import refresh_rollups
 
     with bulk_connection() as bulk:  # the loader's readings, as the 5-minute refresh would
         refresh_rollups(bulk)
@@ -253,7 +253,7 @@ def main() -> None:
         build_s = time.perf_counter() - started
         backup = backup_under_load(db, sizes, root)
         archived = archive_in_process(sizes)
-        from powerwatch.settings import get_settings
+        from powerwatch.core.settings import get_settings
 
         layouts = query_layouts(get_settings().archive_dir, root, sizes.query_repeats)
 

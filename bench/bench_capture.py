@@ -30,7 +30,7 @@ import polars as pl
 
 from bench.deployed import deployed_python
 from bench.report import bench_arguments, publish, table
-from powerwatch.simulator import spawn
+from powerwatch.devtools.simulator import spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,8 @@ CAPTURE = """
 import json, resource, sys, time
 import uvloop
 from pathlib import Path
-from powerwatch.capture import Capture
-from powerwatch.registry import load_registry
+from powerwatch.capture.runner import Capture
+from schemas.registry import load_registry
 def peak_kb():  # VmHWM: this process's own peak (ru_maxrss would count the parent's pages)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -63,7 +63,7 @@ NAIVE = """
 import asyncio, json, resource, sys, time, orjson
 from pathlib import Path
 from websockets.asyncio.client import connect
-from powerwatch.registry import load_registry
+from schemas.registry import load_registry
 def peak_kb():  # VmHWM: this process's own peak (ru_maxrss would count the parent's pages)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -155,9 +155,9 @@ def _result(process: subprocess.Popen[str]) -> dict[str, float]:
 def _load_pending(work: Path) -> list[tuple[Path, float]]:
     """Load every landed chunk now (as one scheduled load-chunks run): (chunk, committed at)."""
     from db.engine import bulk_connection
-    from powerwatch import landing
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load import landing
+    from powerwatch.load.chunks import load_chunk
 
     settings = get_settings()
     done = []
@@ -171,7 +171,7 @@ def _load_pending(work: Path) -> list[tuple[Path, float]]:
 def _stored() -> int:
     from db.engine import bulk_connection
     from db.queries import readings
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
 
     with bulk_connection(get_settings().database_url) as bulk:
         return readings(bulk).height
@@ -188,7 +188,7 @@ def _prepare(work: Path) -> None:
 def _sync(work: Path) -> None:
     from db.engine import make_engine
     from db.stations import sync_stations
-    from powerwatch.registry import load_registry
+    from schemas.registry import load_registry
 
     sync_stations(make_engine(), load_registry(work / "stations.yaml"))
 

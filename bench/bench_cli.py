@@ -70,7 +70,7 @@ def main() -> None:
         fresh_database(root, "demo", 5)  # sets POWERWATCH_* in os.environ
         _load(readings(5, 6 * 3600), "demo")
         from db.engine import bulk_connection
-        from db.rollups import refresh_rollups
+        from powerwatch.rollups.refresh import refresh_rollups
 
         with bulk_connection() as bulk:
             refresh_rollups(bulk)
@@ -88,7 +88,7 @@ def main() -> None:
         rows = [("`python -c pass` (baseline)", baseline, "")]
         servers: dict[str, str] = {}
         if not args.quick:
-            from powerwatch.stack import LocalStack
+            from powerwatch.site.stack import LocalStack
 
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))

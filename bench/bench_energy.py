@@ -26,8 +26,8 @@ HOUR_MS, DAY_MS = 3_600_000, 86_400_000
 
 
 def _rollups(stations: int, start: int, end: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    from db.rollups import ROLLUP_SCHEMA
     from db.tables import MUX_COLUMNS
+    from powerwatch.rollups.compute import ROLLUP_SCHEMA
 
     hours = pl.DataFrame({"start_ts": pl.int_range(start, end, HOUR_MS, eager=True)}).join(
         pl.DataFrame({"station_id": pl.int_range(1, stations + 1, eager=True)}), how="cross"
@@ -52,12 +52,12 @@ def _rollups(stations: int, start: int, end: int) -> tuple[pl.DataFrame, pl.Data
         pl.col(c).cast(t) if c in hours.columns or c in columns else pl.lit(0).cast(t).alias(c)
         for c, t in ROLLUP_SCHEMA.items()
     )
-    from db.rollups import _combine
+    from powerwatch.rollups.compute import combine
 
     daily = (
         hourly.with_columns((pl.col("start_ts") // DAY_MS * DAY_MS).alias("day"))
         .group_by("station_id", "day")
-        .agg(_combine(pl.col("normal_interval_ms").median()))
+        .agg(combine(pl.col("normal_interval_ms").median()))
         .rename({"day": "start_ts"})
         .select(pl.col(c).cast(t) for c, t in ROLLUP_SCHEMA.items())
     )
@@ -69,8 +69,8 @@ def main() -> None:
     stations = 50 if args.quick else 1000
 
     from db.engine import bulk_connection
-    from db.statements import compute_statement, issue_statement, month_period
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.rollups.statements import compute_statement, issue_statement, month_period
 
     start, end = month_period(MONTH, TZ)
     with tempfile.TemporaryDirectory(prefix="pw-bench-energy-") as tmp:

@@ -55,10 +55,10 @@ def _site(root: Path) -> None:
     from db.engine import bulk_connection, make_engine
     from db.migrate import upgrade
     from db.stations import sync_stations
-    from powerwatch.landing import write_atomically
-    from powerwatch.loader import load_chunk
-    from powerwatch.registry import load_registry
-    from powerwatch.settings import get_settings
+    from powerwatch.core.parquet_files import write_parquet_atomically
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load.chunks import load_chunk
+    from schemas.registry import load_registry
     from tests.conftest import STATIONS_YAML, T0, make_readings
 
     (root / "stations.yaml").write_text(STATIONS_YAML)
@@ -70,12 +70,12 @@ def _site(root: Path) -> None:
     settings = get_settings()
     for day in (0, 1, 10):  # two days past a 5-day retention, for archive
         frame = make_readings(STATIONS, 600, start=T0 + timedelta(days=day))
-        chunk = write_atomically(frame, settings.landing_dir / f"manual-d{day}.parquet")
+        chunk = write_parquet_atomically(frame, settings.landing_dir / f"manual-d{day}.parquet")
         with bulk_connection() as bulk:
             load_chunk(bulk, chunk, settings)
     for i in range(2):  # two chunks waiting for `load`
         frame = make_readings(STATIONS, 600, start=T0 + timedelta(days=20, hours=i))
-        write_atomically(frame, settings.landing_dir / f"manual-w{i}.parquet")
+        write_parquet_atomically(frame, settings.landing_dir / f"manual-w{i}.parquet")
     logs = root / "logs"
     logs.mkdir()
     for n, name in enumerate(("a", "b")):  # different contents: b is not a's duplicate
@@ -266,7 +266,7 @@ _server: list[object] = []
 def _start_server(home: Path) -> str:
     import socket
 
-    from powerwatch.stack import LocalStack
+    from powerwatch.site.stack import LocalStack
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -278,7 +278,7 @@ def _start_server(home: Path) -> str:
 
 
 def _stop_server() -> None:
-    from powerwatch.stack import LocalStack
+    from powerwatch.site.stack import LocalStack
 
     for stack in _server:
         assert isinstance(stack, LocalStack)

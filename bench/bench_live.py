@@ -40,7 +40,7 @@ import polars as pl
 import yaml
 
 from bench.report import bench_arguments, publish, table
-from powerwatch.simulator import spawn
+from powerwatch.devtools.simulator import spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_SECONDS = 0.1
@@ -119,9 +119,9 @@ class Sweeper(threading.Thread):
         self.stop, self.swept = threading.Event(), 0
 
     def run(self) -> None:
-        from powerwatch import landing
-        from powerwatch.loader import TAKEN
-        from powerwatch.settings import get_settings
+        from powerwatch.core.settings import get_settings
+        from powerwatch.load import landing
+        from powerwatch.load.chunks import TAKEN
         from tasks.load import load_chunk_task
 
         settings = get_settings()
@@ -151,7 +151,7 @@ def run(plan: Plan, work: Path) -> dict[str, Any]:
     from db.engine import make_engine
     from db.migrate import upgrade
     from db.stations import sync_stations
-    from powerwatch.registry import load_registry
+    from schemas.registry import load_registry
 
     os.environ.update(
         {

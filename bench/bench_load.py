@@ -26,6 +26,7 @@ import polars as pl
 from bench.data import EPOCH, bench_stations, readings, spoil
 from bench.deployed import deployed_python
 from bench.report import bench_arguments, publish, table
+from powerwatch.core.parquet_files import write_parquet_atomically
 
 CHUNKS = 10
 
@@ -105,9 +106,9 @@ def _into_landing(paths: list[Path], landing: Path, prefix: str = "") -> None:
 
 def run_ours() -> tuple[float, int]:
     from db.engine import bulk_connection
-    from powerwatch import landing
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load import landing
+    from powerwatch.load.chunks import load_chunk
 
     settings = get_settings()
     rows = 0
@@ -245,9 +246,9 @@ from pathlib import Path
 def hwm():  # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's)
     return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 from db.engine import bulk_connection
-from powerwatch import landing
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.load import landing
+from powerwatch.load.chunks import load_chunk
+from powerwatch.core.settings import get_settings
 import polars, pandera, pyarrow
 floor = hwm()
 s = get_settings()
@@ -281,9 +282,8 @@ def build_big(root: Path, sizes: Sizes) -> tuple[int, float]:
     """~10 M readings: `big_full_stations` with a whole day at 1 Hz, the rest sparse."""
     fresh_database(root, "big", sizes.big_stations)
     from db.engine import bulk_connection
-    from powerwatch import landing
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load.chunks import load_chunk
 
     settings = get_settings()
     day = readings(sizes.big_full_stations, 86_400)
@@ -295,7 +295,7 @@ def build_big(root: Path, sizes: Sizes) -> tuple[int, float]:
     started = time.perf_counter()
     with bulk_connection() as bulk:
         for i in range(0, everything.height, step):
-            path = landing.write_atomically(
+            path = write_parquet_atomically(
                 everything.slice(i, step), settings.landing_dir / f"big-{i:012d}.parquet"
             )
             load_chunk(bulk, path, settings)

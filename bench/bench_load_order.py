@@ -5,7 +5,7 @@
 
 Issue 14: a chunk in random row order (a one-off script, another collector) loaded at
 0.58x the baseline while one in time order loaded at 1.37x. Each order is one chunk
-loaded in-process by `powerwatch.loader.load_chunk` (claim, validate, store, move) into a
+loaded in-process by `powerwatch.load.chunks.load_chunk` (claim, validate, store, move) into a
 fresh database; the baseline, alternating with it on a fresh database each time, is a
 bare stdlib `sqlite3.executemany` of the same rows *sorted by key* (its best case;
 `bench_load.run_stdlib`). Ratios are of medians; target >= 1.25x for every order.
@@ -42,8 +42,8 @@ def ordered(frame: pl.DataFrame, order: str) -> pl.DataFrame:
 def load_once(root: Path, name: str, stations: int, chunk: Path) -> float:
     fresh_database(root, name, stations)
     from db.engine import bulk_connection
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load.chunks import load_chunk
 
     settings = get_settings()
     settings.landing_dir.mkdir(parents=True, exist_ok=True)

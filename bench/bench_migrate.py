@@ -4,7 +4,7 @@
     python -m bench.bench_migrate --quick    # a smoke run on small files
 
 For each format (T, J, C) one generated log (`bench/legacy_gen.py`) is imported
-end to end into a fresh SQLite database: by `powerwatch.migration.import_file`
+end to end into a fresh SQLite database: by `powerwatch.legacy.migration.import_file`
 (detection, hash, parse, pandera validation, ledger, idempotent store, one
 transaction), and by the straightforward way in the same run on the same file:
 a line-by-line Python parser (regex / json / csv, `datetime`, range checks in
@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 from bench.data import bench_stations
 from bench.legacy_gen import generate
 from bench.report import bench_arguments, publish, table
-from powerwatch.legacy import Format
+from powerwatch.legacy.formats import Format
 
 FORMATS: tuple[Format, ...] = ("T", "J", "C")
 TZ = "Asia/Bangkok"
@@ -71,7 +71,7 @@ def fresh_database(path: Path, stations: int) -> str:
 def run_ours(path: Path) -> tuple[float, int, int]:
     """Seconds, lines read, rows inserted."""
     from db.engine import bulk_connection
-    from powerwatch.migration import import_file
+    from powerwatch.legacy.migration import import_file
 
     started = time.perf_counter()
     with bulk_connection() as bulk:
@@ -242,7 +242,7 @@ from pathlib import Path
 def hwm():  # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's)
     return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
 from db.engine import bulk_connection
-from powerwatch.migration import import_file
+from powerwatch.legacy.migration import import_file
 import polars, pandera, pyarrow
 floor = hwm()
 started = time.perf_counter()
@@ -336,7 +336,7 @@ def main() -> None:
         "SQLAlchemy Core executemany (10,000 rows per statement, ON CONFLICT DO NOTHING, "
         "one transaction), on the same file in the same run; both store the same rows. "
         "Peak memory: VmHWM of a fresh process that imports the big log with "
-        "`powerwatch.migration.import_file` (no Prefect in that process). "
+        "`powerwatch.legacy.migration.import_file` (no Prefect in that process). "
         f"Machine load average (1 min) during the run: {load}: other work on the same two "
         "cores slows both sides alike, the ratios less than the absolute rates.\n\n"
         + table(rows, ("what", "result", "vs baseline", "notes"))

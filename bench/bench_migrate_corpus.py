@@ -37,7 +37,7 @@ from pathlib import Path
 from bench.bench_migrate import fresh_database, run_baseline
 from bench.legacy_corpus import Corpus, make_corpus
 from bench.report import bench_arguments, publish, table
-from powerwatch.legacy import detect_format
+from powerwatch.legacy.formats import detect_format
 
 LINES = 1_000_000
 QUICK_LINES = 60_000

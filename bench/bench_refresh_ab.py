@@ -35,7 +35,7 @@ with tempfile.TemporaryDirectory(prefix="pw-ab-") as tmp:
     for i in range(4):
         _load(data.slice(i * step, step), f"c-{i}")
     from db.engine import bulk_connection
-    from db.rollups import refresh_rollups
+    from powerwatch.rollups.refresh import refresh_rollups
     with bulk_connection() as bulk:
         started = time.perf_counter()
         refresh_rollups(bulk)

@@ -24,6 +24,7 @@ import polars as pl
 from bench.bench_load import fresh_database
 from bench.data import EPOCH, readings
 from bench.report import bench_arguments, publish, table
+from powerwatch.core.parquet_files import write_parquet_atomically
 
 
 @dataclass
@@ -40,12 +41,11 @@ QUICK = Sizes(stations=10, seconds=1800, chunks=3, live_rounds=2, ab_rounds=2)
 
 def _load(frame: pl.DataFrame, name: str) -> float:
     from db.engine import bulk_connection
-    from powerwatch import landing
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load.chunks import load_chunk
 
     settings = get_settings()
-    path = landing.write_atomically(frame, settings.landing_dir / f"{name}.parquet")
+    path = write_parquet_atomically(frame, settings.landing_dir / f"{name}.parquet")
     started = time.perf_counter()
     with bulk_connection() as bulk:
         load_chunk(bulk, path, settings)
@@ -56,10 +56,12 @@ def main() -> None:
     args = bench_arguments(__doc__)
     sizes = QUICK if args.quick else Sizes()
 
-    import db.load
+    import powerwatch.load.store
     from db.engine import bulk_connection
     from db.queries import aggregates
-    from db.rollups import pending_hours, refresh_rollups, rollups
+    from db.rollup_queue import pending_hours
+    from powerwatch.rollups.queries import rollups
+    from powerwatch.rollups.refresh import refresh_rollups
 
     # The last minutes are kept back for the live rounds, so those recompute a nearly
     # full hour per station: the worst case of a refresh in steady state.
@@ -76,7 +78,7 @@ def main() -> None:
         root = Path(tmp)
         # The queue's cost on the load: the same chunks with and without `mark_dirty`,
         # alternating which goes first.
-        marking = vars(db.load)["mark_dirty"]
+        marking = vars(powerwatch.load.store)["mark_dirty"]
         inside = [0.0]
 
         def timed_marking(*args: Any) -> None:
@@ -88,9 +90,11 @@ def main() -> None:
         for r in range(sizes.ab_rounds):
             for queue in (True, False) if r % 2 == 0 else (False, True):
                 fresh_database(root, f"ab-{r}-{queue}", sizes.stations)
-                vars(db.load)["mark_dirty"] = timed_marking if queue else (lambda *_args: None)
+                vars(powerwatch.load.store)["mark_dirty"] = (
+                    timed_marking if queue else (lambda *_args: None)
+                )
                 timings[queue].append(load_all("ab"))
-        vars(db.load)["mark_dirty"] = marking
+        vars(powerwatch.load.store)["mark_dirty"] = marking
         with_queue, without_queue = (statistics.median(timings[q]) for q in (True, False))
 
         fresh_database(root, "rollups", sizes.stations)

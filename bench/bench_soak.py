@@ -6,7 +6,7 @@
     python -m bench.bench_soak --quick                           # 5 stations, 3 min, not written
 
 The site is `powerwatch serve` (server, work pool, automations, every deployment of
-prefect.yaml, a worker: `powerwatch.demo.run_site`, what an operator runs) against the
+prefect.yaml, a worker: `powerwatch.devtools.demo.run_site`, what an operator runs) against the
 registry a simulator writes (`powerwatch simulate --count N --rate R --faults`). Both run
 in the site-like interpreter (`bench.deployed`: no dev or baseline packages, so memory is
 what a site's processes carry). Nothing is changed in the code under test.
@@ -67,7 +67,7 @@ ACCELERATED = (
 )
 RUNS_IN_WINDOW = 4
 PROCESS_SAMPLE_SECONDS = 2.0
-# Retention horizons of the site's defaults (powerwatch.settings), for the extrapolation.
+# Retention horizons of the site's defaults (powerwatch.core.settings), for the extrapolation.
 RETENTION_DAYS = 90
 # One backup a day as scheduled (prefect.yaml): the dailies kept plus the newest of today.
 BACKUPS_KEPT = 7 + 1  # backup_keep_daily + 1
@@ -509,7 +509,7 @@ def analyse(
 def stored_ratios(data: Path) -> dict[str, float]:
     """Measured at the end of the run on the site's own database: readings stored, bytes
     per reading in the database, as an archive-like Parquet file (zstd, what
-    `powerwatch.archive` writes), and the newest backup's size against the database."""
+    `powerwatch.archive.writer` writes), and the newest backup's size against the database."""
     import sqlite3
 
     import polars as pl

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from powerwatch.registry import Station
 from schemas.channels import ACTIVE_CHANNELS, MUX_CHANNELS
+from schemas.registry import Station
 
 EPOCH = datetime(2026, 10, 1, tzinfo=UTC)
 

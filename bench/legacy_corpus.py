@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.legacy_gen import CSV_COLUMNS, Generated, generate
-from powerwatch.legacy import Format
+from powerwatch.legacy.formats import Format
 
 # name, format, share of the reading lines, gzip, BOM, CRLF, trailing blank lines,
 # start (in file lengths after the previous file of the same family; < 1 overlaps)

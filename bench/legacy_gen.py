@@ -23,8 +23,7 @@ from typing import IO
 import polars as pl
 
 from bench.data import readings
-from powerwatch.legacy import Format
-from powerwatch.legacy.formats import UTF8_BOM
+from powerwatch.legacy.formats import UTF8_BOM, Format
 from powerwatch.legacy.parsers import T_LABELS
 from schemas.channels import CHANNEL_KEYS
 

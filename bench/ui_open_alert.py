@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from powerwatch.automations import ensure_alert_automations
-from powerwatch.stack import LocalStack
+from powerwatch.site.automations import ensure_alert_automations
+from powerwatch.site.stack import LocalStack
 from tests.sites import free_port, site_environment
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

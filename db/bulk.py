@@ -25,7 +25,7 @@ import pyarrow as pa
 from adbc_driver_manager import dbapi
 
 from db.failures import classify
-from powerwatch.errors import JobError
+from powerwatch.core.errors import JobError
 
 # A `?` placeholder, or something in which a `?` is not one: a string literal, a quoted
 # identifier, a comment (matched first, and left as they are).

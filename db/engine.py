@@ -48,13 +48,13 @@ from sqlalchemy.pool import NullPool
 
 from db.bulk import BulkConnection, named_failure
 from db.failures import classify
-from powerwatch.errors import (
+from powerwatch.core.errors import (
     DatabaseCorrupt,
     DatabaseUnavailable,
     InputError,
     SchemaVersionError,
 )
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
 
 
 def parse_url(url: str | None = None) -> URL:
@@ -107,7 +107,7 @@ def _where(parsed: URL) -> str:
 
 
 def _sqlite_pragmas(busy_timeout_ms: int, *, new_file: bool = False) -> list[str]:
-    # Archive (powerwatch/archive.py) gives deleted pages back in small steps with
+    # Archive (powerwatch/archive/writer.py) gives deleted pages back in small steps with
     # `PRAGMA incremental_vacuum`. auto_vacuum can only be chosen while the file has no
     # page yet, before journal_mode=WAL writes the first one; on an existing file the
     # pragma would need the write lock (a connect would fail while a writer holds it),

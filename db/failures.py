@@ -9,7 +9,7 @@ every retry and is reported at once, by name.
 
 from __future__ import annotations
 
-from powerwatch.errors import (
+from powerwatch.core.errors import (
     DatabaseCorrupt,
     DatabaseUnavailable,
     DiskFull,

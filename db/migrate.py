@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from powerwatch.errors import SchemaVersionError
+from powerwatch.core.errors import SchemaVersionError
 
 if TYPE_CHECKING:
     from alembic.config import Config

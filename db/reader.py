@@ -4,13 +4,14 @@
 costs SQLAlchemy, ADBC, pyarrow and (through pyarrow.dataset) pandas, and its schema
 check costs Alembic: together seconds on this host, for queries that read a few rows
 (issue 14: `latest` took 3.5-4.4 s). `SqliteReader` offers the read half of
-`db.bulk.BulkConnection` (`frame`, `rows`, `scalar`, `batches`, `sqlite`) over the stdlib
-module that is already loaded, so `db.queries`, `db.rollups` and `db.completeness` run
-unchanged on it. It follows the engine's rules: the file must exist (`mode=ro`: never
-created), the busy timeout comes from the settings, driver errors are named by
-`db.failures.classify`. The schema check compares `alembic_version` with the head
-revision read from the migration files' `revision = "..."` lines; anything but an exact
-match falls back to `db.migrate.require_current`, which words the refusal.
+`db.bulk.BulkConnection` (`frame`, `rows`, `scalar`, `batches`, `sqlite`) over the
+stdlib module that is already loaded, so `db.queries`, `powerwatch.rollups.refresh` and
+`powerwatch.rollups.completeness` run unchanged on it. It follows the engine's rules:
+the file must exist (`mode=ro`: never created), the busy timeout comes from the
+settings, driver errors are named by `db.failures.classify`. The schema check compares
+`alembic_version` with the head revision read from the migration files' `revision =
+"..."` lines; anything but an exact match falls back to `db.migrate.require_current`,
+which words the refusal.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _to_frame(cursor: sqlite3.Cursor, rows: list[Any]) -> pl.DataFrame:
 @contextmanager
 def read_connection(path: Path, busy_timeout_ms: int) -> Iterator[SqliteReader]:
     """A read-only connection to an existing SQLite file at the code's schema version."""
-    from powerwatch.errors import SchemaVersionError
+    from powerwatch.core.errors import SchemaVersionError
 
     if not path.is_file():
         raise SchemaVersionError(f"no database at {path}: run `powerwatch db upgrade`")

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, func, select, update
 
 from db.tables import stations
-from powerwatch.errors import RegistryError
-from powerwatch.registry import Station
+from powerwatch.core.errors import RegistryError
+from schemas.registry import Station
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ reading_conflicts = Table(
     Index("ix_reading_conflicts_station_ts", "station_id", "ts"),
 )
 
-# --- Rollups (db/rollups.py; docs/design.md "Rollups") --------------------------------
+# --- Rollups (powerwatch/rollups/refresh.py; docs/design.md "Rollups") ------------------------
 # Hourly and daily rollups per station, kept forever: they stay when the archive deletes
 # the raw readings. Sums (not averages) are stored so that rollups merge exactly; the
 # `*_last` columns carry each meter's last value so the next interval's first delta can
@@ -144,7 +144,8 @@ def rollup_columns() -> list[Column[Any]]:
     for name in MUX_COLUMNS:
         columns += [
             # Measured kWh of the deltas ending in the interval; a delta across a gap that
-            # spans interval boundaries is not here but in `energy_events` (db/energy.py).
+            # spans interval boundaries is not here but in `energy_events`
+            # (powerwatch/rollups/energy.py).
             Column(f"{name}_kwh", Double, nullable=False),
             Column(f"{name}_resets", Integer, nullable=False),  # new cycles (counted from 0)
             Column(f"{name}_gaps", Integer, nullable=False),  # deltas across missing data
@@ -183,7 +184,7 @@ rollup_dirty = Table(
     Index("ix_rollup_dirty_station_hour", "station_id", "hour_ts"),
 )
 
-# --- Energy accounting (db/energy.py; docs/design.md "Energy accounting") ---------------
+# --- Energy accounting (powerwatch/rollups/energy.py; docs/design.md "Energy accounting") ---
 # Every meter delta that is not plain: across a gap, a new cycle (reset/replacement), a
 # wrap, a glitch or an implausible jump; kept forever like the rollups. Keyed by the later
 # reading: a recomputed hour replaces its events.

@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 import polars as pl
 
+from powerwatch.core.parquet_files import write_parquet_atomically
+
 ROOT = Path(__file__).resolve().parents[1]
 # The legacy samples beside the project (`../shared`; a worktree sits one level deeper).
 SAMPLES = next(
@@ -103,8 +105,7 @@ def main() -> int:
     if chromium is None:
         print("no chromium (Debian package `chromium`; `make browser` as root)", file=sys.stderr)
         return 1
-    from powerwatch import landing
-    from powerwatch.stack import LocalStack
+    from powerwatch.site.stack import LocalStack
 
     with tempfile.TemporaryDirectory(prefix="pw-screenshots-") as tmp:
         root = Path(tmp)
@@ -137,7 +138,7 @@ def main() -> int:
             now = datetime.now(UTC)
             first = (now.replace(day=1) - timedelta(days=1)).replace(day=1, hour=0, minute=0)
             for n, start in enumerate((first, now - timedelta(days=3))):
-                landing.write_atomically(
+                write_parquet_atomically(
                     old_readings("SIM-0001", start.replace(second=0, microsecond=0), 48),
                     root / "data" / "landing" / f"older-{n}.parquet",
                 )

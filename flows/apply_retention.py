@@ -11,8 +11,8 @@ from prefect.states import Completed, Failed
 from db.engine import make_engine
 from db.migrate import require_current
 from flows.naming import stamped
-from powerwatch import retention
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.retention import prune as retention
 from tasks.retention import expire_loaded_task, expire_rejects_task
 
 

@@ -12,11 +12,11 @@ from prefect.states import Completed, Failed
 from db.engine import make_engine
 from db.migrate import require_current
 from flows.naming import stamped
-from powerwatch import archive
-from powerwatch.diskguard import low_space
-from powerwatch.errors import DiskFull, InputError, StorageError
-from powerwatch.progress import JobProgress
-from powerwatch.settings import get_settings
+from powerwatch.archive import writer as archive
+from powerwatch.core.diskguard import low_space
+from powerwatch.core.errors import DiskFull, InputError, StorageError
+from powerwatch.core.progress import JobProgress
+from powerwatch.core.settings import get_settings
 from tasks.archive import archive_day_task, plan_archive_task, reclaim_space_task
 from tasks.progress import run_listeners
 from tasks.wal import checkpoint_wal_task

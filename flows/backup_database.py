@@ -12,9 +12,9 @@ from prefect.states import Completed, Failed
 from db.engine import make_engine
 from db.migrate import require_current
 from flows.naming import stamped
-from powerwatch.backup import Manifest
-from powerwatch.diskguard import low_space
-from powerwatch.settings import get_settings
+from powerwatch.backup.snapshots import Manifest
+from powerwatch.core.diskguard import low_space
+from powerwatch.core.settings import get_settings
 from tasks.backup import backup_database_task, rotate_backups_task
 
 

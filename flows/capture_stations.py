@@ -20,11 +20,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.naming import stamped
-from powerwatch.capture import CaptureReport, run_capture
 from powerwatch.capture.live_load import LiveLoader
-from powerwatch.diskguard import low_space
-from powerwatch.registry import load_registry
-from powerwatch.settings import Settings, get_settings
+from powerwatch.capture.runner import CaptureReport, run_capture
+from powerwatch.core.diskguard import low_space
+from powerwatch.core.settings import Settings, get_settings
+from schemas.registry import load_registry
 
 
 def live_loader(settings: Settings, logger: Any) -> LiveLoader | None:
@@ -32,7 +32,7 @@ def live_loader(settings: Settings, logger: Any) -> LiveLoader | None:
     every two seconds would flood the UI and the server), if the sweep's schema check
     passes now; if not (no database, an old schema, unreachable), this run leaves every
     chunk to `load-chunks`, which says why, and the next run checks again."""
-    from db.load import require_schema
+    from powerwatch.load.store import require_schema
     from tasks.load import load_chunk_task
 
     try:
@@ -47,7 +47,7 @@ def publish_status(settings: Settings, logger: Any) -> None:
     """`powerwatch status` as the `powerwatch-status` artifact: each run ends with it
     (a new one every minute), so the UI shows the site's state without opening a run."""
     from db.engine import bulk_connection
-    from powerwatch.status import collect, markdown
+    from powerwatch.site.status import collect, markdown
 
     try:
         with bulk_connection(create=False) as bulk:

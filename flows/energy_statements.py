@@ -12,9 +12,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from db.engine import make_engine
 from db.migrate import require_current
-from db.statements import previous_month, summary_markdown
 from flows.naming import stamped
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.rollups.statements import previous_month, summary_markdown
 from tasks.energy import issue_statement_task
 
 # One table artifact per station (the Prefect UI lists them); more stations than this

@@ -13,14 +13,14 @@ from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed
 
-from db.load import require_schema
 from flows.naming import stamped
-from powerwatch import landing
-from powerwatch.diskguard import low_space
-from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError, from_os_error
-from powerwatch.loader import TAKEN, ChunkReport
-from powerwatch.reports import load_details, load_rate, load_summary_rows
-from powerwatch.settings import get_settings
+from powerwatch.core.diskguard import low_space
+from powerwatch.core.errors import DatabaseUnavailable, JobError, PowerwatchError, from_os_error
+from powerwatch.core.settings import get_settings
+from powerwatch.load import landing
+from powerwatch.load.chunks import TAKEN, ChunkReport
+from powerwatch.load.reports import load_details, load_rate, load_summary_rows
+from powerwatch.load.store import require_schema
 from tasks.load import load_chunk_task
 from tasks.wal import checkpoint_wal_task
 

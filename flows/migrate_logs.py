@@ -12,7 +12,7 @@ that rejected nothing and inserted nothing (all duplicates, all skipped) is Comp
 
 Progress: the run's progress artifact (`migrate-logs-progress`, percent of the files'
 bytes read) is updated at most once a second, and the CLI's terminal bar, when it has
-one, hears the same updates (`powerwatch.progress`).
+one, hears the same updates (`powerwatch.core.progress`).
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from prefect.artifacts import (
 )
 from prefect.states import Completed, Failed
 
-from db.load import require_schema
 from flows.naming import migration_run_name
-from powerwatch.errors import DatabaseUnavailable, JobError, PowerwatchError
-from powerwatch.faults import fault_point
-from powerwatch.legacy import DEFAULT_TZ, check_time_zone
-from powerwatch.migration import discover, failed_report
-from powerwatch.migration_report import FileReport, MigrationReport
-from powerwatch.progress import JobProgress, Listener
-from powerwatch.settings import get_settings
+from powerwatch.core.errors import DatabaseUnavailable, JobError, PowerwatchError
+from powerwatch.core.faults import fault_point
+from powerwatch.core.progress import JobProgress, Listener
+from powerwatch.core.settings import get_settings
+from powerwatch.legacy.migration import discover, failed_report
+from powerwatch.legacy.parsers import DEFAULT_TZ, check_time_zone
+from powerwatch.legacy.report import FileReport, MigrationReport
+from powerwatch.load.store import require_schema
 from tasks.migrate import ATTEMPTS, import_file_task
 from tasks.progress import run_listeners
 

@@ -10,10 +10,10 @@ from prefect.states import Failed
 
 from db.engine import make_engine
 from db.migrate import require_current
-from db.rollups import RefreshResult
 from flows.naming import stamped
-from powerwatch.diskguard import low_space
-from powerwatch.settings import get_settings
+from powerwatch.core.diskguard import low_space
+from powerwatch.core.settings import get_settings
+from powerwatch.rollups.refresh import RefreshResult
 from tasks.rollups import refresh_rollups_task
 
 

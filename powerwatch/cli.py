@@ -25,14 +25,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from powerwatch.errors import PowerwatchError, from_os_error
-from powerwatch.jobs import JOBS, run_job, temporary_server
+from powerwatch.core.errors import PowerwatchError, from_os_error
+from powerwatch.site.jobs import JOBS, run_job, temporary_server
 
 if TYPE_CHECKING:
     from prefect import State
 
     from db.bulk import BulkConnection
-    from powerwatch.archive_plan import ArchiveRun
+    from powerwatch.archive.plan import ArchiveRun
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +99,7 @@ def _flush_rows(text: str) -> int:
 
 
 def _days(text: str) -> int:
-    from powerwatch.settings import MAX_DAYS
+    from powerwatch.core.settings import MAX_DAYS
 
     return _whole(text, 1, MAX_DAYS)
 
@@ -148,8 +148,8 @@ def _require_database() -> None:
 
     Checked from the settings alone, before anything heavy is imported (the same check as
     `db.engine.require_database`, which the engines of read-only commands apply again)."""
-    from powerwatch.errors import SchemaVersionError
-    from powerwatch.settings import get_settings
+    from powerwatch.core.errors import SchemaVersionError
+    from powerwatch.core.settings import get_settings
 
     path = get_settings().sqlite_file
     if path is not None and not path.is_file():
@@ -159,7 +159,7 @@ def _require_database() -> None:
 def _require_station(bulk: BulkConnection, station: str | None) -> None:
     """One rule for every query command: an unknown station is bad input (exit 2)."""
     if station is not None:
-        from db.rollups import require_station_id
+        from powerwatch.rollups.queries import require_station_id
 
         require_station_id(bulk, station)
 
@@ -180,8 +180,8 @@ def cmd_stations_sync(args: argparse.Namespace) -> int:
     from db.engine import make_engine
     from db.migrate import require_current
     from db.stations import sync_stations
-    from powerwatch.registry import load_registry
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from schemas.registry import load_registry
 
     path = args.file or get_settings().stations
     registry = load_registry(path)
@@ -196,7 +196,7 @@ def cmd_stations_sync(args: argparse.Namespace) -> int:
 def _query_connection() -> AbstractContextManager[BulkConnection]:
     """SQLite: the stdlib reader (`db.reader`, no SQLAlchemy/ADBC/Alembic import);
     PostgreSQL: the engine's ADBC connection after the schema check."""
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
 
     settings = get_settings()
     path = settings.sqlite_file
@@ -227,7 +227,7 @@ def _database_connection() -> AbstractContextManager[BulkConnection]:
 def cmd_stations_list(args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
     from db.queries import station_summary
-    from powerwatch.output import write_frame
+    from powerwatch.site.output import write_frame
 
     with _query_connection() as bulk:
         write_frame(station_summary(bulk), args.format)
@@ -237,7 +237,7 @@ def cmd_stations_list(args: argparse.Namespace) -> int:
 def cmd_readings(args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
     from db.queries import ReadingFilter, iter_readings
-    from powerwatch.output import write_csv, write_json_lines, write_table
+    from powerwatch.site.output import write_csv, write_json_lines, write_table
 
     where = ReadingFilter(
         station=args.station, start=args.start, end=args.end, limit=args.limit, offset=args.offset
@@ -261,7 +261,7 @@ def cmd_readings(args: argparse.Namespace) -> int:
 def cmd_latest(args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
     from db.queries import latest
-    from powerwatch.output import write_frame
+    from powerwatch.site.output import write_frame
 
     with _query_connection() as bulk:
         _require_station(bulk, args.station)
@@ -286,8 +286,9 @@ def cmd_rollups(args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
     import polars as pl
 
-    from db.rollups import pending_hours, rollups
-    from powerwatch.output import CSV_TIME_FORMAT, write_table
+    from db.rollup_queue import pending_hours
+    from powerwatch.rollups.queries import rollups
+    from powerwatch.site.output import CSV_TIME_FORMAT, write_table
 
     with _query_connection() as bulk:
         frame = rollups(bulk, args.interval, station=args.station, start=args.start, end=args.end)
@@ -324,10 +325,10 @@ def cmd_statement(args: argparse.Namespace) -> int:
     issued (recorded as a revision, written under $POWERWATCH_DATA_DIR/statements/)."""
     import polars as pl
 
-    from db.rollups import require_station_id
-    from db.statements import issue_statement, month_period
-    from powerwatch.output import CSV_TIME_FORMAT, write_table
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.rollups.queries import require_station_id
+    from powerwatch.rollups.statements import issue_statement, month_period
+    from powerwatch.site.output import CSV_TIME_FORMAT, write_table
 
     settings = get_settings()
     tz = args.tz or settings.energy_tz
@@ -343,7 +344,7 @@ def cmd_statement(args: argparse.Namespace) -> int:
             note += "".join(f"\n  changed: {line}" for line in issued.changes)
             note += f"\n  files: {', '.join(str(f) for f in issued.files)}"
         else:
-            from db.statements import compute_statement
+            from powerwatch.rollups.statements import compute_statement
 
             frame = compute_statement(bulk, args.month, tz)
             note = "provisional: the month has not closed, nothing issued"
@@ -382,9 +383,9 @@ def cmd_completeness(args: argparse.Namespace) -> int:
 
     import polars as pl
 
-    from db.completeness import completeness
-    from powerwatch.output import CSV_TIME_FORMAT, write_frame, write_table
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.rollups.completeness import completeness
+    from powerwatch.site.output import CSV_TIME_FORMAT, write_frame, write_table
 
     archive = get_settings().data_dir / "archive"
     with _query_connection() as bulk:
@@ -454,12 +455,12 @@ def _has_files(paths: Sequence[Path]) -> bool:
 
 def cmd_load(_args: argparse.Namespace) -> int:
     _require_database()
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
 
     if _nothing_to_load(get_settings().landing_dir):
         # Decided before Prefect is imported: the flow's own output for no chunk.
-        from powerwatch.output import write_table
-        from powerwatch.reports import load_summary_rows
+        from powerwatch.load.reports import load_summary_rows
+        from powerwatch.site.output import write_table
 
         write_table(_frame(load_summary_rows([])))
         return 0
@@ -467,8 +468,8 @@ def cmd_load(_args: argparse.Namespace) -> int:
 
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.load_chunks import load_chunks
-    from powerwatch.output import write_table
-    from powerwatch.reports import load_details, load_rate, load_summary_rows
+    from powerwatch.load.reports import load_details, load_rate, load_summary_rows
+    from powerwatch.site.output import write_table
 
     state = load_chunks(return_state=True)
     reports = state.result(raise_on_failure=False)
@@ -481,12 +482,12 @@ def cmd_load(_args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from powerwatch.errors import InputError
+    from powerwatch.core.errors import InputError
 
     if args.port and args.port + args.count - 1 > 65_535:
         raise InputError(f"--port {args.port} --count {args.count}: ports beyond 65535")
-    from powerwatch.settings import get_settings
-    from powerwatch.simulator import Outage, simulate
+    from powerwatch.core.settings import get_settings
+    from powerwatch.devtools.simulator import Outage, simulate
 
     outages = [Outage.parse(text) for text in args.outage]
     names = {f"SIM-{i + 1:04d}" for i in range(args.count)}
@@ -507,15 +508,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from powerwatch.registry import load_registry
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from schemas.registry import load_registry
 
     load_registry(get_settings().stations)  # missing or malformed: exit 2 before the flow
     import polars as pl
 
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.capture_stations import capture_stations
-    from powerwatch.output import write_table
+    from powerwatch.site.output import write_table
 
     state = capture_stations(
         duration=args.duration,
@@ -540,7 +541,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_migrate_logs(args: argparse.Namespace) -> int:
     import zoneinfo
 
-    from powerwatch.errors import InputError
+    from powerwatch.core.errors import InputError
 
     # Bad input first, before anything heavy is imported (exit 2); then the database.
     for path in args.paths:
@@ -556,8 +557,8 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     _require_database()
     if not _has_files(args.paths):
         # Nothing to import, decided before Prefect is imported: the flow's own report.
-        from powerwatch.migration_report import MigrationReport
-        from powerwatch.output import write_table
+        from powerwatch.legacy.report import MigrationReport
+        from powerwatch.site.output import write_table
 
         empty = MigrationReport()
         write_table(_frame(empty.rows()), sys.stdout)
@@ -566,17 +567,17 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
         return 0
     import polars as pl
 
-    from powerwatch.legacy import DEFAULT_TZ, check_time_zone
-    from powerwatch.migration import discover
-    from powerwatch.migration_report import MigrationReport
-    from powerwatch.output import write_table
+    from powerwatch.legacy.migration import discover
+    from powerwatch.legacy.parsers import DEFAULT_TZ, check_time_zone
+    from powerwatch.legacy.report import MigrationReport
+    from powerwatch.site.output import write_table
 
     tz = args.tz or DEFAULT_TZ
     check_time_zone(tz)  # bad input is refused before anything starts (exit 2)
     discover(args.paths)
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.migrate_logs import migrate_logs
-    from powerwatch.progress import terminal_bar
+    from powerwatch.core.progress import terminal_bar
 
     # A bar (bytes, lines/s, ETA) on a terminal only: never in CI logs or pipes.
     with terminal_bar("migrate-logs"):
@@ -597,7 +598,7 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
 
 def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
     _require_database()
-    from db.rollups import pending_hours
+    from db.rollup_queue import pending_hours
 
     with _query_connection() as bulk:
         queued = pending_hours(bulk)
@@ -613,9 +614,9 @@ def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
 
 def cmd_status(_args: argparse.Namespace) -> int:
     _require_database()  # before the heavy imports
-    from powerwatch.output import write_table
-    from powerwatch.settings import get_settings
-    from powerwatch.status import collect, pipeline_lines
+    from powerwatch.core.settings import get_settings
+    from powerwatch.site.output import write_table
+    from powerwatch.site.status import collect, pipeline_lines
 
     settings = get_settings()
     with _query_connection() as bulk:
@@ -626,22 +627,22 @@ def cmd_status(_args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from powerwatch.demo import run_site, setup_step
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.devtools.demo import run_site, setup_step
 
-    if args.setup:  # the site's own child (powerwatch.demo._setup_in_child)
+    if args.setup:  # the site's own child (powerwatch.devtools.demo._setup_in_child)
         return setup_step(get_settings(), args.setup, simulate=False)
     return run_site(get_settings(), simulate=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from powerwatch.demo import DEMO_STATIONS, run_demo
-    from powerwatch.errors import InputError
-    from powerwatch.settings import get_settings
-    from powerwatch.simulator import Outage
+    from powerwatch.core.errors import InputError
+    from powerwatch.core.settings import get_settings
+    from powerwatch.devtools.demo import DEMO_STATIONS, run_demo
+    from powerwatch.devtools.simulator import Outage
 
-    if args.setup:  # the site's own child (powerwatch.demo._setup_in_child)
-        from powerwatch.demo import setup_step
+    if args.setup:  # the site's own child (powerwatch.devtools.demo._setup_in_child)
+        from powerwatch.devtools.demo import setup_step
 
         return setup_step(get_settings(), args.setup, simulate=True)
     for text in args.outage:
@@ -651,8 +652,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_archive_run(run: ArchiveRun) -> None:
-    from powerwatch.archive_plan import summary_rows
-    from powerwatch.output import write_table
+    from powerwatch.archive.plan import summary_rows
+    from powerwatch.site.output import write_table
 
     print(
         f"cut-off {run.cutoff.before:%Y-%m-%d} (retention counted back from "
@@ -663,8 +664,8 @@ def _print_archive_run(run: ArchiveRun) -> None:
 
 def cmd_archive(args: argparse.Namespace) -> int:
     _require_database()
-    from powerwatch.archive_plan import ArchiveRun, nothing_to_do
-    from powerwatch.settings import get_settings
+    from powerwatch.archive.plan import ArchiveRun, nothing_to_do
+    from powerwatch.core.settings import get_settings
 
     settings = get_settings()
     days = settings.retention_days if args.older_than is None else args.older_than
@@ -676,7 +677,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         return 0
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.archive_readings import archive_readings
-    from powerwatch.progress import terminal_bar
+    from powerwatch.core.progress import terminal_bar
 
     with terminal_bar("archive"):  # days, readings/s, ETA; on a terminal only
         state = archive_readings(older_than_days=args.older_than, return_state=True)
@@ -692,8 +693,8 @@ def cmd_backup(_args: argparse.Namespace) -> int:
     _require_database()
     temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
     from flows.backup_database import backup_database
-    from powerwatch.progress import terminal_bar
-    from powerwatch.settings import get_settings
+    from powerwatch.core.progress import terminal_bar
+    from powerwatch.core.settings import get_settings
 
     with terminal_bar("backup"):  # bytes copied, ETA; on a terminal only
         state = backup_database(return_state=True)
@@ -712,13 +713,13 @@ def cmd_backup(_args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     # An operator's action on the database itself: no Prefect (it may be what is broken).
-    from powerwatch.errors import InputError
+    from powerwatch.core.errors import InputError
 
     if not args.file.is_file():  # refused before anything (a folder for the target) is made
         raise InputError(f"{args.file}: no such backup file")
-    from powerwatch.progress import terminal_bar
-    from powerwatch.replay import restore
-    from powerwatch.settings import get_settings
+    from powerwatch.backup.replay import restore
+    from powerwatch.core.progress import terminal_bar
+    from powerwatch.core.settings import get_settings
 
     settings = get_settings()
     with terminal_bar("restore: replay") as bar:  # chunks replayed; on a terminal only
@@ -739,7 +740,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 Handler = Callable[[argparse.Namespace], int]
-# Every query command's --format (as powerwatch.output.FORMATS, which imports polars).
+# Every query command's --format (as powerwatch.site.output.FORMATS, which imports polars).
 FORMATS = ("table", "csv", "json")
 
 
@@ -939,13 +940,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        from powerwatch.settings import get_settings
+        from powerwatch.core.settings import get_settings
 
         get_settings()  # every setting checked (exit 2, naming it) before any command starts
         if JOBS.get(args.command):
             # A server this machine's site runs (demo/serve): the run shows in its UI,
-            # and no temporary server is started (powerwatch.discovery).
-            from powerwatch import discovery
+            # and no temporary server is started (powerwatch.site.discovery).
+            from powerwatch.site import discovery
 
             discovery.configure(get_settings().data_dir)
         if args.command in JOBS:  # signals: keep what is done, exit within 5 s (jobs.py)

@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from db.engine import bulk_connection
-from powerwatch import archive
-from powerwatch.settings import get_settings
+from powerwatch.archive import writer as archive
+from powerwatch.core.settings import get_settings
 from tasks.outcome import named_failure_as_state
 from tasks.retry import retry_when_database_unavailable
 

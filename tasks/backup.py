@@ -9,8 +9,9 @@ from prefect import State, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from powerwatch import backup, replay
-from powerwatch.settings import get_settings
+from powerwatch.backup import replay
+from powerwatch.backup import snapshots as backup
+from powerwatch.core.settings import get_settings
 from tasks.outcome import named_failure_as_state
 from tasks.progress import run_listeners
 from tasks.retry import retry_when_database_unavailable

@@ -9,8 +9,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from db.engine import bulk_connection
-from db.statements import Issued, daily_by_broadcaster, issue_statement
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.rollups.statements import Issued, daily_by_broadcaster, issue_statement
 from tasks.retry import retry_when_database_unavailable
 
 

@@ -10,10 +10,10 @@ from prefect.runtime.task_run import get_run_count
 from prefect.tasks import exponential_backoff
 
 from db.engine import bulk_connection
-from powerwatch.migration import import_file
-from powerwatch.migration_report import FileReport
-from powerwatch.progress import JobProgress
-from powerwatch.settings import get_settings
+from powerwatch.core.progress import JobProgress
+from powerwatch.core.settings import get_settings
+from powerwatch.legacy.migration import import_file
+from powerwatch.legacy.report import FileReport
 from tasks.retry import retry_when_database_unavailable
 
 PROGRESS_EVERY_LINES = 5_000_000

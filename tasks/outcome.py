@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from prefect import State
 from prefect.states import Failed
 
-from powerwatch.errors import DatabaseUnavailable, PowerwatchError
+from powerwatch.core.errors import DatabaseUnavailable, PowerwatchError
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """A flow run's progress, shown where the operator looks: the run's Prefect progress
 artifact (the UI) and, when the CLI runs the flow on a terminal, its bar.
 
-`powerwatch.progress.JobProgress` counts and bounds the update rate; this only builds
+`powerwatch.core.progress.JobProgress` counts and bounds the update rate; this only builds
 its listeners, once per run and job (migrate-logs, archive-readings, restore-drill).
 """
 
@@ -12,7 +12,7 @@ from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from powerwatch.progress import Listener, Update, terminal_listener
+from powerwatch.core.progress import Listener, Update, terminal_listener
 
 
 def run_listeners(key: str, description: str, describe: Callable[[Update], str]) -> list[Listener]:

@@ -9,8 +9,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from db.engine import bulk_connection
-from powerwatch import retention
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.retention import prune as retention
 from tasks.outcome import named_failure_as_state
 from tasks.retry import retry_when_database_unavailable
 

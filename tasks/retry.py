@@ -7,7 +7,7 @@ from typing import Any
 from prefect import State, Task
 from prefect.client.schemas.objects import TaskRun
 
-from powerwatch.errors import DatabaseUnavailable
+from powerwatch.core.errors import DatabaseUnavailable
 
 
 def retry_when_database_unavailable(

@@ -7,8 +7,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from db.engine import bulk_connection
-from db.rollups import RefreshResult, refresh_rollups
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.rollups.refresh import RefreshResult, refresh_rollups
 from tasks.retry import retry_when_database_unavailable
 
 

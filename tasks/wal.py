@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from db import wal
 from db.engine import bulk_connection
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
 from tasks.outcome import named_failure_as_state
 
 

@@ -141,7 +141,7 @@ def synced(database: Database, registry_file: Path) -> Database:
     """A database with the three test stations registered."""
     from db.engine import make_engine
     from db.stations import sync_stations
-    from powerwatch.registry import load_registry
+    from schemas.registry import load_registry
 
     engine = make_engine(database.url)
     sync_stations(engine, load_registry(registry_file))
@@ -154,7 +154,7 @@ def sqlite_synced(sqlite_database: Database, registry_file: Path) -> Database:
     """`synced` on SQLite only (file-level behaviour: backups, restore, vacuum)."""
     from db.engine import make_engine
     from db.stations import sync_stations
-    from powerwatch.registry import load_registry
+    from schemas.registry import load_registry
 
     engine = make_engine(sqlite_database.url)
     sync_stations(engine, load_registry(registry_file))
@@ -189,8 +189,8 @@ def sample_readings() -> int:
     from typing import cast
 
     from bench.bench_migrate import baseline_rows
-    from powerwatch.legacy import Format
-    from powerwatch.registry import load_registry
+    from powerwatch.legacy.formats import Format
+    from schemas.registry import load_registry
 
     ids = {s.name: n for n, s in enumerate(load_registry(SAMPLES / "stations.yaml"))}
     keys = {
@@ -248,9 +248,9 @@ def make_readings(
 
 
 def write_chunk(frame: pl.DataFrame, landing: Path, name: str) -> Path:
-    from powerwatch.landing import write_atomically
+    from powerwatch.core.parquet_files import write_parquet_atomically
 
-    return write_atomically(frame, landing / name)
+    return write_parquet_atomically(frame, landing / name)
 
 
 @pytest.fixture(scope="session")
@@ -265,7 +265,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """
     import socket
 
-    from powerwatch.stack import LocalStack
+    from powerwatch.site.stack import LocalStack
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,5 +1,5 @@
 """A site for end-to-end tests: the real Prefect server, pool, deployments and worker
-(`powerwatch.stack.LocalStack`), with the helpers tests use to drive and watch it."""
+(`powerwatch.site.stack.LocalStack`), with the helpers tests use to drive and watch it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy
 
-from powerwatch.stack import LocalStack
+from powerwatch.site.stack import LocalStack
 
 UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -81,7 +81,7 @@ def site_environment(root: Path, database_url: str, registry: Path) -> dict[str,
     from db.engine import make_engine
     from db.migrate import upgrade
     from db.stations import sync_stations
-    from powerwatch.registry import load_registry
+    from schemas.registry import load_registry
 
     engine = make_engine(database_url)
     upgrade(engine)

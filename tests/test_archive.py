@@ -1,4 +1,4 @@
-"""The archive (powerwatch.archive) on both backends, without Prefect: what goes in comes
+"""The archive (powerwatch.archive.writer) on both backends, without Prefect: what goes in comes
 back exactly, nothing is duplicated or lost on re-runs and late data, names stay inside."""
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import pytest
 
 from db import queries
 from db.engine import bulk_connection
-from db.load import begin_batch, finish_batch, store_readings
-from powerwatch import archive, faults
-from powerwatch.errors import ArchiveError, JobError
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.archive import writer as archive
+from powerwatch.core import faults
+from powerwatch.core.errors import ArchiveError, JobError
+from powerwatch.core.settings import get_settings
+from powerwatch.load.chunks import load_chunk
+from powerwatch.load.store import begin_batch, finish_batch, store_readings
 from tests.conftest import T0, Database, make_readings, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]

@@ -13,10 +13,11 @@ from db.engine import bulk_connection
 from flows.archive_readings import archive_readings
 from flows.backup_database import backup_database
 from flows.restore_drill import restore_drill
-from powerwatch import archive, backup
+from powerwatch.archive import writer as archive
+from powerwatch.backup import snapshots as backup
 from powerwatch.cli import main
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.load.chunks import load_chunk
 from tests.conftest import T0, Database, make_readings, read_artifact, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai"]

@@ -1,4 +1,4 @@
-"""Backups (powerwatch.backup): consistent while a real loader process writes, verified
+"""Backups (powerwatch.backup.snapshots): consistent while a real loader process writes, verified
 before they count, rotated, restored only when safe, drilled."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from db.engine import bulk_connection
-from powerwatch import backup
-from powerwatch.errors import BackupError, InputError, RestoreRefused
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.backup import snapshots as backup
+from powerwatch.core.errors import BackupError, InputError, RestoreRefused
+from powerwatch.core.settings import get_settings
+from powerwatch.load.chunks import load_chunk
 from tests.conftest import T0, Database, make_readings, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
@@ -28,9 +28,9 @@ NOW = datetime(2026, 11, 20, 12, 30, tzinfo=UTC)
 LOADER = """
 import time
 from db.engine import bulk_connection
-from powerwatch import landing
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.load import landing
+from powerwatch.load.chunks import load_chunk
+from powerwatch.core.settings import get_settings
 settings = get_settings()
 with bulk_connection() as bulk:
     for chunk in landing.list_chunks(settings.landing_dir):
@@ -113,7 +113,7 @@ def test_backup_is_compressed_with_a_manifest_and_name_order_is_time_order(
 def test_backup_tells_its_progress_in_bytes_copied(
     sqlite_synced: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from powerwatch.progress import Update
+    from powerwatch.core.progress import Update
 
     _load(20_000)
     monkeypatch.setattr(backup, "COPY_PAGES", 16)  # several steps on a small database

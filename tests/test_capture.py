@@ -23,13 +23,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from db.engine import bulk_connection, make_engine
 from db.queries import readings
 from db.stations import sync_stations
-from powerwatch import landing
-from powerwatch.capture import Capture, CaptureReport, check_frames
-from powerwatch.capture.frames import reason_class
-from powerwatch.loader import ChunkReport, load_chunk
-from powerwatch.registry import Station
-from powerwatch.settings import get_settings
-from powerwatch.simulator import (
+from powerwatch.capture.frames import check_frames, reason_class
+from powerwatch.capture.runner import Capture, CaptureReport
+from powerwatch.core.settings import get_settings
+from powerwatch.devtools.simulator import (
     FRAME_FAULTS,
     MAX_FRAME,
     FaultPlan,
@@ -37,7 +34,10 @@ from powerwatch.simulator import (
     expected_readings,
     read_record,
 )
+from powerwatch.load import landing
+from powerwatch.load.chunks import ChunkReport, load_chunk
 from schemas.reading import CHANNEL_KEYS, REASON
+from schemas.registry import Station
 from tests.conftest import Database
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import polars as pl
 import pytest
 
-from powerwatch.simulator import read_record, spawn
-from powerwatch.stack import LocalStack
+from powerwatch.devtools.simulator import read_record, spawn
+from powerwatch.site.stack import LocalStack
 from tests.sites import UUID_PATTERN, Site, free_port, site_environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]

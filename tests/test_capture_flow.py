@@ -24,8 +24,8 @@ from db.queries import readings
 from db.stations import sync_stations
 from flows.capture_stations import capture_stations
 from flows.load_chunks import load_chunks
-from powerwatch.registry import load_registry
-from powerwatch.simulator import expected_readings, read_record, spawn
+from powerwatch.devtools.simulator import expected_readings, read_record, spawn
+from schemas.registry import load_registry
 from tests.conftest import Database
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_sigterm_mid_window_stores_everything_received(
         capture.kill()
     assert capture.stderr is not None
     errors = capture.stderr.read()
-    assert code == 128 + signal.SIGTERM, errors  # 143, after flushing (powerwatch.jobs)
+    assert code == 128 + signal.SIGTERM, errors  # 143, after flushing (powerwatch.site.jobs)
     landing = sqlite_database.data_dir / "landing"
     # the one final flush: loaded by the run itself, or (its 1 s after a signal up) left
     # in landing/ for load-chunks

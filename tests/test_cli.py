@@ -105,9 +105,9 @@ def test_database_url_problems(tmp_path: Path) -> None:
 
 def test_readings_csv_and_latest(synced: Database) -> None:
     from db.engine import bulk_connection
-    from powerwatch import landing
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load import landing
+    from powerwatch.load.chunks import load_chunk
 
     frame = make_readings(["KhonKaen", "ChiangMai"], 5)
     write_chunk(frame, synced.data_dir / "landing", "a.parquet")
@@ -184,7 +184,7 @@ def test_the_sites_parent_imports_no_database_or_prefect_client() -> None:
     polars stays (the registry's station-name pattern lives with the channel schema)."""
     heavy = "('sqlalchemy', 'pandera', 'prefect', 'db.engine')"
     code = (
-        "import sys, powerwatch.cli, powerwatch.demo, powerwatch.stack;"
+        "import sys, powerwatch.cli, powerwatch.devtools.demo, powerwatch.site.stack;"
         f"print(sorted(m for m in {heavy} if m in sys.modules))"
     )
     done = subprocess.run(

@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 import pytest
 
-from db.completeness import completeness
 from db.engine import bulk_connection
-from powerwatch.errors import UnknownStationError
+from powerwatch.core.errors import UnknownStationError
+from powerwatch.rollups.completeness import completeness
 from tests.conftest import T0, Database
 from tests.test_rollups import load, readings, refresh
 

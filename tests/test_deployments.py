@@ -1,7 +1,7 @@
 """End to end, as a site runs it: `prefect server start`, `prefect deploy --all` from
 prefect.yaml, a process worker, and operators' `prefect deployment run ...` commands.
 
-The stack is `powerwatch.stack.LocalStack`, the same code `powerwatch demo` runs. One
+The stack is `powerwatch.site.stack.LocalStack`, the same code `powerwatch demo` runs. One
 site on the embedded defaults (SQLite for powerwatch and for the Prefect server), one
 on PostgreSQL for both (the scale-out layout of docs/operations.md).
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from powerwatch.stack import LocalStack
+from powerwatch.site.stack import LocalStack
 from tests.conftest import (
     _PG_SKIP,
     PG_BASE,

@@ -13,14 +13,15 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from db.engine import bulk_connection, make_engine
-from db.rollups import refresh_rollups, rollups
-from db.statements import compute_statement, issue_statement, read_statement_csv
 from db.stations import sync_stations
-from powerwatch import landing
-from powerwatch.loader import load_chunk
-from powerwatch.registry import load_registry
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.load import landing
+from powerwatch.load.chunks import load_chunk
+from powerwatch.rollups.queries import rollups
+from powerwatch.rollups.refresh import refresh_rollups
+from powerwatch.rollups.statements import compute_statement, issue_statement, read_statement_csv
 from schemas.channels import CHANNEL_KEYS, TIMESTAMP_DTYPE
+from schemas.registry import load_registry
 from tests.conftest import STATIONS_YAML, T0, Database, write_chunk
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -280,7 +281,7 @@ def test_the_delta_across_archived_days_is_counted_from_the_stored_register(
 
 @pytest.mark.parametrize("bad", ["-5", "'lots'", "true"])
 def test_a_bad_meter_modulus_is_refused_naming_the_entry(tmp_path: Path, bad: str) -> None:
-    from powerwatch.errors import RegistryError
+    from powerwatch.core.errors import RegistryError
 
     path = tmp_path / "stations.yaml"
     path.write_text(

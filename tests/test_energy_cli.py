@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from db.statements import read_statement_csv
 from powerwatch.cli import main
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.rollups.statements import read_statement_csv
 from tests.conftest import Database
 from tests.test_energy import AFTER, BEFORE, MONTH_END, load, meter, one_kwh_a_minute
 

@@ -1,7 +1,7 @@
 """Property: meter consumption telescopes (issue 13) on random register sequences with
 gaps, resets, wraps and glitches: hours add up to the register's whole difference plus
 the compensations, to the last kWh, and an hour that no gap straddles is exactly
-`closing - opening + compensations`. Pure polars (`db.energy`), no database."""
+`closing - opening + compensations`. Pure polars (`powerwatch.rollups.energy`), no database."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from db import energy
+from powerwatch.rollups import energy
 
 HOUR_MS = 3_600_000
 MODULUS = 10_000.0

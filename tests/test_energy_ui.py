@@ -55,7 +55,7 @@ def test_the_ui_renders_the_statement_summary_chart(
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium here (Debian package `chromium`; `make browser` as root)")
-    from powerwatch.stack import LocalStack
+    from powerwatch.site.stack import LocalStack
     from tests.sites import free_port
 
     load(sqlite_synced, _month_of_readings())

@@ -40,7 +40,7 @@ def _powerwatch(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_five_minutes_of_capture_handovers_raise_no_alert(prefect_api: str, tmp_path: Path) -> None:
-    from powerwatch.automations import ensure_alert_automations
+    from powerwatch.site.automations import ensure_alert_automations
 
     receiver = _Receiver()
     ensure_alert_automations(prefect_api, receiver.url)

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from powerwatch import health
-from powerwatch.registry import Station, load_registry, write_registry
+from powerwatch.capture import health
+from schemas.registry import Station, load_registry, write_registry
 from tests.conftest import Database
 
 SILENT = 20.0  # POWERWATCH_SILENT_AFTER in these tests (default 120)
@@ -111,8 +111,8 @@ def test_status_on_a_real_database(synced: Database, tmp_path: Path) -> None:
     """up / down / never seen, ages, counts, chunks waiting and open alerts, from a real
     database and the health state; no Prefect imported; answers in under a second."""
     from db.engine import bulk_connection
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load.chunks import load_chunk
     from tests.conftest import make_readings, write_chunk
 
     silent = 600.0  # the host may be slow: states must not change while the test runs
@@ -175,7 +175,7 @@ def test_alert_automations_are_not_duplicated_when_started_twice(prefect_api: st
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from powerwatch.automations import (
+    from powerwatch.site.automations import (
         ALERT_KINDS,
         ALERT_STATUSES,
         alert_automation_name,
@@ -251,7 +251,7 @@ def test_outage_never_seen_and_stall_alert_and_handovers_do_not(
     return; a registered station that never answers alerts; chunks never loaded alert as a
     stalled pipeline; the stations on air never alert across the capture hand-overs
     (windows of 40 s started every 20 s: several hand-overs during the run)."""
-    from powerwatch.automations import ensure_alert_automations
+    from powerwatch.site.automations import ensure_alert_automations
 
     receiver = _Receiver()
     ensure_alert_automations(prefect_api, receiver.url)

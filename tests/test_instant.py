@@ -50,9 +50,9 @@ def output(stderr: str) -> str:
 
 def _load_noisy(db: Database) -> pl.DataFrame:
     from db.engine import bulk_connection
-    from powerwatch import landing
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load import landing
+    from powerwatch.load.chunks import load_chunk
 
     frame = make_readings(["KhonKaen"], 3).with_columns(activePower1=pl.Series(NOISY))
     write_chunk(frame, db.data_dir / "landing", "a.parquet")
@@ -148,7 +148,7 @@ def test_tables_round_and_csv_json_read_back_equal(sqlite_synced: Database) -> N
 def test_a_job_run_reports_to_the_sites_server_it_discovers(
     sqlite_synced: Database, prefect_api: str
 ) -> None:
-    from powerwatch import discovery
+    from powerwatch.site import discovery
 
     discovery.publish(discovery.site_home(sqlite_synced.data_dir), prefect_api)
     write_chunk(make_readings(["KhonKaen"], 5), sqlite_synced.data_dir / "landing", "b.parquet")
@@ -170,7 +170,7 @@ def test_a_job_run_reports_to_the_sites_server_it_discovers(
 
 
 def test_a_stale_announcement_is_ignored(sqlite_synced: Database) -> None:
-    from powerwatch import discovery
+    from powerwatch.site import discovery
 
     home = discovery.site_home(sqlite_synced.data_dir)
     discovery.publish(home, "http://127.0.0.1:9/api")  # nothing answers on port 9
@@ -181,13 +181,13 @@ def test_a_stale_announcement_is_ignored(sqlite_synced: Database) -> None:
 
 def test_archive_is_idle_only_when_a_run_would_do_nothing(sqlite_synced: Database) -> None:
     """`powerwatch archive` skips Prefect only if no day before the cut-off holds readings
-    and no dead archiver left a temp file (powerwatch.archive_plan.nothing_to_do)."""
+    and no dead archiver left a temp file (powerwatch.archive.plan.nothing_to_do)."""
     from typing import cast
 
     from db.bulk import BulkConnection
     from db.reader import read_connection
-    from powerwatch.archive_plan import nothing_to_do
-    from powerwatch.settings import get_settings
+    from powerwatch.archive.plan import nothing_to_do
+    from powerwatch.core.settings import get_settings
     from tests.conftest import T0
 
     later = make_readings(["KhonKaen"], 3, start=T0 + timedelta(days=3))

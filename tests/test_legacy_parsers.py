@@ -14,16 +14,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from powerwatch.errors import InputError
-from powerwatch.legacy import (
-    READING_COLUMNS,
-    REJECTED_COLUMNS,
-    Format,
-    LegacyLogError,
-    detect_format,
-    iter_batches,
-)
+from powerwatch.core.errors import InputError
+from powerwatch.legacy.formats import Format, LegacyLogError, detect_format
 from powerwatch.legacy.lines import iter_line_blocks
+from powerwatch.legacy.parsers import READING_COLUMNS, REJECTED_COLUMNS, iter_batches
 from schemas.reading import CHANNEL_KEYS, LANDING_COLUMNS, split_valid
 from tests.conftest import SAMPLES as SHARED_SAMPLES
 

@@ -1,4 +1,4 @@
-"""The load path (powerwatch.loader) on both backends, without Prefect."""
+"""The load path (powerwatch.load.chunks) on both backends, without Prefect."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from db import load as db_load
 from db import queries
 from db.engine import bulk_connection
-from powerwatch import landing
-from powerwatch.loader import ChunkReport, load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.load import landing
+from powerwatch.load import store as db_load
+from powerwatch.load.chunks import ChunkReport, load_chunk
 from tests.conftest import Database, make_readings, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
@@ -74,7 +74,7 @@ def test_differing_values_keep_the_first_and_record_a_conflict(synced: Database)
 
     [report] = _load_all()
 
-    # A conflict is a duplicate whose values differ (one counting rule: db/ingest.py).
+    # A conflict is a duplicate whose values differ (one counting rule: powerwatch/load/ingest.py).
     assert (report.inserted, report.duplicates, report.conflicts) == (0, 3, 3)
     assert _stored()["activePower1"].to_list() == first["activePower1"].to_list()
     with bulk_connection() as bulk:
@@ -265,7 +265,8 @@ def test_both_ways_of_classifying_older_readings_agree(
     synced: Database, monkeypatch: pytest.MonkeyPatch, run_min_rows: int
 ) -> None:
     """Older readings are compared either by reading stored runs back or by key lookups
-    (db.load.RUN_MIN_ROWS picks); both must give the same verdicts and the same database."""
+    (powerwatch.load.store.RUN_MIN_ROWS picks); both must give the same verdicts and the same
+    database."""
     monkeypatch.setattr(db_load, "RUN_MIN_ROWS", run_min_rows)
     full = make_readings(STATIONS, 200).with_columns(
         pl.when(pl.col("station") == "Songkhla")
@@ -342,8 +343,8 @@ def test_entries_that_are_no_regular_file_are_set_aside_unopened(synced: Databas
 def test_a_chunk_in_random_order_counts_like_one_in_time_order(
     synced: Database, monkeypatch: pytest.MonkeyPatch, keys_max: int
 ) -> None:
-    """A shuffled chunk streamed in slices (db.load.BatchKeys: only rows at or before a
-    station's newest reading before the batch, or keys an earlier slice stored, are
+    """A shuffled chunk streamed in slices (powerwatch.load.store.BatchKeys: only rows at or
+    before a station's newest reading before the batch, or keys an earlier slice stored, are
     compared): repeats across slices and against stored rows are still duplicates and
     conflicts; past BATCH_KEYS_MAX the database is asked, with the same verdicts."""
     monkeypatch.setattr(landing, "SLICE_ROWS", 11)
@@ -365,10 +366,10 @@ def test_a_chunk_in_random_order_counts_like_one_in_time_order(
 
 
 def test_a_chunk_out_of_time_order_is_read_in_time_buckets(tmp_path: Path) -> None:
-    """powerwatch.loader.in_time_order: a shuffled chunk comes back as buckets of about a
+    """powerwatch.load.chunks.in_time_order: a shuffled chunk comes back as buckets of about a
     slice, each later in time than the one before, every row once, repeats of a key in
     file order; a chunk in time order is streamed as it is."""
-    from powerwatch.loader import in_time_order
+    from powerwatch.load.chunks import in_time_order
 
     frame = make_readings(STATIONS, 100)
     repeat = frame.slice(150, 1).with_columns(pl.col("activePower1") + 1)

@@ -8,7 +8,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.load_chunks import load_chunks
-from powerwatch.loader import ChunkReport
+from powerwatch.load.chunks import ChunkReport
 from tests.conftest import Database, make_readings, write_chunk
 
 

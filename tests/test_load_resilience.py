@@ -15,16 +15,16 @@ import polars as pl
 import pytest
 
 from db.engine import bulk_connection
-from powerwatch.errors import DatabaseUnavailable
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.core.errors import DatabaseUnavailable
+from powerwatch.core.settings import get_settings
+from powerwatch.load.chunks import load_chunk
 from tests.conftest import T0, Database, make_readings, write_chunk
 
 LOAD_ALL = (
     "from db.engine import bulk_connection\n"
     "from powerwatch import landing\n"
-    "from powerwatch.loader import load_chunk\n"
-    "from powerwatch.settings import get_settings\n"
+    "from powerwatch.load.chunks import load_chunk\n"
+    "from powerwatch.core.settings import get_settings\n"
     "s = get_settings()\n"
     "landing.recover_claims(s.landing_dir)\n"  # the claims of killed runs
     "with bulk_connection() as b:\n"
@@ -87,8 +87,8 @@ def test_live_load_leaves_chunks_to_the_sweep_while_the_database_is_locked(
     nothing is stored; once the lock is gone the sweep loads them, each once."""
     if synced.backend != "sqlite":
         pytest.skip("SQLite's file lock")
-    from powerwatch import landing
     from powerwatch.capture.live_load import LiveLoader
+    from powerwatch.load import landing
     from tasks.load import load_chunk_task
 
     landing_dir = synced.data_dir / "landing"

@@ -15,7 +15,7 @@ from prefect.client.orchestration import get_client
 from db.engine import bulk_connection
 from flows.migrate_logs import migrate_logs
 from powerwatch.cli import main
-from powerwatch.migration_report import MigrationReport
+from powerwatch.legacy.report import MigrationReport
 from tests.conftest import Database
 
 T_LINE = "{stamp} [INFO] [{station}] Active Power (W): P1={p1} | MUX (kWh): TV5=1.5"

@@ -1,7 +1,7 @@
 """Importing legacy log files (spec/legacy-logs.md) on SQLite and PostgreSQL, without Prefect.
 
 Each test writes small files of its own, imports them with
-`powerwatch.migration.import_file` and checks the report and the stored rows.
+`powerwatch.legacy.migration.import_file` and checks the report and the stored rows.
 The Prefect flow, the CLI and `kill -9` are in `test_migrate_flow.py` and
 `test_migration_crash.py`.
 """
@@ -22,11 +22,11 @@ from polars.testing import assert_frame_equal
 from bench.bench_migrate import baseline_rows
 from db.engine import bulk_connection, make_engine
 from db.stations import sync_stations
-from powerwatch.legacy import Format, LegacyLogError
-from powerwatch.migration import discover, failed_report, import_file
-from powerwatch.migration_report import QUOTED_LINES, FileReport, MigrationReport
-from powerwatch.registry import Station, load_registry
+from powerwatch.legacy.formats import Format, LegacyLogError
+from powerwatch.legacy.migration import discover, failed_report, import_file
+from powerwatch.legacy.report import QUOTED_LINES, FileReport, MigrationReport
 from schemas.channels import CHANNELS
+from schemas.registry import Station, load_registry
 from tests.conftest import SAMPLES, STATIONS_YAML, Database
 
 CSV_HEADER = (
@@ -446,7 +446,7 @@ def test_a_damaged_gzip_stores_nothing_of_that_file(synced: Database, tmp_path: 
 
 
 def test_a_path_that_does_not_exist_is_bad_input(tmp_path: Path) -> None:
-    from powerwatch.errors import InputError
+    from powerwatch.core.errors import InputError
 
     with pytest.raises(InputError, match="no such file or folder"):
         discover([tmp_path / "missing"])
@@ -637,7 +637,7 @@ def test_the_demo_registry_imports_the_sample_logs(
     """The README's example in the demo: `demo_registry` (what `powerwatch demo` syncs)
     holds the sample logs' stations as the samples' registry lists them, so their
     readings are stored, not rejected as unknown."""
-    from powerwatch.demo import SAMPLE_LOG_STATIONS, demo_registry
+    from powerwatch.devtools.demo import SAMPLE_LOG_STATIONS, demo_registry
 
     assert list(SAMPLE_LOG_STATIONS) == load_registry(SAMPLES / "stations.yaml")
     simulated = [

@@ -19,8 +19,8 @@ from sqlalchemy import text
 from db.engine import bulk_connection, make_engine
 from db.migrate import upgrade
 from db.stations import sync_stations
-from powerwatch.migration import discover, import_file
-from powerwatch.registry import load_registry
+from powerwatch.legacy.migration import discover, import_file
+from schemas.registry import load_registry
 from tests.conftest import Database
 
 STATIONS = ("KhonKaen", "ChiangMai", "Songkhla")
@@ -28,7 +28,7 @@ MIGRATE = (
     "import sys\n"
     "from pathlib import Path\n"
     "from db.engine import bulk_connection\n"
-    "from powerwatch.migration import discover, import_file\n"
+    "from powerwatch.legacy.migration import discover, import_file\n"
     "with bulk_connection() as bulk:\n"
     "    for path in discover([Path(sys.argv[1])]):\n"
     "        report = import_file(bulk, path, parse_lines=500, store_rows=int(sys.argv[2]),\n"

@@ -1,10 +1,10 @@
-"""`powerwatch.progress`: updates at a bounded rate, and a terminal bar only on a terminal."""
+"""`powerwatch.core.progress`: updates at a bounded rate, and a terminal bar only on a terminal."""
 
 from __future__ import annotations
 
 import io
 
-from powerwatch.progress import JobProgress, TerminalBar, Update, terminal_bar, wants_bar
+from powerwatch.core.progress import JobProgress, TerminalBar, Update, terminal_bar, wants_bar
 
 
 class Clock:

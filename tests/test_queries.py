@@ -10,10 +10,10 @@ import polars as pl
 from db import queries
 from db.engine import bulk_connection
 from db.queries import ReadingFilter
-from powerwatch import landing
-from powerwatch.loader import load_chunk
-from powerwatch.output import write_csv
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.load import landing
+from powerwatch.load.chunks import load_chunk
+from powerwatch.site.output import write_csv
 from tests.conftest import T0, Database, make_readings, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]

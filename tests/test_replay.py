@@ -1,4 +1,4 @@
-"""Restore = snapshot + replay of the loaded chunks since (powerwatch.replay): the restored
+"""Restore = snapshot + replay of the loaded chunks since (powerwatch.backup.replay): the restored
 database equals the live one exactly, also when an archive ran in between."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import pytest
 import sqlalchemy
 
 from db.engine import bulk_connection
-from powerwatch import archive, backup, replay
-from powerwatch.errors import BackupError
-from powerwatch.loader import load_chunk
-from powerwatch.progress import Update
-from powerwatch.settings import get_settings
+from powerwatch.archive import writer as archive
+from powerwatch.backup import replay
+from powerwatch.backup import snapshots as backup
+from powerwatch.core.errors import BackupError
+from powerwatch.core.progress import Update
+from powerwatch.core.settings import get_settings
+from powerwatch.load.chunks import load_chunk
 from tests.conftest import PG_BASE, T0, Database, make_readings, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
@@ -187,7 +189,7 @@ def test_the_drill_waits_for_a_chunk_committed_but_not_yet_moved(
 ) -> None:
     """A loader commits, then moves its chunk out of its claim: a drill starting in
     between must wait for the move, not report the chunk's readings as lost."""
-    from powerwatch import landing
+    from powerwatch.load import landing
 
     settings = get_settings()
     now = T0 + timedelta(hours=1)

@@ -1,4 +1,4 @@
-"""Retention of the data folders (powerwatch.retention): what goes, and what must stay."""
+"""Retention of the data folders (powerwatch.retention.prune): what goes, and what must stay."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from db.engine import bulk_connection
-from powerwatch import archive, backup, retention
-from powerwatch.loader import load_chunk
-from powerwatch.settings import Settings, get_settings
+from powerwatch.archive import writer as archive
+from powerwatch.backup import snapshots as backup
+from powerwatch.core.settings import Settings, get_settings
+from powerwatch.load.chunks import load_chunk
+from powerwatch.retention import prune as retention
 from tests.conftest import T0, Database, make_readings, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
@@ -171,7 +173,7 @@ def test_the_started_prefect_server_vacuums_its_history_and_events(
     settings (the admin API) say what its db_vacuum service deletes, and when."""
     import httpx
 
-    from powerwatch.stack import LocalStack
+    from powerwatch.site.stack import LocalStack
 
     served = httpx.get(f"{prefect_api}/admin/settings", timeout=30).json()["server"]
     vacuum = served["services"]["db_vacuum"]

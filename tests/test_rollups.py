@@ -13,10 +13,12 @@ from polars.testing import assert_frame_equal
 
 from db import migrate
 from db.engine import bulk_connection, make_engine
-from db.rollups import RefreshResult, pending_hours, refresh_rollups, rollups
-from powerwatch import landing
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from db.rollup_queue import pending_hours
+from powerwatch.core.settings import get_settings
+from powerwatch.load import landing
+from powerwatch.load.chunks import load_chunk
+from powerwatch.rollups.queries import rollups
+from powerwatch.rollups.refresh import RefreshResult, refresh_rollups
 from schemas.channels import CHANNEL_KEYS, TIMESTAMP_DTYPE
 from tests.conftest import T0, Database, write_chunk
 
@@ -272,8 +274,8 @@ def test_meter_without_a_value_steps_over_short_holes_and_gaps_long_ones(
 
 def test_archive_protocol_refresh_pending_then_delete(synced: Database) -> None:
     """The archive refreshes what is queued inside its delete transaction: nothing lost."""
-    from db.rollups import refresh_pending
     from db.tables import power_readings
+    from powerwatch.rollups.refresh import refresh_pending
 
     load(synced, readings("KhonKaen", list(range(0, 2 * HOUR, 10))))
     with bulk_connection() as bulk:

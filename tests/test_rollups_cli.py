@@ -81,8 +81,8 @@ def test_query_commands_do_not_import_prefect(
 
 @pytest.mark.slow
 def test_refresh_rollups_flow_and_command(prefect_server: None, synced: Database) -> None:
-    from db.rollups import RefreshResult
     from flows.refresh_rollups import refresh_rollups
+    from powerwatch.rollups.refresh import RefreshResult
 
     load(synced, readings("KhonKaen", list(range(0, 2 * HOUR, 10))))
     state = refresh_rollups(return_state=True)
@@ -93,7 +93,8 @@ def test_refresh_rollups_flow_and_command(prefect_server: None, synced: Database
     load(synced, readings("ChiangMai", list(range(0, HOUR, 10))))
     assert main(["refresh-rollups"]) == 0
     from db.engine import bulk_connection
-    from db.rollups import pending_hours, rollups
+    from db.rollup_queue import pending_hours
+    from powerwatch.rollups.queries import rollups
 
     with bulk_connection() as bulk:
         assert pending_hours(bulk) == 0

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from db import migrate
 from db.engine import make_engine
 from db.tables import metadata, power_readings
-from powerwatch.errors import SchemaVersionError
+from powerwatch.core.errors import SchemaVersionError
 from schemas.reading import CHANNELS, READING_SCHEMA, _split_by_pandera, split_valid
 from tests.conftest import Database, make_readings
 

@@ -30,9 +30,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from powerwatch.errors import InputError
-from powerwatch.registry import load_registry
-from powerwatch.simulator import (
+from powerwatch.core.errors import InputError
+from powerwatch.devtools.simulator import (
     FRAME_FAULTS,
     MAX_FRAME,
     FaultPlan,
@@ -43,6 +42,7 @@ from powerwatch.simulator import (
     run_simulator,
 )
 from schemas.reading import ACTIVE_CHANNELS, CHANNEL_KEYS, CHANNELS, MUX_CHANNELS
+from schemas.registry import load_registry
 
 pytestmark = pytest.mark.timeout(20)
 ROOT = Path(__file__).resolve().parents[1]
@@ -529,7 +529,7 @@ async def test_run_simulator_stops_after_duration(tmp_path: Path, record: Path) 
 def test_simulate_stops_cleanly_on_sigterm(tmp_path: Path, record: Path) -> None:
     registry = tmp_path / "stations.yaml"
     code = (
-        "from pathlib import Path; from powerwatch.simulator import simulate; "
+        "from pathlib import Path; from powerwatch.devtools.simulator import simulate; "
         f"simulate(2, 20, 0, False, Path({str(registry)!r}), record_path=Path({str(record)!r}))"
     )
     process = subprocess.Popen(

@@ -16,9 +16,9 @@ import pytest
 
 from db import wal
 from db.engine import bulk_connection
-from powerwatch.errors import DatabaseUnavailable
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.core.errors import DatabaseUnavailable
+from powerwatch.core.settings import get_settings
+from powerwatch.load.chunks import load_chunk
 from tests.conftest import T0, Database, make_readings, write_chunk
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]

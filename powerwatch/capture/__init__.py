@@ -4,16 +4,3 @@
 - `connections`: one asyncio task per station, the flat receive buffer;
 - `runner`: a run: flushes into landing chunks and the dead-letter file, signals.
 """
-
-from powerwatch.capture.frames import MAX_FRAME, CheckedFrames, check_frames
-from powerwatch.capture.runner import Capture, CaptureReport, Finished, run_capture
-
-__all__ = [
-    "MAX_FRAME",
-    "Capture",
-    "CaptureReport",
-    "CheckedFrames",
-    "Finished",
-    "check_frames",
-    "run_capture",
-]

@@ -32,7 +32,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
 from powerwatch.capture.frames import BINARY, INVALID_UTF8, MAX_FRAME, OVERSIZED
-from powerwatch.faults import fault_point
+from powerwatch.core.faults import fault_point
 
 logger = logging.getLogger(__name__)
 

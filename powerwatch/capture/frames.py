@@ -17,7 +17,7 @@ from typing import Final
 
 import polars as pl
 
-from powerwatch.jsonlines import (
+from schemas.jsonlines import (
     JSON_ERROR,
     LINE,
     RAW,

@@ -3,7 +3,7 @@
     flush ──write chunk into landing/──> LiveLoader.submit ──(its own thread)──> load(chunk)
 
 The load is the scheduled load's own code path (`tasks.load.load_chunk_task`'s function,
-`powerwatch.loader.load_chunk`): the chunk is claimed (renamed into `landing/.claimed/`),
+`powerwatch.load.chunks.load_chunk`): the chunk is claimed (renamed into `landing/.claimed/`),
 the ledger is asked "committed already?" under the database's write lock, then it is
 stored and moved to `loaded/`. So a capture's load, another capture window's, the
 scheduled sweep (`load-chunks`) and an operator's `powerwatch load` can all reach for one
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from powerwatch.loader import TAKEN, ChunkReport
+from powerwatch.load.chunks import TAKEN, ChunkReport
 
 logger = logging.getLogger(__name__)
 

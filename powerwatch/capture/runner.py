@@ -5,7 +5,7 @@
     landing/capture-….parquet  <── check_frames (polars, in a worker thread) <────────────┘
     dead-letter/capture-….jsonl  (station, received_at, reason, raw: what an operator reads)
 
-A chunk is written under a hidden name and renamed when complete (`landing.write_atomically`):
+A chunk is written under a hidden name and renamed when complete (`write_parquet_atomically`):
 complete or invisible. Chunk names are unique per process and flush, so two captures
 running at once never touch each other's files. The run ends at `duration`, on
 `stop()` (the signal handlers of `run_capture`), and in every case closes the
@@ -36,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 import uvloop
 
-from powerwatch import health, landing
+from powerwatch.capture import health
 from powerwatch.capture.connections import FrameBuffer, StationClient, StationState, Taken
 from powerwatch.capture.frames import (
     CHUNK_COLUMNS,
@@ -52,11 +52,13 @@ from powerwatch.capture.frames import (
     reason_class,
 )
 from powerwatch.capture.live_load import LiveCounts, LiveLoader
-from powerwatch.errors import DiskFull, InputError, JobError, StorageError, from_os_error
-from powerwatch.faults import fault_point
-from powerwatch.jsonlines import RAW
-from powerwatch.registry import Station
+from powerwatch.core.errors import DiskFull, InputError, JobError, StorageError, from_os_error
+from powerwatch.core.faults import fault_point
+from powerwatch.core.parquet_files import write_parquet_atomically
+from powerwatch.load import landing
+from schemas.jsonlines import RAW
 from schemas.reading import REASON, RECEIVED_AT, TIMESTAMP_DTYPE
+from schemas.registry import Station
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +238,7 @@ class Capture:
         self._pending: list[_Batch] = []  # judged, not yet (completely) written, oldest first
         self._failing = False  # the last flush failed
         self._last_error: Exception | None = None
-        # Live health (powerwatch.health): what this run saw since its last tick.
+        # Live health (powerwatch.capture.health): what this run saw since its last tick.
         self.data_dir = data_dir  # None: no health (unit tests)
         self.silent_after, self.stall_after = silent_after, stall_after
         self.counts_seconds = counts_seconds
@@ -244,7 +246,7 @@ class Capture:
         self._totals = {s.name: [0, 0] for s in stations}  # since the last counts event
         self._run_id = landing.chunk_name("run").removesuffix(".parquet")
         self.loader = loader  # None: chunks wait in landing/ for the scheduled load
-        # The disk guard (powerwatch.diskguard): below its threshold a periodic flush
+        # The disk guard (powerwatch.core.diskguard): below its threshold a periodic flush
         # writes nothing and keeps its frames in memory; the run's last flush writes anyway
         # (the reserve is there for that: better than losing what was received).
         self.disk_guard = disk_guard
@@ -559,14 +561,14 @@ def _check_slice(frames: pl.DataFrame, uuids: pl.DataFrame) -> CheckedFrames:
 
 
 def _write_chunk(readings: pl.DataFrame, path: Path) -> None:
-    """`landing.write_atomically`, leaving no temporary file behind when it fails.
+    """`write_parquet_atomically`, leaving no temporary file behind when it fails.
 
     polars' Parquet writer reports a full disk as its own error, and not always with
     the OS's words ("Invalid thrift: transport error" when the file's footer fails): a
     failure while the file system is (nearly) full is said as the `OSError` it is.
     """
     try:
-        landing.write_atomically(readings, path)
+        write_parquet_atomically(readings, path)
     except BaseException as exc:
         for temporary in path.parent.glob(f".{path.name}*.tmp"):
             temporary.unlink(missing_ok=True)

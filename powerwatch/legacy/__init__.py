@@ -7,33 +7,3 @@
 (`line`, `raw`, `reason`: lines that are readings but do not parse), and the
 counts, with `lines == non_data + readings.height + rejected.height`.
 """
-
-from powerwatch.legacy.formats import (
-    FORMATS,
-    Format,
-    LegacyLogError,
-    detect_format,
-    why_not_detected,
-)
-from powerwatch.legacy.parsers import (
-    DEFAULT_TZ,
-    READING_COLUMNS,
-    REJECTED_COLUMNS,
-    ParsedBatch,
-    check_time_zone,
-    iter_batches,
-)
-
-__all__ = [
-    "DEFAULT_TZ",
-    "FORMATS",
-    "READING_COLUMNS",
-    "REJECTED_COLUMNS",
-    "Format",
-    "LegacyLogError",
-    "ParsedBatch",
-    "check_time_zone",
-    "detect_format",
-    "iter_batches",
-    "why_not_detected",
-]

@@ -15,7 +15,7 @@ from typing import Final, Literal
 
 import orjson
 
-from powerwatch.errors import InputError
+from powerwatch.core.errors import InputError
 
 Format = Literal["T", "J", "C"]
 FORMATS: Final[tuple[Format, ...]] = ("T", "J", "C")

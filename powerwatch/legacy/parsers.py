@@ -19,15 +19,7 @@ from typing import Final
 
 import polars as pl
 
-from powerwatch.errors import InputError
-from powerwatch.jsonlines import (
-    LINE,
-    RAW,
-    JsonShape,
-    decode_json_lines,
-)
-from powerwatch.jsonlines import quoted as _quoted
-from powerwatch.jsonlines import utc_timestamp as _utc_timestamp
+from powerwatch.core.errors import InputError
 from powerwatch.legacy.formats import (
     FORMATS,
     SAMPLE_LINES,
@@ -37,6 +29,14 @@ from powerwatch.legacy.formats import (
     is_csv_header,
 )
 from powerwatch.legacy.lines import ReadPosition, iter_line_blocks
+from schemas.jsonlines import (
+    LINE,
+    RAW,
+    JsonShape,
+    decode_json_lines,
+)
+from schemas.jsonlines import quoted as _quoted
+from schemas.jsonlines import utc_timestamp as _utc_timestamp
 from schemas.reading import (
     ACTIVE_CHANNELS,
     CHANNEL_KEYS,

@@ -1,5 +1,5 @@
 """The fault-injection suite's shared parts: real `powerwatch` processes, armed fault
-points (`powerwatch.faults`), small file systems that fill up, and ground truth.
+points (`powerwatch.core.faults`), small file systems that fill up, and ground truth.
 
 Each case ends by comparing the database with what was put in: no reading missing,
 none doubled (`stored_keys`), no half file visible (`visible_files`).
@@ -20,14 +20,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from powerwatch.faults import ENV, NOTIFY_ENV
+from powerwatch.core.faults import ENV, NOTIFY_ENV
 
 
 def powerwatch_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment (the `database` fixture's settings) plus `extra`."""
     env = dict(os.environ) | {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop(ENV, None)
-    # Job commands show Prefect's warnings and errors only (powerwatch.jobs.quiet_console);
+    # Job commands show Prefect's warnings and errors only (powerwatch.site.jobs.quiet_console);
     # the suite also reads Prefect's info lines (e.g. "Retry 1/5 will start" proves a retry).
     env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"
     return env | (extra or {})

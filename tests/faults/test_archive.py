@@ -16,9 +16,9 @@ import polars as pl
 import pytest
 
 from db.engine import bulk_connection
-from powerwatch import archive
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.archive import writer as archive
+from powerwatch.core.settings import get_settings
+from powerwatch.load.chunks import load_chunk
 from tests.conftest import T0, Database, make_readings, write_chunk
 from tests.faults.conftest import (
     armed,

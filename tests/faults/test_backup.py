@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy
 
 from db.engine import bulk_connection
-from powerwatch import backup
-from powerwatch.loader import load_chunk
-from powerwatch.settings import get_settings
+from powerwatch.backup import snapshots as backup
+from powerwatch.core.settings import get_settings
+from powerwatch.load.chunks import load_chunk
 from tests.conftest import PG_BASE, T0, Database, make_readings, write_chunk
 from tests.faults.conftest import (
     armed,

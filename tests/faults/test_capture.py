@@ -27,12 +27,12 @@ import polars as pl
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from powerwatch import landing
-from powerwatch.capture import Capture
-from powerwatch.errors import InputError, RegistryError
-from powerwatch.registry import Station, load_registry, write_registry
+from powerwatch.capture.runner import Capture
+from powerwatch.core.errors import InputError, RegistryError
+from powerwatch.load import landing
 from schemas.channels import LANDING_COLUMNS
 from schemas.reading import CHANNEL_KEYS
+from schemas.registry import Station, load_registry, write_registry
 from tests.conftest import Database
 from tests.faults.conftest import (
     armed,

@@ -44,9 +44,9 @@ def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from db.engine import bulk_connection, make_engine
     from db.migrate import upgrade
     from db.stations import sync_stations
-    from powerwatch.loader import load_chunk
-    from powerwatch.registry import load_registry
-    from powerwatch.settings import Settings
+    from powerwatch.core.settings import Settings
+    from powerwatch.load.chunks import load_chunk
+    from schemas.registry import load_registry
 
     root = tmp_path_factory.mktemp("healthy")
     url = f"sqlite:///{root / 'powerwatch.db'}"
@@ -94,7 +94,7 @@ def damaged(
     logs.mkdir()
     # Format C (legacy-logs.md) lines of the middle station on the damaged days.
     frame = make_readings(["ChiangMai"], 5, value=7.0)
-    from powerwatch.output import CSV_TIME_FORMAT
+    from powerwatch.site.output import CSV_TIME_FORMAT
 
     frame.with_columns(pl.col("timestamp").dt.strftime(CSV_TIME_FORMAT)).select(
         "timestamp", "station", pl.exclude("timestamp", "station")

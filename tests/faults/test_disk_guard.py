@@ -1,4 +1,4 @@
-"""The disk guard (powerwatch.diskguard): on a nearly full disk a write job refuses to
+"""The disk guard (powerwatch.core.diskguard): on a nearly full disk a write job refuses to
 start in one line (exit 1, a Failed run with that line) and runs normally once space is
 back. A real 8 MiB tmpfs (`small_disk`, as root; skipped with the reason otherwise)."""
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from powerwatch import diskguard
-from powerwatch.errors import DiskFull
-from powerwatch.settings import get_settings
+from powerwatch.core import diskguard
+from powerwatch.core.errors import DiskFull
+from powerwatch.core.settings import get_settings
 from tests.conftest import T0, Database, make_readings, write_chunk
 from tests.faults.conftest import fill, free, powerwatch_env, run_powerwatch
 

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from db.engine import bulk_connection
-from db.statements import read_statement_csv
-from powerwatch.settings import get_settings
+from powerwatch.core.settings import get_settings
+from powerwatch.rollups.statements import read_statement_csv
 from tests.conftest import Database
 from tests.faults.conftest import armed, powerwatch_env, run_powerwatch, visible_files
 from tests.test_energy import AFTER, BEFORE, MONTH_END, load, meter, one_kwh_a_minute

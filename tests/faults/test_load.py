@@ -21,10 +21,10 @@ import pytest
 import sqlalchemy
 
 from db.engine import bulk_connection
-from powerwatch import landing as landing_zone
-from powerwatch.faults import POINTS
-from powerwatch.loader import load_chunk
-from powerwatch.settings import Settings
+from powerwatch.core.faults import POINTS
+from powerwatch.core.settings import Settings
+from powerwatch.load import landing as landing_zone
+from powerwatch.load.chunks import load_chunk
 from tests.conftest import T0, Database, make_readings, write_chunk
 from tests.faults.conftest import (
     armed,
@@ -182,8 +182,8 @@ def test_capture_live_load_and_powerwatch_load_race_for_the_same_chunks(
     (`load.committed` ioerror), so chunk-001 is back in landing/ though stored: the sweep
     must find it in the ledger and store nothing twice. Ground truth at the end."""
     from flows.capture_stations import live_loader
-    from powerwatch import faults
-    from powerwatch.settings import get_settings
+    from powerwatch.core import faults
+    from powerwatch.core.settings import get_settings
 
     landing = synced.data_dir / "landing"
     truth = land(landing, 3)
@@ -256,7 +256,7 @@ def small_sqlite(disk: Path, registry_file: Path) -> str:
     from db.engine import make_engine
     from db.migrate import upgrade
     from db.stations import sync_stations
-    from powerwatch.registry import load_registry
+    from schemas.registry import load_registry
 
     url = f"sqlite:///{disk / 'powerwatch.db'}"
     engine = make_engine(url)

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 import sqlalchemy
 
-from powerwatch.faults import POINTS
+from powerwatch.core.faults import POINTS
 from tests.conftest import Database
 from tests.faults.conftest import (
     armed,

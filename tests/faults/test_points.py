@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from powerwatch.faults import POINTS
+from powerwatch.core.faults import POINTS
 
 ROOT = Path(__file__).resolve().parents[2]
 CALL = re.compile(r"""fault_point\(\s*["']([a-z_]+\.[a-z_]+)["']\s*\)""")

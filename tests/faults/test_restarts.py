@@ -25,7 +25,7 @@ import pytest
 from tests.faults.conftest import powerwatch_env, spawn_powerwatch
 
 RESUME_LIMIT = 180.0  # seconds from the second start's "running" line (issue 10)
-STATIONS = 5  # powerwatch.demo.DEMO_STATIONS
+STATIONS = 5  # powerwatch.devtools.demo.DEMO_STATIONS
 
 
 def free_port(span: int = 1) -> int:

@@ -4,7 +4,7 @@ line saying what was kept, and the same command afterwards completes exactly.
 
 Each job is paused at a named fault point (`pause` + `wait_for_line`), so the signal
 arrives at a known moment. With PREFECT_API_URL (the session's server) and without it
-(the command's temporary server then lives outside the group; see powerwatch.jobs).
+(the command's temporary server then lives outside the group; see powerwatch.site.jobs).
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ def test_load_signalled_with_its_temporary_server_exits_in_time(
 def load_directly(db: Database, frame: pl.DataFrame, name: str) -> None:
     """Readings into the database the way `load` stores them, without a Prefect run."""
     from db.engine import bulk_connection
-    from powerwatch.loader import load_chunk
-    from powerwatch.settings import get_settings
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load.chunks import load_chunk
 
     settings = get_settings()
     chunk = write_chunk(frame, settings.landing_dir, name)
@@ -209,7 +209,7 @@ def test_backup_signalled_publishes_nothing_and_exits_in_time(
 SIMULATE = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from powerwatch.simulator import simulate\n"
+    "from powerwatch.devtools.simulator import simulate\n"
     "simulate(2, 20.0, registry_path=Path(sys.argv[1]), record_path=Path(sys.argv[2]))\n"
 )
 
@@ -219,7 +219,7 @@ def sent_frames(record: Path) -> pl.DataFrame:
     still writing)."""
     import io
 
-    from powerwatch.simulator import RECORD_SCHEMA
+    from powerwatch.devtools.simulator import RECORD_SCHEMA
 
     text = record.read_bytes()
     text = text[: text.rfind(b"\n") + 1]
@@ -239,7 +239,7 @@ def check_capture_interrupted(
     import sys
     import time
 
-    from powerwatch.simulator import expected_readings
+    from powerwatch.devtools.simulator import expected_readings
 
     # not stations.yaml: the fixture's registry is there, and would look written already
     registry, record = tmp_path / "sim-stations.yaml", tmp_path / "record.ndjson"

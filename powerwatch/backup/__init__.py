@@ -1,0 +1,3 @@
+"""Stage: verified snapshots of the database (`snapshots`) and restore = snapshot + replay of the
+chunks loaded since (`replay`).
+"""

@@ -1,0 +1,1 @@
+"""Shared infrastructure every layer may use; it imports nothing of ours (docs/design.md, "Map")."""

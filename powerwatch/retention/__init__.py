@@ -1,0 +1,1 @@
+"""Stage: what may be deleted, and deleting it (`prune`; docs/operations.md, "Retention")."""
