@@ -1,8 +1,11 @@
 """A thin, dialect-aware wrapper over an ADBC connection: Arrow in, Arrow out, SQL text.
 
 Only the load hot path uses it. It exists so that code above it writes one SQL
-text with `?` placeholders for both SQLite and PostgreSQL and never touches
-ADBC's per-driver differences (placeholder style, transaction handling).
+text with named parameters (`:station`, as SQLAlchemy's `text()` and the stdlib
+`sqlite3` take them) for both SQLite and PostgreSQL and never touches ADBC's
+per-driver differences: SQLAlchemy compiles each text for the connection's dialect
+into the positional form its ADBC driver binds (`?` on SQLite, `$1` on PostgreSQL),
+once per distinct text (`_compiled`).
 
 A driver error that names a failure (damaged file, disk full, I/O error, busy or
 unreachable) leaves every call here as that failure (`named_failure`), so a query
@@ -13,9 +16,9 @@ elsewhere is waited for at most the busy timeout, then `DatabaseUnavailable`.
 
 from __future__ import annotations
 
+import functools
 import queue
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,19 +26,36 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 from adbc_driver_manager import dbapi
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from db.failures import classify
 from powerwatch.core.errors import JobError
 
-# A `?` placeholder, or something in which a `?` is not one: a string literal, a quoted
-# identifier, a comment (matched first, and left as they are).
-_PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?", re.S)
+Params = Mapping[str, Any]
+
+_DIALECTS = {
+    True: sqlite_dialect.dialect(paramstyle="qmark"),
+    False: postgresql.dialect(paramstyle="numeric_dollar"),  # type: ignore[no-untyped-call]
+}
 
 
-def numbered_placeholders(sql: str) -> str:
-    """`?` placeholders as PostgreSQL's `$1, $2, ...`, leaving literals and comments be."""
-    counter = iter(range(1, 1_000_000))
-    return _PLACEHOLDER.sub(lambda m: f"${next(counter)}" if m.group(0) == "?" else m.group(0), sql)
+@functools.lru_cache(maxsize=1024)
+def _compiled(sql: str, sqlite: bool) -> tuple[str, tuple[str, ...]]:
+    """`sql` with named parameters as the dialect's positional SQL, and the parameter
+    names in binding order (SQLAlchemy's compiler: literals, comments and `::` casts are
+    left as they are)."""
+    compiled = text(sql).compile(dialect=_DIALECTS[sqlite])
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
+def positional(sql: str, params: Params | None, sqlite: bool) -> tuple[str, list[Any] | None]:
+    """The SQL and the parameter list an ADBC cursor of this dialect executes."""
+    if not params:
+        return sql, None
+    statement, names = _compiled(sql, sqlite)
+    return statement, [params[name] for name in names]
 
 
 def named_failure(exc: BaseException, doing: str = "database") -> JobError | None:
@@ -63,32 +83,29 @@ class BulkConnection:
     lock_timeout_ms: int | None = None  # PostgreSQL: bound of a LOCK TABLE's wait
     where: str = "database"  # how failures name the database
 
-    def _sql(self, sql: str) -> str:
-        return sql if self.sqlite else numbered_placeholders(sql)
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, sql: str, params: Params | None = None) -> None:
         with _named(self.where), self.conn.cursor() as cur:
-            cur.execute(self._sql(sql), list(params) if params else None)
+            cur.execute(*positional(sql, params, self.sqlite))
 
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def rows(self, sql: str, params: Params | None = None) -> list[tuple[Any, ...]]:
         with _named(self.where), self.conn.cursor() as cur:
-            cur.execute(self._sql(sql), list(params) if params else None)
+            cur.execute(*positional(sql, params, self.sqlite))
             return list(cur.fetchall())
 
-    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+    def arrow(self, sql: str, params: Params | None = None) -> pa.Table:
         with _named(self.where), self.conn.cursor() as cur:
             self._batch_rows(cur, 65_536)
-            cur.execute(self._sql(sql), list(params) if params else None)
+            cur.execute(*positional(sql, params, self.sqlite))
             table: pa.Table = cur.fetch_arrow_table()
             return table
 
     def batches(
-        self, sql: str, params: Sequence[Any] = (), *, rows: int = 65_536
+        self, sql: str, params: Params | None = None, *, rows: int = 65_536
     ) -> Iterator[pa.RecordBatch]:
         """Stream a result as Arrow record batches of about `rows` rows (bounded memory)."""
         with _named(self.where), self.conn.cursor() as cur:
             self._batch_rows(cur, rows)
-            cur.execute(self._sql(sql), list(params) if params else None)
+            cur.execute(*positional(sql, params, self.sqlite))
             for batch in cur.fetch_record_batch():
                 if batch.num_rows:
                     yield batch
@@ -98,12 +115,12 @@ class BulkConnection:
         if self.sqlite:
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(rows)})
 
-    def frame(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+    def frame(self, sql: str, params: Params | None = None) -> pl.DataFrame:
         frame = pl.from_arrow(self.arrow(sql, params))
         assert isinstance(frame, pl.DataFrame)
         return frame
 
-    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def scalar(self, sql: str, params: Params | None = None) -> Any:
         result = self.rows(sql, params)
         return result[0][0] if result else None
 
@@ -128,7 +145,7 @@ class BulkConnection:
             for conn in opened:
                 conn.close()
 
-    def delete(self, from_where: str, params: Sequence[Any] = ()) -> int:
+    def delete(self, from_where: str, params: Params | None = None) -> int:
         """`DELETE <from_where>`; returns how many rows it deleted (one statement, no re-count)."""
         if self.sqlite:
             self.execute(f"DELETE {from_where}", params)

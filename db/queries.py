@@ -72,17 +72,17 @@ def _to_readings(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _filter_clauses(where: ReadingFilter, sql: list[str]) -> list[object]:
+def _filter_clauses(where: ReadingFilter, sql: list[str]) -> dict[str, object]:
     """Append the filter's conditions (`s` = stations, `p` = readings) to `sql`; its params."""
-    params: list[object] = []
-    for condition, value in (
-        ("AND s.name = ?", where.station),
-        ("AND p.ts >= ?", None if where.start is None else _ms(where.start)),
-        ("AND p.ts < ?", None if where.end is None else _ms(where.end)),
+    params: dict[str, object] = {}
+    for name, condition, value in (
+        ("station", "AND s.name = :station", where.station),
+        ("start", "AND p.ts >= :start", None if where.start is None else _ms(where.start)),
+        ("end", "AND p.ts < :end", None if where.end is None else _ms(where.end)),
     ):
         if value is not None:
             sql.append(condition)
-            params.append(value)
+            params[name] = value
     return params
 
 
@@ -111,11 +111,10 @@ def iter_readings(
     direction = "DESC" if where.order == "desc" else "ASC"
     sql.append(f"ORDER BY s.name {direction}, p.ts {direction}")
     if where.limit is not None or where.offset:
-        sql.append("LIMIT ? OFFSET ?")
-        params += [where.limit if where.limit is not None else -1, where.offset]
+        sql.append("LIMIT :limit OFFSET :offset")
+        params |= {"limit": where.limit if where.limit is not None else -1, "offset": where.offset}
         if not bulk.sqlite and where.limit is None:
-            sql[-1] = "OFFSET ?"
-            params.pop(-2)
+            sql[-1] = "OFFSET :offset"
     names = bulk.frame(f"SELECT id AS station_id, name AS station FROM {STATIONS}").cast(
         {"station_id": pl.Int64, "station": pl.String}
     )
@@ -138,10 +137,10 @@ def latest(bulk: BulkConnection, station: str | None = None) -> pl.DataFrame:
         f"(SELECT q.ts FROM {POWER_READINGS} q WHERE q.station_id = s.id "
         "ORDER BY q.ts DESC LIMIT 1)"
     )
-    params: list[object] = []
+    params: dict[str, object] = {}
     if station is not None:
-        sql += " WHERE s.name = ?"
-        params.append(station)
+        sql += " WHERE s.name = :station"
+        params["station"] = station
     return _to_readings(bulk.frame(sql + " ORDER BY s.name", params)).sort("station")
 
 
@@ -198,10 +197,10 @@ def conflicts(bulk: BulkConnection, station: str | None = None) -> pl.DataFrame:
         f"SELECT s.name AS station, c.ts, c.batch_id, c.stored_values, c.incoming_values "
         f"FROM reading_conflicts c JOIN {STATIONS} s ON s.id = c.station_id"
     )
-    params: list[object] = []
+    params: dict[str, object] = {}
     if station is not None:
-        sql += " WHERE s.name = ?"
-        params.append(station)
+        sql += " WHERE s.name = :station"
+        params["station"] = station
     frame = bulk.frame(sql + " ORDER BY s.name, c.ts, c.id", params)
     if frame.is_empty():
         return frame

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,25 +52,25 @@ class SqliteReader:
         self.conn = conn
         self.where = where
 
-    def _cursor(self, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+    def _cursor(self, sql: str, params: Mapping[str, Any] | None) -> sqlite3.Cursor:
         try:
-            return self.conn.execute(sql, list(params))
+            return self.conn.execute(sql, dict(params or {}))
         except sqlite3.Error as exc:
             raise classify(exc, f"reading {self.where}") from exc
 
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return list(self._cursor(sql, params).fetchall())
 
-    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         result = self.rows(sql, params)
         return result[0][0] if result else None
 
-    def frame(self, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+    def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
         cursor = self._cursor(sql, params)
         return _to_frame(cursor, cursor.fetchall())
 
     def batches(
-        self, sql: str, params: Sequence[Any] = (), *, rows: int = 65_536
+        self, sql: str, params: Mapping[str, Any] | None = None, *, rows: int = 65_536
     ) -> Iterator[pl.DataFrame]:
         """Frames of about `rows` rows (bounded memory), as `BulkConnection.batches`."""
         cursor = self._cursor(sql, params)

@@ -258,8 +258,9 @@ def _insert_station(name: str) -> None:
     with bulk_connection() as bulk, bulk.transaction(lock_tables=("stations",)):
         bulk.execute(
             "INSERT INTO stations (name, uuid, ip_address, url, created_at, updated_at) "
-            "VALUES (?, ?, '127.0.0.1', 'ws://127.0.0.1/', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
-            [name, str(uuid.uuid4())],
+            "VALUES (:name, :uuid, '127.0.0.1', 'ws://127.0.0.1/', CURRENT_TIMESTAMP, "
+            "CURRENT_TIMESTAMP)",
+            {"name": name, "uuid": str(uuid.uuid4())},
         )
 
 

@@ -166,13 +166,18 @@ def test_sqlite_is_configured_for_a_busy_writer(sqlite_database: Database) -> No
     }
 
 
-def test_a_question_mark_in_a_literal_is_not_a_placeholder(database: Database) -> None:
-    """One SQL text for both databases: on PostgreSQL `?` becomes `$n`, but not inside a
-    string literal, a quoted name or a comment."""
+def test_sql_text_binds_named_parameters_on_either_database_literals_left_alone(
+    database: Database,
+) -> None:
+    """One SQL text for both databases, compiled by SQLAlchemy (`text()`) for the
+    connection's dialect: `:p` is bound wherever it stands (twice here, one value); a `?`
+    is no placeholder anywhere, and a time such as '12:30' in a literal is left alone."""
     from db.engine import bulk_connection
 
     with bulk_connection(database.url) as bulk:
         rows = bulk.rows(
-            "SELECT '?' AS \"what?\", CAST(? AS INTEGER) AS p, 'it''s?' AS q -- why?", [5]
+            "SELECT '?' AS \"what?\", CAST(:p AS INTEGER) AS p, 'it''s 12:30?' AS q, "
+            "CAST(:p AS INTEGER) + 1 AS r -- why?",
+            {"p": 5},
         )
-    assert [tuple(r) for r in rows] == [("?", 5, "it's?")]
+    assert [tuple(r) for r in rows] == [("?", 5, "it's 12:30?", 6)]

@@ -81,8 +81,8 @@ def retention_cutoff(
     wall = now if now is not None else datetime.now(UTC)
     newest = bulk.frame(
         f"SELECT (SELECT max(p.ts) FROM {POWER_READINGS} p "
-        f"WHERE p.station_id = s.id AND p.ts <= ?) AS newest FROM {STATIONS} s",
-        [_ms(wall + FUTURE_TOLERANCE)],
+        f"WHERE p.station_id = s.id AND p.ts <= :latest) AS newest FROM {STATIONS} s",
+        {"latest": _ms(wall + FUTURE_TOLERANCE)},
     )
     per_station = (
         sorted((int(v) for v in newest["newest"].to_list() if v is not None), reverse=True)
@@ -104,12 +104,14 @@ def days_to_archive(bulk: BulkConnection, before: datetime) -> Iterator[date]:
     """
     sql = (
         f"SELECT (SELECT min(p.ts) FROM {POWER_READINGS} p "
-        f"WHERE p.station_id = s.id AND p.ts >= ?) AS first FROM {STATIONS} s"
+        f"WHERE p.station_id = s.id AND p.ts >= :after) AS first FROM {STATIONS} s"
     )
     limit = _ms(before)
     after = -(2**62)
     while True:
-        firsts = [int(v) for v in bulk.frame(sql, [after])["first"].to_list() if v is not None]
+        firsts = [
+            int(v) for v in bulk.frame(sql, {"after": after})["first"].to_list() if v is not None
+        ]
         if not firsts or min(firsts) >= limit:
             return
         day_start = min(firsts) // DAY_MS * DAY_MS

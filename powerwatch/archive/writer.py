@@ -82,7 +82,7 @@ ARCHIVE_SCHEMA: dict[str, pl.DataType] = dict(LANDING_COLUMNS)
 _ARROW_SCHEMA = pl.DataFrame(schema=ARCHIVE_SCHEMA).to_arrow().schema
 _SELECT_DAY = (
     f"SELECT ts, {', '.join(READING_VALUE_COLUMNS)} FROM {power_readings.name} "
-    "WHERE station_id = ? AND ts >= ? AND ts < ? ORDER BY ts"
+    "WHERE station_id = :station AND ts >= :start AND ts < :end ORDER BY ts"
 )
 
 
@@ -251,7 +251,9 @@ class PartitionEntry:
 
 def _station_rows(bulk: BulkConnection, station_id: int, name: str, day: date) -> pl.DataFrame:
     start = _ms(datetime(day.year, day.month, day.day, tzinfo=UTC))
-    batches = list(bulk.batches(_SELECT_DAY, [station_id, start, start + DAY_MS]))
+    batches = list(
+        bulk.batches(_SELECT_DAY, {"station": station_id, "start": start, "end": start + DAY_MS})
+    )
     if not batches:
         return pl.DataFrame(schema=ARCHIVE_SCHEMA)
     frame = pl.from_arrow(pa.Table.from_batches(batches))
@@ -365,8 +367,9 @@ def _archive_day(bulk: BulkConnection, archive_root: Path, day: date) -> DayRepo
     ids = dict(
         bulk.rows(
             f"SELECT name, id FROM {stations.name} s WHERE EXISTS (SELECT 1 FROM "
-            f"{power_readings.name} p WHERE p.station_id = s.id AND p.ts >= ? AND p.ts < ?)",
-            [start, start + DAY_MS],
+            f"{power_readings.name} p WHERE p.station_id = s.id AND p.ts >= :start "
+            "AND p.ts < :end)",
+            {"start": start, "end": start + DAY_MS},
         )
     )
     old_groups = _archived_groups(final)
@@ -481,11 +484,11 @@ def _delete_day(
 
 
 def _delete_rows(bulk: BulkConnection, start: int, expected: dict[int, int], day: date) -> None:
-    where = f"FROM {power_readings.name} WHERE station_id = ? AND ts >= ? AND ts < ?"
+    where = f"FROM {power_readings.name} WHERE station_id = :station AND ts >= :start AND ts < :end"
     # Queued rollup hours take their readings before these go (design.md: Rollups).
     rollups.refresh_pending(bulk)
     for station_id, rows in expected.items():
-        deleted = bulk.delete(where, [station_id, start, start + DAY_MS])
+        deleted = bulk.delete(where, {"station": station_id, "start": start, "end": start + DAY_MS})
         if deleted != rows:
             raise ArchiveError(
                 f"{day}: readings of station id {station_id} changed while archiving "

@@ -231,13 +231,14 @@ def tally(
         f"SELECT p.ts, {', '.join('p.' + c for c in READING_VALUE_COLUMNS)} "
         f"FROM {power_readings.name} p JOIN {load_batches.name} b ON b.id = p.batch_id "
         f"JOIN {data_sources.name} d ON d.id = b.source_id "
-        f"WHERE p.station_id = ? AND p.ts >= ? AND p.ts < ? AND d.kind <> '{MIGRATION_KIND}'"
+        f"WHERE p.station_id = :station AND p.ts >= :start AND p.ts < :end "
+        f"AND d.kind <> '{MIGRATION_KIND}'"
         f"{batch_filter} ORDER BY p.ts"
     )
-    window = [int(start.timestamp() * 1000), int(end.timestamp() * 1000)]
+    window = {"start": int(start.timestamp() * 1000), "end": int(end.timestamp() * 1000)}
     found: dict[str, Tally] = {}
     for station_id, name in sorted(names.items()):
-        frame = bulk.frame(sql, [station_id, *window])
+        frame = bulk.frame(sql, {"station": station_id, **window})
         if frame.is_empty():
             continue
         checksum = archive.ContentChecksum()

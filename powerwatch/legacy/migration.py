@@ -95,9 +95,9 @@ def find_imported(bulk: BulkConnection, content_hash: str) -> int | None:
     """The committed migration batch of a file with this content, if any."""
     found = bulk.scalar(
         f"SELECT b.id FROM {load_batches.name} b JOIN {data_sources.name} s "
-        "ON s.id = b.source_id WHERE b.content_hash = ? AND b.status = 'committed' "
-        "AND s.kind = ? ORDER BY b.id DESC LIMIT 1",
-        [content_hash, KIND],
+        "ON s.id = b.source_id WHERE b.content_hash = :hash "
+        "AND b.status = 'committed' AND s.kind = :kind ORDER BY b.id DESC LIMIT 1",
+        {"hash": content_hash, "kind": KIND},
     )
     return None if found is None else int(found)
 

@@ -103,12 +103,13 @@ def committed_batches(bulk: BulkConnection, names: list[str]) -> dict[tuple[str,
     found: dict[tuple[str, str], int] = {}
     for start in range(0, len(names), 500):
         part = names[start : start + 500]
-        marks = ", ".join("?" for _ in part)
+        params = {f"n{i}": name for i, name in enumerate(part)}
+        marks = ", ".join(f":{key}" for key in params)
         for name, digest, batch in bulk.rows(
             f"SELECT input_name, content_hash, max(id) FROM {load_batches.name} "
             f"WHERE status = 'committed' AND input_name IN ({marks}) "
             "GROUP BY input_name, content_hash",
-            part,
+            params,
         ):
             found[(str(name), str(digest))] = int(batch)
     return found

@@ -134,14 +134,15 @@ def begin_batch(
     """Create the provenance and ledger rows of a batch; call inside its transaction."""
     source_id = bulk.scalar(
         f"INSERT INTO {data_sources.name} (kind, reference, created_at) "
-        "VALUES (?, ?, CURRENT_TIMESTAMP) RETURNING id",
-        [kind, reference],
+        "VALUES (:kind, :reference, CURRENT_TIMESTAMP) RETURNING id",
+        {"kind": kind, "reference": reference},
     )
     return int(
         bulk.scalar(
             f"INSERT INTO {load_batches.name} (source_id, input_name, content_hash, status, "
-            "started_at) VALUES (?, ?, ?, 'started', CURRENT_TIMESTAMP) RETURNING id",
-            [source_id, input_name, content_hash],
+            "started_at) VALUES (:source, :name, :hash, 'started', CURRENT_TIMESTAMP) "
+            "RETURNING id",
+            {"source": source_id, "name": input_name, "hash": content_hash},
         )
     )
 
@@ -158,28 +159,29 @@ def finish_batch(
 ) -> None:
     rejected = sum(rejected_by_reason.values())
     bulk.execute(
-        f"UPDATE {load_batches.name} SET status = ?, rows_in = ?, inserted = ?, duplicates = ?, "
-        "conflicts = ?, rejected = ?, rejected_by_reason = ?, error = ?, "
-        "finished_at = CURRENT_TIMESTAMP WHERE id = ?",
-        [
-            status,
-            rows_in,
-            result.inserted,
-            result.duplicates,
-            result.conflicts,
-            rejected,
-            json.dumps(rejected_by_reason, sort_keys=True),
-            error,
-            batch_id,
-        ],
+        f"UPDATE {load_batches.name} SET status = :status, rows_in = :rows_in, "
+        "inserted = :inserted, duplicates = :duplicates, conflicts = :conflicts, "
+        "rejected = :rejected, rejected_by_reason = :by_reason, error = :error, "
+        "finished_at = CURRENT_TIMESTAMP WHERE id = :id",
+        {
+            "status": status,
+            "rows_in": rows_in,
+            "inserted": result.inserted,
+            "duplicates": result.duplicates,
+            "conflicts": result.conflicts,
+            "rejected": rejected,
+            "by_reason": json.dumps(rejected_by_reason, sort_keys=True),
+            "error": error,
+            "id": batch_id,
+        },
     )
 
 
 def find_committed_batch(bulk: BulkConnection, input_name: str, content_hash: str) -> int | None:
     found = bulk.scalar(
-        f"SELECT id FROM {load_batches.name} WHERE input_name = ? AND content_hash = ? "
-        "AND status = 'committed' ORDER BY id DESC LIMIT 1",
-        [input_name, content_hash],
+        f"SELECT id FROM {load_batches.name} WHERE input_name = :name "
+        "AND content_hash = :hash AND status = 'committed' ORDER BY id DESC LIMIT 1",
+        {"name": input_name, "hash": content_hash},
     )
     return None if found is None else int(found)
 

@@ -146,8 +146,8 @@ def coverage(bulk: BulkConnection, settings: Settings, now: datetime | None = No
             mark = None
         if mark is not None:
             live = bulk.rows(
-                f"SELECT input_name, content_hash FROM {load_batches.name} WHERE id = ?",
-                [mark.batch_id],
+                f"SELECT input_name, content_hash FROM {load_batches.name} WHERE id = :id",
+                {"id": mark.batch_id},
             )
             if live == [(mark.input_name, mark.content_hash)]:
                 covered, why_not = mark.batch_id, None

@@ -126,15 +126,17 @@ def _timestamps(
     """The day's reading times plus the nearest one on each side, from database and archive."""
     table = POWER_READINGS
     day = bulk.frame(
-        f"SELECT ts FROM {table} WHERE station_id = ? AND ts >= ? AND ts < ?",
-        [station_id, start, end],
+        f"SELECT ts FROM {table} WHERE station_id = :station AND ts >= :start AND ts < :end",
+        {"station": station_id, "start": start, "end": end},
     )
     # The nearest neighbours by one key seek each.
     before = bulk.scalar(
-        f"SELECT max(ts) FROM {table} WHERE station_id = ? AND ts < ?", [station_id, start]
+        f"SELECT max(ts) FROM {table} WHERE station_id = :station AND ts < :start",
+        {"station": station_id, "start": start},
     )
     after = bulk.scalar(
-        f"SELECT min(ts) FROM {table} WHERE station_id = ? AND ts >= ?", [station_id, end]
+        f"SELECT min(ts) FROM {table} WHERE station_id = :station AND ts >= :end",
+        {"station": station_id, "end": end},
     )
     frames = [
         day.select(pl.col("ts").cast(pl.Int64)) if day.height else pl.DataFrame(schema=_TS),
@@ -167,8 +169,8 @@ def _normal_interval(
     if times.len() >= 2:
         return float(times.diff().drop_nulls().quantile(0.5, "lower") or 0) or None
     known = bulk.scalar(
-        f"SELECT normal_interval_ms FROM {ROLLUP_DAILY} WHERE station_id = ? "
-        "AND start_ts < ? AND normal_interval_ms IS NOT NULL ORDER BY start_ts DESC LIMIT 1",
-        [station_id, start],
+        f"SELECT normal_interval_ms FROM {ROLLUP_DAILY} WHERE station_id = :station "
+        "AND start_ts < :start AND normal_interval_ms IS NOT NULL ORDER BY start_ts DESC LIMIT 1",
+        {"station": station_id, "start": start},
     )
     return None if known is None else float(known)

@@ -40,7 +40,7 @@ def typed_frame(bulk: BulkConnection, sql: str, schema: dict[str, pl.DataType]) 
 
 def require_station_id(bulk: BulkConnection, station: str) -> int:
     """The id of a registered station; an unknown name is bad input."""
-    found = bulk.scalar(f"SELECT id FROM {STATIONS} WHERE name = ?", [station])
+    found = bulk.scalar(f"SELECT id FROM {STATIONS} WHERE name = :name", {"name": station})
     if found is None:
         raise UnknownStationError(f"unknown station: {station!r}")
     return int(found)
@@ -71,16 +71,16 @@ def rollups(
         f"SELECT s.name AS station, r.* FROM {table} r "
         f"JOIN {STATIONS} s ON s.id = r.station_id WHERE 1 = 1"
     ]
-    params: list[object] = []
+    params: dict[str, object] = {}
     if station_id is not None:
-        sql.append("AND r.station_id = ?")
-        params.append(station_id)
+        sql.append("AND r.station_id = :station")
+        params["station"] = station_id
     if start_ms is not None:
-        sql.append("AND r.start_ts >= ?")
-        params.append(start_ms)
+        sql.append("AND r.start_ts >= :start")
+        params["start"] = start_ms
     if end_ms is not None:
-        sql.append("AND r.start_ts < ?")
-        params.append(end_ms)
+        sql.append("AND r.start_ts < :end")
+        params["end"] = end_ms
     frame = bulk.frame(" ".join(sql), params)
     if frame.is_empty():
         frame = pl.DataFrame(schema={"station": pl.String(), **ROLLUP_SCHEMA})

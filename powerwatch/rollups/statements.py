@@ -274,8 +274,8 @@ def _stored(bulk: BulkConnection, month: str, tz: str, revision: int) -> pl.Data
     frame = bulk.frame(
         f"SELECT s.name AS station, e.* FROM {energy_statements.name} e "
         f"JOIN {stations_table.name} s ON s.id = e.station_id "
-        "WHERE e.month = ? AND e.tz = ? AND e.revision = ?",
-        [month, tz, revision],
+        "WHERE e.month = :month AND e.tz = :tz AND e.revision = :revision",
+        {"month": month, "tz": tz, "revision": revision},
     )
     if frame.is_empty():
         return pl.DataFrame()
@@ -327,8 +327,8 @@ def issue_statement(bulk: BulkConnection, month: str, tz: str, directory: Path) 
     statement = compute_statement(bulk, month, tz)
     with bulk.transaction(lock_tables=(energy_statements.name,)):
         latest = bulk.scalar(
-            f"SELECT max(revision) FROM {energy_statements.name} WHERE month = ? AND tz = ?",
-            [month, tz],
+            f"SELECT max(revision) FROM {energy_statements.name} WHERE month = :month AND tz = :tz",
+            {"month": month, "tz": tz},
         )
         revision = int(latest or 0)
         previous = _stored(bulk, month, tz, revision) if revision else pl.DataFrame()
