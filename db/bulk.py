@@ -29,6 +29,7 @@ from adbc_driver_manager import dbapi
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.sql.elements import ClauseElement
 
 from db.failures import classify
 from powerwatch.core.errors import JobError
@@ -82,6 +83,11 @@ class BulkConnection:
     sqlite: bool
     lock_timeout_ms: int | None = None  # PostgreSQL: bound of a LOCK TABLE's wait
     where: str = "database"  # how failures name the database
+
+    def compiled(self, clause: ClauseElement) -> str:
+        """A SQLAlchemy expression as this dialect's SQL text (e.g. `is_not_distinct_from`:
+        `IS` on SQLite, `IS NOT DISTINCT FROM` on PostgreSQL)."""
+        return str(clause.compile(dialect=_DIALECTS[self.sqlite]))
 
     def execute(self, sql: str, params: Params | None = None) -> None:
         with _named(self.where), self.conn.cursor() as cur:

@@ -72,6 +72,9 @@ def _to_readings(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+NO_LIMIT = 2**63 - 1
+
+
 def _filter_clauses(where: ReadingFilter, sql: list[str]) -> dict[str, object]:
     """Append the filter's conditions (`s` = stations, `p` = readings) to `sql`; its params."""
     params: dict[str, object] = {}
@@ -111,10 +114,11 @@ def iter_readings(
     direction = "DESC" if where.order == "desc" else "ASC"
     sql.append(f"ORDER BY s.name {direction}, p.ts {direction}")
     if where.limit is not None or where.offset:
+        # No limit is the largest one: the same text on both databases (SQLite's "no
+        # limit" is -1, PostgreSQL's is NULL or ALL, neither taken by the other).
         sql.append("LIMIT :limit OFFSET :offset")
-        params |= {"limit": where.limit if where.limit is not None else -1, "offset": where.offset}
-        if not bulk.sqlite and where.limit is None:
-            sql[-1] = "OFFSET :offset"
+        params |= {"limit": where.limit if where.limit is not None else NO_LIMIT}
+        params |= {"offset": where.offset}
     names = bulk.frame(f"SELECT id AS station_id, name AS station FROM {STATIONS}").cast(
         {"station_id": pl.Int64, "station": pl.String}
     )

@@ -40,6 +40,7 @@ def test_readings_filters(synced: Database) -> None:
             ),
         )
         page = queries.readings(bulk, ReadingFilter(station="Songkhla", limit=5, offset=3))
+        rest = queries.readings(bulk, ReadingFilter(station="Songkhla", offset=97))
         newest_first = queries.readings(
             bulk, ReadingFilter(station="Songkhla", order="desc", limit=2)
         )
@@ -53,6 +54,7 @@ def test_readings_filters(synced: Database) -> None:
     assert one.equals(expected)
     songkhla = frame.filter(pl.col("station") == "Songkhla")
     assert page.equals(songkhla.slice(3, 5))
+    assert rest.equals(songkhla.slice(97))  # an offset without a limit: all the rest
     assert newest_first.equals(songkhla.reverse().head(2))
     assert everything.equals(frame.sort("station", "timestamp"))
 

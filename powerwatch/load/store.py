@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass, field
 
 import polars as pl
+from sqlalchemy import literal_column
 
 from db.bulk import BulkConnection
 from db.failures import classify
@@ -433,7 +434,7 @@ def _classify_by_lookup(bulk: BulkConnection, candidates: pl.DataFrame) -> _Verd
     pages as rows arrived interleaved.
     """
     same = " AND ".join(
-        f"s.{c} {'IS' if bulk.sqlite else 'IS NOT DISTINCT FROM'} p.{c}"
+        bulk.compiled(literal_column(f"s.{c}").is_not_distinct_from(literal_column(f"p.{c}")))
         for c in READING_VALUE_COLUMNS
     )
     staged = candidates.select("_order", *KEY, *READING_VALUE_COLUMNS)
