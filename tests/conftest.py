@@ -7,6 +7,7 @@ the server is not reachable the PostgreSQL cases are skipped with the reason.
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import Iterator
@@ -251,6 +252,24 @@ def write_chunk(frame: pl.DataFrame, landing: Path, name: str) -> Path:
     from powerwatch.core.parquet_files import write_parquet_atomically
 
     return write_parquet_atomically(frame, landing / name)
+
+
+_chunk_numbers = itertools.count()
+
+
+def load_frame(db: Database, frame: pl.DataFrame) -> None:
+    """`frame` through the real load path: a landing chunk, then `load_chunk` on every
+    chunk landed (the code `powerwatch load` runs, in this process)."""
+    from db.engine import bulk_connection
+    from powerwatch.core.settings import get_settings
+    from powerwatch.load import landing
+    from powerwatch.load.chunks import load_chunk
+
+    write_chunk(frame, db.data_dir / "landing", f"chunk-{next(_chunk_numbers):06d}.parquet")
+    settings = get_settings()
+    with bulk_connection() as bulk:
+        for chunk in landing.list_chunks(settings.landing_dir):
+            load_chunk(bulk, chunk, settings)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ from db.engine import bulk_connection
 from powerwatch.core.errors import UnknownStationError
 from powerwatch.rollups.completeness import completeness
 from tests.conftest import T0, Database
-from tests.test_rollups import load, readings, refresh
+from tests.conftest import load_frame as load
+from tests.test_rollups import readings, refresh
 
 DAY = date(2026, 11, 1)  # T0's day
 LATER = datetime(2026, 12, 1, tzinfo=UTC)

@@ -15,17 +15,14 @@ from polars.testing import assert_frame_equal
 from db.engine import bulk_connection, make_engine
 from db.stations import sync_stations
 from powerwatch.core.settings import get_settings
-from powerwatch.load import landing
-from powerwatch.load.chunks import load_chunk
 from powerwatch.rollups.queries import rollups
 from powerwatch.rollups.refresh import refresh_rollups
 from powerwatch.rollups.statements import compute_statement, issue_statement, read_statement_csv
 from schemas.channels import CHANNEL_KEYS, TIMESTAMP_DTYPE
 from schemas.registry import load_registry
-from tests.conftest import STATIONS_YAML, T0, Database, write_chunk
+from tests.conftest import STATIONS_YAML, T0, Database, load_frame
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
-_chunks = iter(range(10**6))
 
 
 def meter(
@@ -56,12 +53,9 @@ def meter(
 
 
 def load(db: Database, frame: pl.DataFrame) -> None:
-    """Through the real load path (landing chunk -> load_chunk), then a refresh."""
-    write_chunk(frame, db.data_dir / "landing", f"chunk-{next(_chunks):06d}.parquet")
-    settings = get_settings()
+    """Through the real load path (tests/conftest.load_frame), then a refresh."""
+    load_frame(db, frame)
     with bulk_connection() as bulk:
-        for chunk in landing.list_chunks(settings.landing_dir):
-            load_chunk(bulk, chunk, settings)
         refresh_rollups(bulk)
 
 

@@ -10,26 +10,15 @@ import polars as pl
 from db import queries
 from db.engine import bulk_connection
 from db.queries import ReadingFilter
-from powerwatch.core.settings import get_settings
-from powerwatch.load import landing
-from powerwatch.load.chunks import load_chunk
 from powerwatch.site.output import write_csv
-from tests.conftest import T0, Database, make_readings, write_chunk
+from tests.conftest import T0, Database, load_frame, make_readings
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
 
 
-def _loaded(db: Database, frame: pl.DataFrame) -> None:
-    write_chunk(frame, db.data_dir / "landing", "a.parquet")
-    settings = get_settings()
-    with bulk_connection() as bulk:
-        for chunk in landing.list_chunks(settings.landing_dir):
-            load_chunk(bulk, chunk, settings)
-
-
 def test_readings_filters(synced: Database) -> None:
     frame = make_readings(STATIONS, 100)
-    _loaded(synced, frame)
+    load_frame(synced, frame)
     with bulk_connection() as bulk:
         one = queries.readings(
             bulk,
@@ -61,7 +50,7 @@ def test_readings_filters(synced: Database) -> None:
 
 def test_latest_reading_per_station(synced: Database) -> None:
     frame = make_readings(STATIONS[:2], 50)
-    _loaded(synced, frame)
+    load_frame(synced, frame)
     with bulk_connection() as bulk:
         newest = queries.latest(bulk)
         one = queries.latest(bulk, "KhonKaen")
@@ -72,7 +61,7 @@ def test_latest_reading_per_station(synced: Database) -> None:
 
 def test_interval_aggregates(synced: Database) -> None:
     frame = make_readings(["KhonKaen"], 180)
-    _loaded(synced, frame)
+    load_frame(synced, frame)
     with bulk_connection() as bulk:
         per_minute = queries.aggregates(bulk, 60)
     expected = frame.group_by_dynamic("timestamp", every="1m").agg(
@@ -91,7 +80,7 @@ def test_interval_aggregates(synced: Database) -> None:
 
 def test_station_summary_counts_and_last_reading(synced: Database) -> None:
     frame = make_readings(["KhonKaen"], 7)
-    _loaded(synced, frame)
+    load_frame(synced, frame)
     with bulk_connection() as bulk:
         summary = queries.station_summary(bulk)
     rows = {r["station"]: r for r in summary.iter_rows(named=True)}
@@ -108,7 +97,7 @@ def test_csv_export_is_format_c_and_reads_back_equal(synced: Database) -> None:
         .alias("activePower3"),
         (pl.col("muxPower1") + 0.1 + 1e-9).alias("muxPower1"),  # awkward binary fractions
     )
-    _loaded(synced, frame)
+    load_frame(synced, frame)
     out = io.StringIO()
     with bulk_connection() as bulk:
         write_csv(queries.iter_readings(bulk), out)

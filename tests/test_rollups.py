@@ -14,13 +14,11 @@ from polars.testing import assert_frame_equal
 from db import migrate
 from db.engine import bulk_connection, make_engine
 from db.rollup_queue import pending_hours
-from powerwatch.core.settings import get_settings
-from powerwatch.load import landing
-from powerwatch.load.chunks import load_chunk
 from powerwatch.rollups.queries import rollups
 from powerwatch.rollups.refresh import RefreshResult, refresh_rollups
 from schemas.channels import CHANNEL_KEYS, TIMESTAMP_DTYPE
-from tests.conftest import T0, Database, write_chunk
+from tests.conftest import T0, Database
+from tests.conftest import load_frame as load  # the real load path, in this process
 
 HOUR = 3600
 
@@ -47,18 +45,6 @@ def readings(
             for key in CHANNEL_KEYS
         ),
     )
-
-
-_chunks = iter(range(10**6))
-
-
-def load(db: Database, frame: pl.DataFrame) -> None:
-    """Through the real load path (landing chunk -> load_chunk -> store_readings)."""
-    write_chunk(frame, db.data_dir / "landing", f"chunk-{next(_chunks):06d}.parquet")
-    settings = get_settings()
-    with bulk_connection() as bulk:
-        for chunk in landing.list_chunks(settings.landing_dir):
-            load_chunk(bulk, chunk, settings)
 
 
 def refresh() -> RefreshResult:

@@ -11,7 +11,8 @@ import pytest
 
 from powerwatch.cli import main
 from tests.conftest import T0, Database
-from tests.test_rollups import load, readings, refresh
+from tests.conftest import load_frame as load
+from tests.test_rollups import readings, refresh
 
 HOUR = 3600
 

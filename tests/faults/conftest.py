@@ -135,6 +135,25 @@ def stored_keys(url: str) -> pl.DataFrame:
     )
 
 
+def committed_per_input(url: str) -> dict[str, int]:
+    """How many committed ledger batches each input (chunk name, log file path) has: one
+    each when every input was loaded exactly once."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sqlalchemy.text(
+                    "SELECT input_name, count(*) FROM load_batches "
+                    "WHERE status = 'committed' GROUP BY input_name"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    return {str(name): int(count) for name, count in rows}
+
+
 def expected_keys(readings: pl.DataFrame) -> pl.DataFrame:
     """`stored_keys`' shape for contract-shaped readings (the ones that should be stored)."""
     return (

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import sqlalchemy
 
 from db.engine import bulk_connection
 from powerwatch.core.faults import POINTS
@@ -28,6 +27,7 @@ from powerwatch.load.chunks import load_chunk
 from tests.conftest import T0, Database, make_readings, write_chunk
 from tests.faults.conftest import (
     armed,
+    committed_per_input,
     expected_keys,
     fill,
     free,
@@ -61,21 +61,6 @@ def land(landing: Path, chunks: int, seconds: int = 20, first: int = 0) -> pl.Da
     return pl.concat(stored)
 
 
-def committed_per_chunk(url: str) -> dict[str, int]:
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sqlalchemy.text(
-                    "SELECT input_name, count(*) FROM load_batches "
-                    "WHERE status = 'committed' GROUP BY input_name"
-                )
-            ).all()
-    finally:
-        engine.dispose()
-    return {str(name): int(count) for name, count in rows}
-
-
 def names(folder: Path, pattern: str = "*.parquet") -> set[str]:
     return {p.name for p in visible_files(folder, pattern)} if folder.exists() else set()
 
@@ -85,7 +70,7 @@ def assert_all_loaded_once(db: Database, truth: pl.DataFrame, chunks: set[str]) 
     rejected row in quarantine/, nothing left in landing/ (claimed or not)."""
     data = db.data_dir
     assert stored_keys(db.url).equals(expected_keys(truth))
-    assert committed_per_chunk(db.url) == dict.fromkeys(chunks, 1)
+    assert committed_per_input(db.url) == dict.fromkeys(chunks, 1)
     assert names(data / "loaded") == chunks
     assert names(data / "quarantine") == chunks
     assert list((data / "landing").iterdir()) in ([], [data / "landing" / ".claimed"])
@@ -113,6 +98,17 @@ def assert_not_retried(result: subprocess.CompletedProcess[str], seconds: float)
     assert seconds < 120, f"{seconds:.1f} s"
 
 
+def load_fails_disk_full(env: dict[str, str]) -> None:
+    """`powerwatch load` on a full disk: exit 1 at once with a one-line "disk full" error,
+    never retried as a busy database."""
+    started = time.monotonic()
+    full = run_powerwatch("load", env=env)
+    seconds = time.monotonic() - started
+    assert full.returncode == 1
+    assert "disk full" in _one_line_error(full)
+    assert_not_retried(full, seconds)
+
+
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("powerwatch:")]
@@ -135,7 +131,7 @@ def test_kill_9_at_each_load_point_then_load_again_gives_ground_truth(
     assert killed.returncode == -9, killed.stderr
     if point != "load.moved":  # the second chunk's claim is left by the dead loader
         assert [p.name for p in (landing / ".claimed").iterdir()] != []
-    assert committed_per_chunk(synced.url).get("chunk-001.parquet", 0) == (
+    assert committed_per_input(synced.url).get("chunk-001.parquet", 0) == (
         1 if point in ("load.committed", "load.moved") else 0
     )
 
@@ -155,7 +151,7 @@ def test_a_claim_of_a_live_loader_is_left_alone_a_dead_ones_recovered(
     again = run_powerwatch("load", env=_env(prefect_api))
     assert again.returncode == 0, again.stderr
     assert mine.exists()
-    assert committed_per_chunk(synced.url) == {"chunk-001.parquet": 1}
+    assert committed_per_input(synced.url) == {"chunk-001.parquet": 1}
     # Its owner "dies": the claim now names a process that has exited.
     dead = mine.with_name(mine.name.replace(f".{os.getpid()}-", f".{_finished_pid()}-"))
     mine.rename(dead)
@@ -206,7 +202,7 @@ def test_capture_live_load_and_powerwatch_load_race_for_the_same_chunks(
         assert "Input/output error" in counts.last_error
         # chunk-002 loaded by the capture; chunk-001 committed but back in landing/;
         # chunk-000 untouched (the paused sweep has claimed it, stored nothing yet).
-        assert committed_per_chunk(synced.url) == {"chunk-001.parquet": 1, "chunk-002.parquet": 1}
+        assert committed_per_input(synced.url) == {"chunk-001.parquet": 1, "chunk-002.parquet": 1}
         assert names(landing) == {"chunk-001.parquet"}
         assert names(synced.data_dir / "loaded") == {"chunk-002.parquet"}
     finally:
@@ -231,14 +227,9 @@ def test_disk_full_data_dir_fails_at_once_then_completes_after_space_is_freed(
     fill(small_disk)
     env = _env(prefect_api, {"POWERWATCH_DATA_DIR": str(data)})
 
-    started = time.monotonic()
-    full = run_powerwatch("load", env=env)
-    seconds = time.monotonic() - started
-    assert full.returncode == 1
-    assert "disk full" in _one_line_error(full)
-    assert_not_retried(full, seconds)
+    load_fails_disk_full(env)
     assert stored_keys(synced.url).equals(expected_keys(before))  # nothing lost or changed
-    assert committed_per_chunk(synced.url) == {"chunk-100.parquet": 1}
+    assert committed_per_input(synced.url) == {"chunk-100.parquet": 1}
     assert names(landing) == chunks  # back in landing/, no claim kept
     assert not (landing / ".claimed").exists() or not any((landing / ".claimed").iterdir())
 
@@ -277,16 +268,11 @@ def test_disk_full_sqlite_database_fails_at_once_then_completes_after_space_is_f
     fill(small_disk, leave_bytes=64 << 10)
     env = _env(prefect_api, {"POWERWATCH_DATABASE_URL": url})
 
-    started = time.monotonic()
-    full = run_powerwatch("load", env=env)
-    seconds = time.monotonic() - started
-    assert full.returncode == 1
-    assert "disk full" in _one_line_error(full)
-    assert_not_retried(full, seconds)
+    load_fails_disk_full(env)
     assert names(landing) == chunks
     free(small_disk)
     assert stored_keys(url).equals(expected_keys(before))  # nothing lost or changed
-    assert committed_per_chunk(url) == {"chunk-100.parquet": 1}
+    assert committed_per_input(url) == {"chunk-100.parquet": 1}
 
     again = run_powerwatch("load", env=env)
     assert again.returncode == 0, again.stderr

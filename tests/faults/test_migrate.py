@@ -13,12 +13,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import sqlalchemy
 
 from powerwatch.core.faults import POINTS
 from tests.conftest import Database
 from tests.faults.conftest import (
     armed,
+    committed_per_input,
     fill,
     free,
     powerwatch_env,
@@ -60,18 +60,8 @@ def write_logs(folder: Path, files: int, seconds: int) -> pl.DataFrame:
 
 
 def committed_per_file(url: str) -> dict[str, int]:
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sqlalchemy.text(
-                    "SELECT input_name, count(*) FROM load_batches "
-                    "WHERE status = 'committed' GROUP BY input_name"
-                )
-            ).all()
-    finally:
-        engine.dispose()
-    return {Path(str(name)).name: int(count) for name, count in rows}
+    """Per file name (log files are recorded by path)."""
+    return {Path(name).name: n for name, n in committed_per_input(url).items()}
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
