@@ -22,7 +22,7 @@ from tests.conftest import T0, Database, make_readings, write_chunk
 
 LOAD_ALL = (
     "from db.engine import bulk_connection\n"
-    "from powerwatch import landing\n"
+    "from powerwatch.load import landing\n"
     "from powerwatch.load.chunks import load_chunk\n"
     "from powerwatch.core.settings import get_settings\n"
     "s = get_settings()\n"

@@ -1000,7 +1000,7 @@ def spawn(
         f"simulate({count}, {rate}, 0, False, Path({str(registry_path)!r}), seed={seed}, "
         f"record_path={record})"
     )
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding powerwatch/
     python_path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, "-c", code],

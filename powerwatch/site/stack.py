@@ -41,7 +41,7 @@ from powerwatch.core.errors import JobError
 from powerwatch.core.lifecycle import SITE_ENV, Watchdog, die_with_parent
 from powerwatch.site import discovery
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # powerwatch/site/stack.py
 WORK_POOL = "powerwatch"
 # Flow runs report a heartbeat this often; the zombie-run automation crashes a run that
 # has been silent for three of them (powerwatch.site.automations).
