@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from db.engine import bulk_connection
 from powerwatch.core.errors import DatabaseUnavailable
+from powerwatch.core.faults import ENV as FAULT_ENV
 from powerwatch.core.settings import get_settings
 from powerwatch.load.chunks import load_chunk
 from tests.conftest import T0, Database, make_readings, write_chunk
@@ -146,9 +146,14 @@ def _chunks(landing_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_at_any_point_then_rerun_gives_the_same_database(
+def test_kill_9_at_load_points_in_turn_then_rerun_gives_the_same_database_ids_too(
     synced: Database, tmp_path: Path
 ) -> None:
+    """Four chunks (overlaps, conflicts) loaded by runs killed in turn at the load's fault
+    points (mid-transaction, after commit before the move, after a claim, after a move),
+    then a run that finishes: the database equals that of one uninterrupted run, batch
+    ids and conflict rows included. Each kill lands where its point says, never after a
+    guessed delay (`powerwatch.core.faults`)."""
     if synced.backend != "sqlite":
         pytest.skip("ids are compared exactly; PostgreSQL sequences do not roll back")
     landing_dir = synced.data_dir / "landing"
@@ -181,20 +186,19 @@ def test_kill_9_at_any_point_then_rerun_gives_the_same_database(
     subprocess.run([sys.executable, "-c", LOAD_ALL], env=ref_env, check=True)
     expected = _snapshot(str(ref_db))
 
-    # Interrupted runs: kill -9 after growing delays, until one run finishes.
-    delays = [0.3, 0.8, 1.3, 1.9, 2.6]
-    kills = 0
-    for delay in [*delays, None]:
-        proc = subprocess.Popen([sys.executable, "-c", LOAD_ALL], env=env)
-        if delay is None:
-            assert proc.wait(timeout=120) == 0
-            break
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 2, "the load finished too fast to be interrupted; make the chunks larger"
+    # Interrupted runs, each killed (SIGKILL, by itself) at a named point, then one that ends.
+    kills = [
+        "load.slice_stored=kill@2",  # mid-transaction: nothing of that chunk committed
+        "load.committed=kill",  # committed, still claimed: the next run must not redo it
+        "load.claimed=kill@2",  # a claim left behind by a dead loader
+        "load.moved=kill",
+    ]
+    for fault in kills:
+        killed = subprocess.run(
+            [sys.executable, "-c", LOAD_ALL], env=env | {FAULT_ENV: fault}, timeout=300
+        )
+        assert killed.returncode == -signal.SIGKILL, fault
+    assert subprocess.run([sys.executable, "-c", LOAD_ALL], env=env, timeout=300).returncode == 0
     assert _snapshot(_db_file(synced)) == expected
     assert list(landing_dir.glob("*.parquet")) == []
     assert list((landing_dir / ".claimed").glob("*")) == []
