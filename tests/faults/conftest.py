@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -112,22 +113,26 @@ def signal_group(proc: subprocess.Popen[str], signum: int, timeout: float) -> fl
     return time.monotonic() - started
 
 
-def stored_keys(url: str) -> pl.DataFrame:
-    """Every stored reading's (station, ts) with its values, sorted: the ground truth."""
+def _rows(url: str, sql: str) -> list[Any]:
+    """A query's rows, through a SQLAlchemy engine of its own (the test's view, apart
+    from the code under test)."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                sqlalchemy.text(
-                    "SELECT s.name AS station, p.ts, p.active_power1, p.mux_power1 "
-                    "FROM power_readings p JOIN stations s ON s.id = p.station_id "
-                    "ORDER BY s.name, p.ts"
-                )
-            ).all()
+            return list(conn.execute(sqlalchemy.text(sql)).all())
     finally:
         engine.dispose()
+
+
+def stored_keys(url: str) -> pl.DataFrame:
+    """Every stored reading's (station, ts) with its values, sorted: the ground truth."""
+    rows = _rows(
+        url,
+        "SELECT s.name AS station, p.ts, p.active_power1, p.mux_power1 "
+        "FROM power_readings p JOIN stations s ON s.id = p.station_id ORDER BY s.name, p.ts",
+    )
     return pl.DataFrame(
         rows,
         schema={"station": pl.String, "ts": pl.Int64, "p1": pl.Float64, "m1": pl.Float64},
@@ -138,19 +143,11 @@ def stored_keys(url: str) -> pl.DataFrame:
 def committed_per_input(url: str) -> dict[str, int]:
     """How many committed ledger batches each input (chunk name, log file path) has: one
     each when every input was loaded exactly once."""
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sqlalchemy.text(
-                    "SELECT input_name, count(*) FROM load_batches "
-                    "WHERE status = 'committed' GROUP BY input_name"
-                )
-            ).all()
-    finally:
-        engine.dispose()
+    rows = _rows(
+        url,
+        "SELECT input_name, count(*) FROM load_batches "
+        "WHERE status = 'committed' GROUP BY input_name",
+    )
     return {str(name): int(count) for name, count in rows}
 
 
