@@ -10,6 +10,7 @@ server's state (a run is Pending or Running: the worker has taken it), never by 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,13 +29,23 @@ RESUME_LIMIT = 180.0  # seconds from the second start's "running" line (issue 10
 STATIONS = 5  # powerwatch.devtools.demo.DEMO_STATIONS
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux; 32768 else)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(span: int = 1) -> int:
-    """A port such that `span` consecutive ports from it are free now."""
+    """A port such that `span` consecutive ports from it are free now, below the ephemeral
+    range: the demo binds them again on its second start, and a port the kernel may hand
+    to any process's outgoing connection in between could be taken by then."""
+    rng = random.Random()
+    top = _ephemeral_low() - span
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = int(s.getsockname()[1])
-        if first + span < 65000 and all(port_free(p) for p in range(first, first + span)):
+        first = rng.randrange(10_000, top)
+        if all(port_free(p) for p in range(first, first + span)):
             return first
     raise AssertionError("no free port range")
 
