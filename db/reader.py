@@ -5,7 +5,7 @@ costs SQLAlchemy, ADBC, pyarrow and (through pyarrow.dataset) pandas, and its sc
 check costs Alembic: together seconds on this host, for queries that read a few rows
 (issue 14: `latest` took 3.5-4.4 s). `SqliteReader` offers the read half of
 `db.bulk.BulkConnection` (`frame`, `rows`, `scalar`, `batches`, `sqlite`) over the
-stdlib module that is already loaded, so `db.queries`, `powerwatch.rollups.refresh` and
+stdlib module that is already loaded, so `db.queries`, `powerwatch.rollups.queries` and
 `powerwatch.rollups.completeness` run unchanged on it. It follows the engine's rules:
 the file must exist (`mode=ro`: never created), the busy timeout comes from the
 settings, driver errors are named by `db.failures.classify`. The schema check compares

@@ -9,21 +9,13 @@ its inter-reading intervals, or the previous hour's if smaller), clamped to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import polars as pl
 
-from db.names import (
-    MUX_COLUMNS,
-    READING_VALUE_COLUMNS,
-    ROLLUP_COLUMNS,
-)
+from db.names import MUX_COLUMNS, READING_VALUE_COLUMNS, ROLLUP_COLUMNS
 from powerwatch.rollups import energy
 from schemas.channels import HOUR_MS
-
-if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
-    pass
-
 
 GAP_FACTOR = 5  # a delta spanning more than 5 normal intervals straddles missing data
 GAP_MIN_MS = 60_000  # ...but never less than a minute (jittery fast stations)

@@ -18,13 +18,11 @@ from db.names import (
 )
 from powerwatch.core.errors import UnknownStationError
 from powerwatch.rollups import energy
+from powerwatch.rollups.compute import METER_COUNTS, ROLLUP_SCHEMA, Interval
 from schemas.channels import CHANNELS, DAY_MS, HOUR_MS
 
 if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
     from db.bulk import BulkConnection
-
-
-from powerwatch.rollups.compute import METER_COUNTS, ROLLUP_SCHEMA, Interval
 
 
 def typed_frame(bulk: BulkConnection, sql: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:

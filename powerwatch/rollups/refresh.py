@@ -23,13 +23,11 @@ Meter deltas, per kWh meter: consecutive accepted values of one station in time
 order, classified by `powerwatch.rollups.energy` (normal, reset, wrap, glitch, implausible; across
 a gap or not). A delta belongs to the hour of its later reading, except a delta
 across a gap whose readings lie in different hours: that one is kept in
-`energy_events` only and spread over the gap by the queries (`rollups`,
+`energy_events` only and spread over the gap by the queries (`queries.rollups`,
 `powerwatch.rollups.statements`), its parts estimated where the gap crosses the period's bounds.
 An hour's first value steps from the last value before it, however far back:
 the raw rows of the work set, else the stored rollups' `*_last` (which survive
-the archive). The gap threshold of an hour is `GAP_FACTOR` x its normal interval (the lower
-median of its inter-reading intervals, or the previous hour's if smaller),
-clamped to [GAP_MIN_MS, GAP_MAX_MS].
+the archive). The maths (gap threshold, classes, aggregates) is `powerwatch.rollups.compute`.
 """
 
 from __future__ import annotations
@@ -52,14 +50,13 @@ from db.names import (
     STATIONS,
 )
 from powerwatch.rollups import energy
+from powerwatch.rollups.compute import EVENT_SCHEMA, KEY, ROLLUP_SCHEMA, combine, compute_hours
+from powerwatch.rollups.queries import typed_frame
 from schemas.channels import DAY_MS, HOUR_MS
 
 if TYPE_CHECKING:  # not at run time: a query on `db.reader` loads no ADBC
     from db.bulk import BulkConnection
 
-
-from powerwatch.rollups.compute import EVENT_SCHEMA, KEY, ROLLUP_SCHEMA, combine, compute_hours
-from powerwatch.rollups.queries import typed_frame
 
 # One refresh transaction takes queued station-hours up to either bound, so memory stays
 # bounded after a big legacy import at the same throughput as bigger batches
