@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from powerwatch.core.errors import PowerwatchError, from_os_error
-from powerwatch.site.jobs import JOBS, run_job, temporary_server
+from powerwatch.site.jobs import JOBS, flow_imports, run_job
 
 if TYPE_CHECKING:
     from prefect import State
@@ -466,8 +466,8 @@ def cmd_load(_args: argparse.Namespace) -> int:
         return 0
     import polars as pl
 
-    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
-    from flows.load_chunks import load_chunks
+    with flow_imports():  # work to do: Prefect, its temporary server if none is set (jobs.py)
+        from flows.load_chunks import load_chunks
     from powerwatch.load.reports import load_details, load_rate, load_summary_rows
     from powerwatch.site.output import write_table
 
@@ -514,8 +514,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     load_registry(get_settings().stations)  # missing or malformed: exit 2 before the flow
     import polars as pl
 
-    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
-    from flows.capture_stations import capture_stations
+    with flow_imports():  # work to do: Prefect, its temporary server if none is set (jobs.py)
+        from flows.capture_stations import capture_stations
     from powerwatch.site.output import write_table
 
     state = capture_stations(
@@ -575,8 +575,8 @@ def cmd_migrate_logs(args: argparse.Namespace) -> int:
     tz = args.tz or DEFAULT_TZ
     check_time_zone(tz)  # bad input is refused before anything starts (exit 2)
     discover(args.paths)
-    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
-    from flows.migrate_logs import migrate_logs
+    with flow_imports():  # work to do: Prefect, its temporary server if none is set (jobs.py)
+        from flows.migrate_logs import migrate_logs
     from powerwatch.core.progress import terminal_bar
 
     # A bar (bytes, lines/s, ETA) on a terminal only: never in CI logs or pipes.
@@ -605,8 +605,8 @@ def cmd_refresh_rollups(_args: argparse.Namespace) -> int:
     if not queued:  # decided before Prefect is imported: nothing queued, nothing to refresh
         print("0 queued station-hour(s): the rollups are up to date")
         return 0
-    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
-    from flows.refresh_rollups import refresh_rollups
+    with flow_imports():  # work to do: Prefect, its temporary server if none is set (jobs.py)
+        from flows.refresh_rollups import refresh_rollups
 
     state = refresh_rollups(return_state=True)
     return _exit_status(state, "refresh-rollups")
@@ -675,8 +675,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
         # Decided before Prefect is imported: the flow's own output for no day to archive.
         _print_archive_run(ArchiveRun(idle, [], [], None))
         return 0
-    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
-    from flows.archive_readings import archive_readings
+    with flow_imports():  # work to do: Prefect, its temporary server if none is set (jobs.py)
+        from flows.archive_readings import archive_readings
     from powerwatch.core.progress import terminal_bar
 
     with terminal_bar("archive"):  # days, readings/s, ETA; on a terminal only
@@ -691,8 +691,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 def cmd_backup(_args: argparse.Namespace) -> int:
     _require_database()
-    temporary_server()  # work to do and no server: Prefect needs one (jobs.py)
-    from flows.backup_database import backup_database
+    with flow_imports():  # work to do: Prefect, its temporary server if none is set (jobs.py)
+        from flows.backup_database import backup_database
     from powerwatch.core.progress import terminal_bar
     from powerwatch.core.settings import get_settings
 

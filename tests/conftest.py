@@ -273,7 +273,9 @@ def load_frame(db: Database, frame: pl.DataFrame) -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prefect_api(
+    tmp_path_factory: pytest.TempPathFactory, prefect_db_template: Path
+) -> Iterator[str]:
     """The one real Prefect server of a test session (each xdist worker has its own): the
     API URL that subprocesses get as PREFECT_API_URL and `prefect_server` points this
     process at. Tests that run a whole site (`tests/sites.py`) start their own.
@@ -285,10 +287,21 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import socket
 
     from powerwatch.site.stack import LocalStack
+    from tests.prefect_db import seed
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    with LocalStack(home=tmp_path_factory.mktemp("prefect-home"), port=port) as stack:
+    home = seed(tmp_path_factory.mktemp("prefect-home"), prefect_db_template)
+    with LocalStack(home=home, port=port) as stack:
         stack.start_server(timeout=400)
         yield stack.api_url
+
+
+@pytest.fixture(scope="session")
+def prefect_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated Prefect server database, built once per run for every xdist worker
+    (`tests/prefect_db.py`); test servers start on a copy (`seed`)."""
+    from tests.prefect_db import template
+
+    return template(tmp_path_factory.getbasetemp().parent)

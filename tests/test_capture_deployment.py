@@ -7,21 +7,23 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from powerwatch.devtools.simulator import read_record, spawn
 from powerwatch.site.stack import LocalStack
+from tests.prefect_db import seed
 from tests.sites import UUID_PATTERN, Site, free_port, site_environment
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a site start under load: minutes
 
 CAPTURE = "capture-stations/overlapping-windows"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, prefect_db_template: Path) -> Iterator[Site]:
     """A site with three simulated stations; the capture's own schedule cleared, so the only
     capture run is the test's."""
     root = tmp_path_factory.mktemp("capture-site")
@@ -30,7 +32,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         url = f"sqlite:///{root / 'powerwatch.db'}"
         env = site_environment(root, url, registry)
-        stack = LocalStack(home=root / "prefect", port=free_port(), env=env)
+        home = seed(root / "prefect", prefect_db_template)
+        stack = LocalStack(home=home, port=free_port(), env=env)
         with stack:
             stack.start_server()
             stack.prepare()

@@ -27,20 +27,28 @@ from tests.conftest import (
     sample_readings,
     write_chunk,
 )
+from tests.prefect_db import seed
 from tests.sites import Site, free_port, site_environment
 
-pytestmark = pytest.mark.slow
+# Generous: the module's site (server, deploy, worker) starts in the first test's setup, and
+# on a loaded 2-core host a start and a flow run each took minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 MIGRATE = "migrate-logs/by-hand"
 LOAD = "load-chunks/every-minute"
 
 
-def _site(root: Path, database_url: str, server_database_url: str | None = None) -> Iterator[Site]:
+def _site(
+    root: Path, database_url: str, migrated: Path, server_database_url: str | None = None
+) -> Iterator[Site]:
     registry = root / "stations.yaml"
     shutil.copy(SAMPLES / "stations.yaml", registry)
     env = site_environment(root, database_url, registry)
+    home = root / "prefect"
+    if server_database_url is None:  # SQLite: start on the run's migrated copy
+        seed(home, migrated)
     stack = LocalStack(
-        home=root / "prefect",
+        home=home,
         port=free_port(),
         env=env,
         server_database_url=server_database_url,
@@ -54,13 +62,17 @@ def _site(root: Path, database_url: str, server_database_url: str | None = None)
 
 
 @pytest.fixture(scope="module")
-def sqlite_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def sqlite_site(
+    tmp_path_factory: pytest.TempPathFactory, prefect_db_template: Path
+) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("site")
-    yield from _site(root, f"sqlite:///{root / 'powerwatch.db'}")
+    yield from _site(root, f"sqlite:///{root / 'powerwatch.db'}", prefect_db_template)
 
 
 @pytest.fixture(scope="module")
-def postgres_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def postgres_site(
+    tmp_path_factory: pytest.TempPathFactory, prefect_db_template: Path
+) -> Iterator[Site]:
     if _PG_SKIP:
         pytest.skip(_PG_SKIP)
     import psycopg
@@ -76,6 +88,7 @@ def postgres_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield from _site(
             tmp_path_factory.mktemp("pg-site"),
             f"{admin_url}?options=-csearch_path%3D{schema}",
+            prefect_db_template,
             f"{server_url}/{prefect_db}",
         )
     finally:

@@ -50,18 +50,20 @@ def _month_of_readings() -> pl.DataFrame:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # a server start, a flow run and chromium on a loaded host
 def test_the_ui_renders_the_statement_summary_chart(
-    sqlite_synced: Database, tmp_path: Path
+    sqlite_synced: Database, tmp_path: Path, prefect_db_template: Path
 ) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium here (Debian package `chromium`; `make browser` as root)")
     from powerwatch.site.stack import LocalStack
+    from tests.prefect_db import seed
     from tests.sites import free_port
 
     load(sqlite_synced, _month_of_readings())
     # Its own server with a patient start: on a shared 2-core host under heavy load the
     # session server's 120 s were not always enough.
-    with LocalStack(home=tmp_path / "prefect-home", port=free_port()) as stack:
+    home = seed(tmp_path / "prefect-home", prefect_db_template)
+    with LocalStack(home=home, port=free_port()) as stack:
         stack.start_server(timeout=900)
         _render(stack.api_url, chromium, tmp_path)
 

@@ -24,6 +24,7 @@ import pytest
 from powerwatch.capture import health
 from schemas.registry import Station, load_registry, write_registry
 from tests.conftest import Database
+from tests.prefect_db import seed
 
 SILENT = 20.0  # POWERWATCH_SILENT_AFTER in these tests (default 120)
 
@@ -386,7 +387,9 @@ def _wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], deadlin
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(tmp_path: Path) -> None:
+def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(
+    tmp_path: Path, prefect_db_template: Path
+) -> None:
     """`powerwatch serve` as a site runs it (its own Prefect server, pool, automations,
     deployments, worker; no simulator of its own), against a simulator whose SIM-0002 goes
     off air (`--outage`) once serve's capture has seen it up: the webhook receives `down`
@@ -394,6 +397,7 @@ def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(tmp_path: Path
     silent = 10.0
     receiver = _Receiver()
     data, sim_registry = tmp_path / "data", tmp_path / "stations.yaml"
+    seed(data / "prefect", prefect_db_template)  # serve's PREFECT_HOME (tests/prefect_db.py)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "POWERWATCH_"))}
     env |= {
         "DO_NOT_TRACK": "1",

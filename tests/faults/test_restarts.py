@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from tests.faults.conftest import powerwatch_env, spawn_powerwatch
+from tests.prefect_db import seed
 
 RESUME_LIMIT = 180.0  # seconds from the second start's "running" line (issue 10)
 STATIONS = 5  # powerwatch.devtools.demo.DEMO_STATIONS
@@ -76,8 +77,9 @@ def site_processes(data_dir: Path) -> list[psutil.Process]:
 
 
 class Site:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, migrated: Path) -> None:
         self.data_dir = tmp_path / "data"
+        seed(self.data_dir / "prefect", migrated)  # the demo's PREFECT_HOME (tests/prefect_db.py)
         self.prefect_port = free_port()
         self.station_port = free_port(STATIONS)
         self.api = f"http://127.0.0.1:{self.prefect_port}/api"
@@ -192,8 +194,10 @@ def stop(proc: subprocess.Popen[str]) -> None:
 @pytest.mark.parametrize(
     "signum", [pytest.param(signal.SIGKILL, id="kill-9"), pytest.param(signal.SIGINT, id="ctrl-c")]
 )
-def test_demo_stopped_while_submitting_resumes_after_a_restart(tmp_path: Path, signum: int) -> None:
-    site = Site(tmp_path)
+def test_demo_stopped_while_submitting_resumes_after_a_restart(
+    tmp_path: Path, prefect_db_template: Path, signum: int
+) -> None:
+    site = Site(tmp_path, prefect_db_template)
     first, _log, _began = site.start()
     try:
         site.wait_taken(first)

@@ -29,6 +29,7 @@ from tests.faults.conftest import (
     visible_files,
     wait_for_line,
 )
+from tests.prefect_db import seed
 
 STATIONS = ["KhonKaen", "ChiangMai", "Songkhla"]
 LIMIT = 5.0  # seconds from the group's signal to the command's exit (issue 10)
@@ -90,9 +91,9 @@ def test_load_signalled_with_a_server_keeps_committed_chunks_and_exits_in_time(
 
 
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One PREFECT_HOME for the temporary-server cases: its database is created once."""
-    return tmp_path_factory.mktemp("prefect-home")
+def prefect_home(tmp_path_factory: pytest.TempPathFactory, prefect_db_template: Path) -> Path:
+    """One PREFECT_HOME for the temporary-server cases, on the run's migrated database."""
+    return seed(tmp_path_factory.mktemp("prefect-home"), prefect_db_template)
 
 
 def temporary_server_env(prefect_home: Path) -> dict[str, str]:
