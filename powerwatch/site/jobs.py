@@ -198,8 +198,8 @@ def flow_imports() -> Iterator[None]:
     first when none is set (`temporary_server`), all of it with the cyclic garbage
     collector paused. Prefect, pydantic and polars build hundreds of thousands of objects
     while they import, and the collections those trigger free nothing: paused, a job
-    command's imports take about 13 % less CPU (docs/benchmarks.md, "Fixed cost of a job
-    command"). Collection resumes before the flow runs."""
+    command's imports take about 9 % less CPU (docs/benchmarks.md, "CLI fixed costs").
+    Collection resumes before the flow runs."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -77,9 +77,10 @@ def site_processes(data_dir: Path) -> list[psutil.Process]:
 
 
 class Site:
-    def __init__(self, tmp_path: Path, migrated: Path) -> None:
+    def __init__(self, tmp_path: Path, migrated: Path | None = None) -> None:
         self.data_dir = tmp_path / "data"
-        seed(self.data_dir / "prefect", migrated)  # the demo's PREFECT_HOME (tests/prefect_db.py)
+        if migrated is not None:  # the demo's PREFECT_HOME on a migrated copy (tests/prefect_db.py)
+            seed(self.data_dir / "prefect", migrated)
         self.prefect_port = free_port()
         self.station_port = free_port(STATIONS)
         self.api = f"http://127.0.0.1:{self.prefect_port}/api"
