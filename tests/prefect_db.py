@@ -3,7 +3,7 @@
 A `prefect server start` on an empty PREFECT_HOME first runs all of Prefect's migrations
 on a new SQLite file: on this 2-core host about 22 CPU-s and 24 s per start, against
 about 10 CPU-s and 11 s with the database already at head (docs/benchmarks.md, "Test
-suite wall time"). The suite starts a score of servers (each xdist worker's session
+suite wall time"). The suite starts at least 13 servers (each xdist worker's session
 server, the sites, the demos and `serve`s the restart and alert tests run), so the
 migrations run once here, by Prefect's own `prefect server database upgrade`, and every
 test server starts on a copy. The server, its migrations check and everything after it

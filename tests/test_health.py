@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from powerwatch.capture import health
+from powerwatch.site.discovery import site_home
 from schemas.registry import Station, load_registry, write_registry
 from tests.conftest import Database
 from tests.prefect_db import seed
@@ -397,7 +398,7 @@ def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(
     silent = 10.0
     receiver = _Receiver()
     data, sim_registry = tmp_path / "data", tmp_path / "stations.yaml"
-    seed(data / "prefect", prefect_db_template)  # serve's PREFECT_HOME (tests/prefect_db.py)
+    seed(site_home(data), prefect_db_template)  # serve's PREFECT_HOME (tests/prefect_db.py)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "POWERWATCH_"))}
     env |= {
         "DO_NOT_TRACK": "1",

@@ -40,6 +40,7 @@ from types import FrameType
 from powerwatch.core.errors import JobError
 from powerwatch.core.lifecycle import SITE_ENV, die_with_parent
 from powerwatch.core.settings import Settings
+from powerwatch.site.discovery import site_home
 from powerwatch.site.stack import LocalStack, offline_environment
 from schemas.registry import Station
 
@@ -231,7 +232,7 @@ def run_site(settings: Settings, *, simulate: bool, outages: Sequence[str] = ())
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    stack = LocalStack(home=settings.data_dir.resolve() / "prefect", port=settings.prefect_port)
+    stack = LocalStack(home=site_home(settings.data_dir), port=settings.prefect_port)
     stack.env = env
     stack.alert_webhook_url = settings.alert_webhook_url
     stack.history_days = settings.prefect_history_days

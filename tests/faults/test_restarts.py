@@ -23,6 +23,7 @@ import httpx
 import psutil
 import pytest
 
+from powerwatch.site.discovery import site_home
 from tests.faults.conftest import powerwatch_env, spawn_powerwatch
 from tests.prefect_db import seed
 
@@ -80,7 +81,7 @@ class Site:
     def __init__(self, tmp_path: Path, migrated: Path | None = None) -> None:
         self.data_dir = tmp_path / "data"
         if migrated is not None:  # the demo's PREFECT_HOME on a migrated copy (tests/prefect_db.py)
-            seed(self.data_dir / "prefect", migrated)
+            seed(site_home(self.data_dir), migrated)
         self.prefect_port = free_port()
         self.station_port = free_port(STATIONS)
         self.api = f"http://127.0.0.1:{self.prefect_port}/api"
