@@ -861,7 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME@AFTER+SECONDS",
-        help="take station NAME off air AFTER s from the start for SECONDS s (repeatable)",
+        help="take station NAME off air AFTER s from the start for SECONDS s (repeatable); "
+        "NAME@USR1+SECONDS: when the simulator receives SIGUSR1",
     )
     sim.set_defaults(handler=cmd_simulate)
     cap = commands.add_parser(

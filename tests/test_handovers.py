@@ -13,6 +13,7 @@ Its own module: six minutes of wall time get a test worker of their own (`make t
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,12 +67,10 @@ def test_five_minutes_of_capture_handovers_raise_no_alert(prefect_api: str, tmp_
         "POWERWATCH_STATIONS": str(registry),
         "POWERWATCH_SILENT_AFTER": str(SILENT),
     }
-    # The control: SIM-0003 goes off air once the hand-over phase is over (its clock
-    # starts with the simulator, a few seconds before the first window).
-    off_after = HANDOVER_SECONDS + 10
+    # The control: SIM-0003 goes off air when the test signals the simulator (SIGUSR1),
+    # once the hand-over phase is over.
     sim = _powerwatch(
-        "simulate", "--count", "3", "--rate", "1", "--outage", f"SIM-0003@{off_after:g}+600",
-        env=env,
+        "simulate", "--count", "3", "--rate", "1", "--outage", "SIM-0003@USR1+600", env=env
     )  # fmt: skip
     captures: list[subprocess.Popen[bytes]] = []
     starts: list[float] = []
@@ -108,7 +107,8 @@ def test_five_minutes_of_capture_handovers_raise_no_alert(prefect_api: str, tmp_
         ]
         alerts_during_handovers = list(receiver.posts)
         # The control: windows go on until the off-air station is reported down.
-        down_by = started + off_after + SILENT + 60
+        os.kill(sim.pid, signal.SIGUSR1)
+        down_by = time.monotonic() + SILENT + 60
         windows_until(
             lambda: time.monotonic() >= down_by
             or any(p.get("station") == "SIM-0003" and p.get("status") == "down"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -267,7 +268,8 @@ def test_outage_never_seen_and_stall_alert_and_handovers_do_not(
         "POWERWATCH_SILENT_AFTER": str(SILENT),
         "POWERWATCH_STALL_AFTER": "20",
     }
-    off_after, off_for = 45.0, 40.0
+    # Off air when the test sends SIGUSR1, once a capture window has seen SIM-0002 up.
+    off_for = 40.0
     sim = subprocess.Popen(
         [
             sys.executable,
@@ -279,7 +281,7 @@ def test_outage_never_seen_and_stall_alert_and_handovers_do_not(
             "--rate",
             "5",
             "--outage",
-            f"SIM-0002@{off_after:g}+{off_for:g}",
+            f"SIM-0002@USR1+{off_for:g}",
         ],
         env=env | {"POWERWATCH_STATIONS": str(sim_registry)},
         stdout=subprocess.DEVNULL,
@@ -292,15 +294,14 @@ def test_outage_never_seen_and_stall_alert_and_handovers_do_not(
         while not sim_registry.exists():
             assert time.monotonic() < deadline and sim.poll() is None, "simulator did not start"
             time.sleep(0.1)
-        started = time.monotonic()  # ~ the simulator's start: the outage's clock
         never = Station(
             "NEVER-1", str(uuid.uuid4()), "127.0.0.1", "test", f"ws://127.0.0.1:{_free_port()}/"
         )
         registry = tmp_path / "stations.yaml"
         write_registry(registry, [*load_registry(sim_registry), never])
         env["POWERWATCH_STATIONS"] = str(registry)
-        off_at, back_at = started + off_after, started + off_after + off_for
-        end = back_at + 90
+        off_at = back_at = math.inf
+        end = time.monotonic() + 300  # bounds a capture that never sees SIM-0002 up
         next_start = time.monotonic()
         got_up = False
         # until SIM-0002 is back and at least two windows have handed over
@@ -327,11 +328,19 @@ def test_outage_never_seen_and_stall_alert_and_handovers_do_not(
                     )
                 )
                 next_start += 20
+            if off_at == math.inf and (
+                health.read_state(data)["stations"].get("SIM-0002", {}).get("state") == "up"
+            ):
+                os.kill(sim.pid, signal.SIGUSR1)
+                off_at = time.monotonic()
+                back_at = off_at + off_for
+                end = back_at + 90
             got_up = any(
                 p.get("station") == "SIM-0002" and p.get("status") == "up"
                 for _, p in receiver.posts
             )
             time.sleep(0.5)
+        assert off_at < math.inf, "no capture window saw SIM-0002 up in 300 s"
         down_at = receiver.wait_for("station", "SIM-0002", "down", off_at + SILENT + 60)
         up_at = receiver.wait_for("station", "SIM-0002", "up", back_at + 60)
         receiver.wait_for("station", "NEVER-1", "down", time.monotonic() + 1)
@@ -387,14 +396,15 @@ def _wait_for_text(path: Path, text: str, proc: subprocess.Popen[bytes], deadlin
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(
     tmp_path: Path, prefect_db_template: Path
 ) -> None:
     """`powerwatch serve` as a site runs it (its own Prefect server, pool, automations,
     deployments, worker; no simulator of its own), against a simulator whose SIM-0002 goes
-    off air (`--outage`) once serve's capture has seen it up: the webhook receives `down`
-    within SILENT_AFTER + 60 s of the outage and `up` within 60 s of its return."""
+    off air (`--outage SIM-0002@USR1+…`, signalled) once serve's capture has seen it up:
+    the webhook receives `down` within SILENT_AFTER + 60 s of the outage and `up` within
+    60 s of its return."""
     silent = 10.0
     receiver = _Receiver()
     data, sim_registry = tmp_path / "data", tmp_path / "stations.yaml"
@@ -410,15 +420,15 @@ def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(
         "POWERWATCH_ALERT_WEBHOOK_URL": receiver.url,
         "POWERWATCH_PREFECT_PORT": str(_free_port()),
     }
-    # Off air 120 s after the simulator starts: serve (server, deploy, worker, the first
-    # capture run) is up well before on a loaded 2-core host; the test waits for the
-    # capture to have seen SIM-0002 up, then for the simulator's own "off air" line.
-    off_after, off_for = 120.0, 20.0
+    # Off air when the test sends SIGUSR1 (`--outage NAME@USR1+SECONDS`), once serve's
+    # capture has seen SIM-0002 up: how long serve takes to start on a loaded host decides
+    # nothing. `ready_within` only bounds a serve that never starts capturing.
+    ready_within, off_for = 300.0, 20.0
     sim_log, serve_log = tmp_path / "simulate.log", tmp_path / "serve.log"
     with open(sim_log, "wb") as out:
         sim = subprocess.Popen(
             [sys.executable, "-m", "powerwatch.cli", "simulate", "--count", "3", "--rate", "5",
-             "--outage", f"SIM-0002@{off_after:g}+{off_for:g}"],
+             "--outage", f"SIM-0002@USR1+{off_for:g}"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     serve: subprocess.Popen[bytes] | None = None
@@ -433,16 +443,17 @@ def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         started = time.monotonic()
-        deadline = started + off_after
+        deadline = started + ready_within
         while health.read_state(data)["stations"].get("SIM-0002", {}).get("state") != "up":
             assert time.monotonic() < deadline, (
-                f"serve's capture did not see SIM-0002 up in {off_after:g} s: "
+                f"serve's capture did not see SIM-0002 up in {ready_within:g} s: "
                 f"{serve_log.read_text()[-2000:]}"
             )
             assert serve.poll() is None, serve_log.read_text()[-2000:]
             time.sleep(0.5)
         print(f"serve capturing after {time.monotonic() - started:.0f} s")
-        off_at = _wait_for_text(sim_log, "SIM-0002: off air", sim, time.monotonic() + off_after)
+        os.kill(sim.pid, signal.SIGUSR1)
+        off_at = _wait_for_text(sim_log, "SIM-0002: off air", sim, time.monotonic() + 30)
         down_at = receiver.wait_for("station", "SIM-0002", "down", off_at + silent + 60)
         back_at = _wait_for_text(sim_log, "SIM-0002: on air again", sim, off_at + off_for + 30)
         up_at = receiver.wait_for("station", "SIM-0002", "up", back_at + 60)

@@ -870,10 +870,13 @@ async def run_simulator(
 
 class Outage(NamedTuple):
     """`--outage NAME@AFTER+SECONDS`: station NAME goes off air AFTER seconds from the
-    start (its connections closed, its port no longer listening) for SECONDS."""
+    start (its connections closed, its port no longer listening) for SECONDS.
+    `NAME@USR1+SECONDS`: off air when the simulator receives SIGUSR1 (`kill -USR1 PID`),
+    for an outage at a moment of the operator's (or a test's) choosing rather than a guess
+    at how long everything else takes to start."""
 
     name: str
-    after: float
+    after: float | None  # None: on SIGUSR1
     seconds: float
 
     @classmethod
@@ -881,20 +884,27 @@ class Outage(NamedTuple):
         name, at, rest = text.partition("@")
         after, plus, seconds = rest.partition("+")
         try:
-            outage = cls(name, float(after), float(seconds))
+            outage = cls(name, None if after == "USR1" else float(after), float(seconds))
         except ValueError:
             outage = None
         if (
             not (name and at and plus)
             or outage is None
-            or not (0 <= outage.after < math.inf and 0 < outage.seconds < math.inf)
+            or not (outage.after is None or 0 <= outage.after < math.inf)
+            or not 0 < outage.seconds < math.inf
         ):
-            raise InputError(f"--outage wants NAME@AFTER+SECONDS (e.g. SIM-0002@30+90): {text!r}")
+            raise InputError(
+                f"--outage wants NAME@AFTER+SECONDS or NAME@USR1+SECONDS (e.g. SIM-0002@30+90): "
+                f"{text!r}"
+            )
         return outage
 
 
-async def _outage(sim: Simulator, outage: Outage) -> None:
-    await asyncio.sleep(outage.after)
+async def _outage(sim: Simulator, outage: Outage, signalled: asyncio.Event) -> None:
+    if outage.after is None:
+        await signalled.wait()
+    else:
+        await asyncio.sleep(outage.after)
     logger.warning("%s: off air for %g s (--outage)", outage.name, outage.seconds)
     await sim.restart_station(outage.name, outage.seconds)
     logger.warning("%s: on air again", outage.name)
@@ -909,7 +919,10 @@ async def _run(
     await sim.start()
     for outage in outages:
         sim._station(outage.name)  # an unknown name is bad input, before anything runs
-    offs = [asyncio.get_running_loop().create_task(_outage(sim, o)) for o in outages]
+    loop, signalled = asyncio.get_running_loop(), asyncio.Event()
+    if any(o.after is None for o in outages):
+        loop.add_signal_handler(signal.SIGUSR1, signalled.set)
+    offs = [loop.create_task(_outage(sim, o, signalled)) for o in outages]
     try:
         ports = sorted(sim.ports.values())
         span = f"{ports[0]}" if len(ports) == 1 else f"{ports[0]}..{ports[-1]}"
