@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-STATION_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+from schemas.names import STATION_NAME_PATTERN as STATION_NAME_PATTERN
+
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(minutes=5)
 TIMESTAMP_DTYPE = pl.Datetime("ms", "UTC")

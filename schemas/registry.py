@@ -13,7 +13,7 @@ import yaml
 
 from powerwatch.core.errors import RegistryError
 from powerwatch.core.files import write_text_atomically
-from schemas.channels import STATION_NAME_PATTERN
+from schemas.names import STATION_NAME_PATTERN
 
 _NAME = re.compile(STATION_NAME_PATTERN)
 

@@ -452,6 +452,10 @@ def test_serve_alerts_a_station_off_air_and_resolves_it_on_return(
             assert serve.poll() is None, serve_log.read_text()[-2000:]
             time.sleep(0.5)
         print(f"serve capturing after {time.monotonic() - started:.0f} s")
+        # The supervisor lives as long as the site: it never loads Polars (schemas/names.py).
+        # Read off the running process's mapped libraries.
+        maps = Path(f"/proc/{serve.pid}/maps").read_text()
+        assert "polars" not in maps, [line for line in maps.splitlines() if "polars" in line][:3]
         os.kill(sim.pid, signal.SIGUSR1)
         off_at = _wait_for_text(sim_log, "SIM-0002: off air", sim, time.monotonic() + 30)
         down_at = receiver.wait_for("station", "SIM-0002", "down", off_at + silent + 60)
