@@ -168,7 +168,7 @@ def passes_rules(frame: pl.DataFrame) -> pl.Series | None:
     if not verdicts:
         return pl.repeat(True, frame.height, eager=True)
     return (
-        pl.concat(verdicts, how="horizontal")
+        pl.concat(verdicts, how="horizontal", strict=True)  # one verdict per row each
         .select(pl.all_horizontal(pl.all()).alias("passes"))
         .collect()
         .to_series()

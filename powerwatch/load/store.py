@@ -125,7 +125,7 @@ class BatchKeys:
             return found
         if len(self.stored) > 1:
             self.stored = [pl.concat(self.stored)]
-        hits = rows["_key"].gather(maybe).is_in(self.stored[0])
+        hits = rows["_key"].gather(maybe).is_in(self.stored[0].implode())
         return found.scatter(maybe.filter(hits), True)
 
 

@@ -291,7 +291,7 @@ def spread_hours_or_days(events: pl.DataFrame, length_ms: int) -> pl.DataFrame:
             pl.col("ts") // length_ms * length_ms + 1,
             length_ms,
         ).alias("start_ts")
-    ).explode("start_ts")
+    ).explode("start_ts", empty_as_null=True)
     starts = pl.col("start_ts")
     return spread_over(exploded, starts, starts + length_ms).select(
         "station_id", "meter", "start_ts", "part", "estimated"
