@@ -1,6 +1,6 @@
 """Flow `capture-stations`: every registered station, live, into landing chunks.
 
-A run is bounded (`duration`) and the deployment starts one every minute with a
+A run is bounded (`duration`) and the deployment starts one every 5 minutes with a
 window longer than the interval: consecutive runs overlap, so the hand-over never
 drops a reading, and the load step stores the overlap's copies once (see
 docs/design.md, "Capture").
@@ -45,7 +45,7 @@ def live_loader(settings: Settings, logger: Any) -> LiveLoader | None:
 
 def publish_status(settings: Settings, logger: Any) -> None:
     """`powerwatch status` as the `powerwatch-status` artifact: each run ends with it
-    (a new one every minute), so the UI shows the site's state without opening a run."""
+    (one per window), so the UI shows the site's state without opening a run."""
     from db.engine import bulk_connection
     from powerwatch.site.status import collect, markdown
 

@@ -12,7 +12,7 @@ chunk at once and exactly one of them takes it; the others skip it (`taken`).
 Landing stays first and the contract is unchanged: a chunk is complete in `landing/`
 before anyone loads it. Whatever the live load does not take (the database locked past
 its busy timeout, down, the schema not current, the run ended with chunks queued) simply
-stays in `landing/` and the scheduled load, every minute, sweeps it. The live load never
+stays in `landing/` and the scheduled load, every 4 minutes, sweeps it. The live load never
 retries and never fails the capture: after a failure it pauses for `PAUSE_SECONDS`
 (chunks landed meanwhile are left to the sweep) and then tries again, so a database that
 is down costs one attempt per pause, not one per chunk. See docs/design.md ("Live load").

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     capture_load: bool = Field(
         True,
         description="A capture loads each chunk it lands at once (readings queryable in "
-        "seconds); false: every chunk waits for the scheduled load (every minute).",
+        "seconds); false: every chunk waits for the scheduled load (every 4 minutes).",
     )
     capture_flush_rows: int = Field(
         40_000,

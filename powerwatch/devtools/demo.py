@@ -49,7 +49,7 @@ DEMO_RATE_HZ = 1.0
 DEMO_FIRST_PORT = 19100  # POWERWATCH_DEMO_STATION_PORT moves it (tests, a second demo)
 # Started once at start-up; afterwards their schedules take over.
 UI_ONLY = "the UI only (set POWERWATCH_ALERT_WEBHOOK_URL)"
-KICK_OFF = ("capture-stations/overlapping-windows", "load-chunks/every-minute")
+KICK_OFF = ("capture-stations/overlapping-windows", "load-chunks/every-4-minutes")
 # The stations of the legacy sample logs (`../shared/samples/stations.yaml`, verbatim, so a
 # later `stations sync` of that file changes nothing): the demo registers them so that the
 # README's `migrate-logs ../shared/samples/legacy-logs` imports readings instead of
