@@ -140,7 +140,7 @@ def test_the_scheduled_load_picks_up_a_landed_chunk(sqlite_site: Site) -> None:
     # (as `bench/bench_soak.py` accelerates a site): the same deployment, worker and
     # scheduler, a tick the test does not wait minutes for.
     sqlite_site.stack.run_prefect(
-        "deployment", "schedule", "create", LOAD, "--interval", "60", "--replace"
+        "deployment", "schedule", "create", LOAD, "--interval", "60", "--replace", "--accept-yes"
     )
     landing = sqlite_site.data_dir / "landing"
     chunk = write_chunk(make_readings(["KhonKaen", "Phuket"], 30), landing, "e2e-manual.parquet")
