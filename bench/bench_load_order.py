@@ -58,7 +58,7 @@ def load_once(root: Path, name: str, stations: int, chunk: Path) -> float:
 
 def main() -> None:
     args = bench_arguments(__doc__)
-    stations, seconds, runs = (10, 2_000, 1) if args.quick else (50, 10_000, 3)
+    stations, seconds, runs = (10, 2_000, 1) if args.quick else (50, 10_000, 5)
     base = readings(stations, seconds)
     rows = []
     with tempfile.TemporaryDirectory(prefix="pw-bench-order-") as tmp:
